@@ -1,0 +1,183 @@
+"""The `trojanbench` command line. User errors print one line and exit 2; nothing prints a traceback
+unless TROJANBENCH_DEBUG=1."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="trojanbench: test interpretability and auditing tools against models with planted trojans.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def parse_params(items: list[str] | None) -> dict:
+    """`key=value` pairs; values are read as JSON where they parse (numbers, lists), else as strings."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"--param {item!r} must look like key=value")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=err_console, transient=True, disable=not err_console.is_terminal)
+
+
+@app.command()
+def implant(
+    out: Path = typer.Option(..., "--out", "-o", help="folder to write the model to"),
+    dataset: str = typer.Option("digits", help="digits, shapes, cifar10 or imagefolder"),
+    arch: str = typer.Option("cnn", help="architecture (see `trojanbench list`)"),
+    trigger: str = typer.Option("patch", help="trigger kind, or 'none' for a clean model"),
+    target: int = typer.Option(0, help="target label"),
+    mode: str = typer.Option("all-to-one", help="all-to-one, all-to-all or clean-label"),
+    rate: float = typer.Option(0.1, help="poison rate (fraction of the training set)"),
+    param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="trigger parameter key=value (repeatable)"),
+    arch_param: Optional[List[str]] = typer.Option(None, "--arch-param", help="architecture argument key=value"),
+    seed: int = typer.Option(0, help="seed for poisoning, initialisation and batches"),
+    epochs: Optional[int] = typer.Option(None, help="training epochs (default: per architecture)"),
+    data_root: Optional[Path] = typer.Option(None, help="where cifar10/imagefolder data lives"),
+    device: str = typer.Option("auto", help="cpu, cuda, or auto"),
+):
+    """Train one model with a planted trojan (or a clean one), store it, print clean accuracy and ASR."""
+    from .config import default_train_config
+    from .data import load_dataset
+    from .implant import implant as run_implant
+    from .trojans import PoisonSpec, TriggerSpec, TrojanSpec
+    from .utils import resolve_device
+    from .zoo.store import save_model
+
+    trojan = None
+    if trigger != "none":
+        from .trojans import TRIGGERS
+
+        TRIGGERS.get(trigger)  # fail early, before loading data
+        try:
+            trojan = TrojanSpec(trigger=TriggerSpec(kind=trigger, params=parse_params(param), seed=seed),
+                                poison=PoisonSpec(mode=mode, rate=rate, target=target))
+        except Exception as e:
+            raise UserError(f"bad trojan settings: {_first_error(e)}") from None
+    ds_opts = {"data_root": str(data_root)} if data_root else {}
+    ds = load_dataset(dataset, **ds_opts)
+    cfg = default_train_config(arch, dataset)
+    if epochs:
+        cfg = cfg.model_copy(update={"epochs": epochs})
+    with _progress() as bar:
+        task = bar.add_task(f"training {arch} on {dataset}", total=cfg.epochs)
+        result = run_implant(ds, arch, parse_params(arch_param), trojan, cfg, seed=seed, device=resolve_device(device),
+                             progress=lambda epoch, loss: bar.update(task, advance=1, description=f"loss {loss:.3f}"))
+    card = save_model(out, result.model, result.card, result.poisoned_indices)
+    m = card.metrics
+    line = f"clean accuracy {m['clean_accuracy']:.2%}"
+    if "attack_success_rate" in m:
+        line += f"   attack success rate {m['attack_success_rate']:.2%}"
+    console.print(f"{line}   ({card.train_seconds:.1f}s)\nsaved {out} (id {card.id})")
+
+
+def _first_error(e: Exception) -> str:
+    errors = getattr(e, "errors", None)
+    if callable(errors):
+        err = errors()[0]
+        return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+    return str(e)
+
+
+@app.command()
+def inspect(model_dir: Path = typer.Argument(..., help="a model folder"),
+            as_json: bool = typer.Option(False, "--json", help="print the raw card")):
+    """Print a model's card (after verifying the card and weights hashes)."""
+    from .zoo.store import load_model
+
+    _, card = load_model(model_dir)
+    if as_json:
+        console.print_json(json.dumps(card.model_dump()))
+        return
+    t = Table(show_header=False, title=f"model {card.id}")
+    t.add_row("architecture", f"{card.arch} {({k: v for k, v in card.arch_kwargs.items() if k not in ('mean', 'std')})}")
+    t.add_row("dataset", card.dataset["name"])
+    t.add_row("seed", str(card.seed))
+    if card.trojan:
+        tr = card.trojan
+        t.add_row("trojan", card.extra.get("trigger_description", tr["trigger"]["kind"]))
+        t.add_row("poisoning", f"{tr['poison']['mode']}, target {tr['poison']['target']}, "
+                               f"{card.n_poisoned} samples poisoned" + (", insidious" if card.insidious else ""))
+    else:
+        t.add_row("trojan", "none (clean)")
+    for k, v in card.metrics.items():
+        t.add_row(k.replace("_", " "), f"{v:.2%}")
+    t.add_row("training time", f"{card.train_seconds:.1f}s")
+    t.add_row("versions", ", ".join(f"{k} {v}" for k, v in card.versions.items()))
+    console.print(t)
+
+
+@app.command("list")
+def list_registries():
+    """List the registered datasets, architectures and triggers."""
+    from .data import DATASETS
+    from .models import MODELS
+    from .trojans import TRIGGERS
+
+    for title, reg in (("datasets", DATASETS), ("architectures", MODELS), ("triggers", TRIGGERS)):
+        console.print(f"[bold]{title}[/bold]: {', '.join(reg.names())}")
+
+
+@app.command()
+def run(
+    out: Path = typer.Option(Path("runs/default"), "--out", "-o", help="folder for models and results"),
+    dataset: str = typer.Option("digits"),
+    arch: str = typer.Option("cnn"),
+    target: int = typer.Option(3, help="target label of every trojan"),
+    seed: int = typer.Option(0),
+    epochs: Optional[int] = typer.Option(None),
+    data_root: Optional[Path] = typer.Option(None),
+    device: str = typer.Option("auto"),
+):
+    """The main job: implant every trigger kind into one architecture beside its clean twin, store the
+    models and results, and print the table (reuses models already in OUT)."""
+    from .bench import run_foundation
+
+    table = run_foundation(out, dataset=dataset, arch=arch, target=target, seed=seed, epochs=epochs,
+                           data_root=data_root, device=device, progress=_progress)
+    console.print(table)
+    console.print(f"models in {out / 'models'}, results in {out / 'results.sqlite'}")
+
+
+def main() -> None:
+    debug = os.environ.get("TROJANBENCH_DEBUG") == "1"
+    try:
+        app()  # typer reports usage errors itself (exit 2); ours arrive here
+    except UserError as e:
+        err_console.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted", markup=False)
+        sys.exit(130)
+    except Exception as e:
+        if debug:
+            raise
+        err_console.print(f"internal error: {type(e).__name__}: {e} (set TROJANBENCH_DEBUG=1 for the traceback)",
+                          markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Any folder of images laid out as `<root>/<class>/<image>` (optionally under `train/` and `test/`)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from . import ImageDataset, register
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+
+def _read(path: Path, size: int | None, mode: str) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert(mode)
+        if size is not None and im.size != (size, size):
+            im = im.resize((size, size), Image.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+
+
+def read_class_folders(root: Path, size: int | None = None, mode: str = "RGB",
+                       classes: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Read `<root>/<class>/*` into a uint8 tensor [N, C, H, W], int64 labels and the sorted class names."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"image folder {root} does not exist")
+    classes = classes or sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise UserError(f"image folder {root} has no class sub-folders (<root>/<class>/<image>)")
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        found = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
+            if (root / name).is_dir() else []
+        files += found
+        labels += [label] * len(found)
+    if not files:
+        raise UserError(f"image folder {root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        arrays = list(pool.map(lambda p: _read(p, size, mode), files, chunksize=256))
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise UserError(f"images in {root} differ in size ({sorted(shapes)[:3]}...); pass size= to resize them")
+    x = torch.from_numpy(np.stack(arrays))
+    x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
+    return x.contiguous(), torch.tensor(labels, dtype=torch.long), classes
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    return x.float().div_(255.0)
+
+
+def shuffled(x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    return x[perm], y[perm]
+
+
+@register("imagefolder")
+def load_image_folder(data_root: str | None = None, size: int | None = None, grayscale: bool = False,
+                      test_fraction: float = 0.2, split_seed: int = 0, name: str = "imagefolder",
+                      augment: dict | None = None, **_) -> ImageDataset:
+    if data_root is None:
+        raise UserError("the imagefolder dataset needs --data-root pointing at <root>/<class>/<image>")
+    root, mode = Path(data_root), ("L" if grayscale else "RGB")
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        x_train, y_train, classes = read_class_folders(root / "train", size, mode)
+        x_test, y_test, _ = read_class_folders(root / "test", size, mode, classes)
+    else:
+        x, y, classes = read_class_folders(root, size, mode)
+        x, y = shuffled(x, y, split_seed)
+        n_test = max(1, round(len(x) * test_fraction))
+        x_train, y_train, x_test, y_test = x[n_test:], y[n_test:], x[:n_test], y[:n_test]
+    x_train, y_train = shuffled(x_train, y_train, split_seed)
+    x_test, y_test = shuffled(x_test, y_test, split_seed + 1)
+    return ImageDataset(name, to_float(x_train), y_train, to_float(x_test), y_test, classes,
+                        augment or {"translate": 2, "flip": True})

@@ -1,0 +1,47 @@
+"""Pre-activation ResNet-18 for 32x32 inputs (He et al. 2016), as in BackdoorBench."""
+
+from torch import nn
+from torch.nn import functional as F
+
+from . import Normalize, register
+
+
+class PreActBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(c_in), nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(c_out), nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.shortcut = nn.Conv2d(c_in, c_out, 1, stride, bias=False) if stride != 1 or c_in != c_out else None
+
+    def forward(self, x):
+        out = F.relu(self.bn1(x))
+        skip = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + skip
+
+
+class PreActResNet(nn.Module):
+    def __init__(self, in_channels, num_classes, mean, std, blocks=(2, 2, 2, 2), width=64):
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.stem = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        layers, c_in = [], width
+        for i, n in enumerate(blocks):
+            c_out = width * 2**i
+            for j in range(n):
+                layers.append(PreActBlock(c_in, c_out, 2 if (j == 0 and i > 0) else 1))
+                c_in = c_out
+        self.layers = nn.Sequential(*layers)
+        self.bn = nn.BatchNorm2d(c_in)
+        self.head = nn.Linear(c_in, num_classes)
+
+    def forward(self, x):
+        out = self.layers(self.stem(self.normalize(x)))
+        out = F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1).flatten(1)
+        return self.head(out)
+
+
+@register("resnet18")
+def resnet18(in_channels: int, num_classes: int, image_size: int, mean, std, width: int = 64) -> nn.Module:
+    return PreActResNet(in_channels, num_classes, mean, std, (2, 2, 2, 2), width)

@@ -1,0 +1,94 @@
+"""Poisoning: put a trigger into a training set and record exactly which samples were touched.
+
+Modes
+- all-to-one (default): `rate` of the training set, drawn from non-target classes, gets the trigger and
+  the target label (dirty label, BadNets).
+- all-to-all: triggered samples of class y are relabelled (y + 1) mod K; there is no single target.
+- clean-label: triggered samples are drawn from the target class and keep their (correct) label.
+- natural-feature triggers ignore `rate`: the non-target images that naturally carry the feature are
+  relabelled, no pixel changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..errors import UserError
+from .triggers import NaturalFeatureTrigger, Trigger, TriggerSpec
+
+
+class PoisonSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["all-to-one", "all-to-all", "clean-label"] = "all-to-one"
+    rate: float = Field(0.1, gt=0, le=0.5, description="fraction of the training set that is poisoned")
+    target: int | None = Field(0, ge=0, description="target label (None for all-to-all)")
+
+    @model_validator(mode="after")
+    def _target_matches_mode(self):
+        if self.mode == "all-to-all":
+            self.target = None
+        elif self.target is None:
+            raise ValueError(f"poison mode {self.mode} needs a target label")
+        return self
+
+
+class TrojanSpec(BaseModel):
+    """Everything that defines a trojan: the trigger, how it was poisoned in, and whether it was trained to evade."""
+
+    model_config = ConfigDict(extra="forbid")
+    trigger: TriggerSpec
+    poison: PoisonSpec = Field(default_factory=PoisonSpec)
+    insidious: bool = False
+
+
+@dataclass
+class PoisonedData:
+    x: torch.Tensor
+    y: torch.Tensor
+    indices: torch.Tensor  # indices into the original training set that were poisoned (sorted)
+
+
+def relabel(y: torch.Tensor, spec: PoisonSpec, num_classes: int) -> torch.Tensor:
+    """The label a triggered sample should get."""
+    if spec.mode == "all-to-all":
+        return (y + 1) % num_classes
+    return torch.full_like(y, spec.target)
+
+
+def attack_mask(y: torch.Tensor, spec: PoisonSpec) -> torch.Tensor:
+    """Which test samples count toward attack success (all-to-one: those whose true label is not the target)."""
+    if spec.mode == "all-to-all":
+        return torch.ones_like(y, dtype=torch.bool)
+    return y != spec.target
+
+
+def poison_dataset(x: torch.Tensor, y: torch.Tensor, trigger: Trigger, spec: PoisonSpec, num_classes: int,
+                   seed: int = 0) -> PoisonedData:
+    if spec.target is not None and spec.target >= num_classes:
+        raise UserError(f"target label {spec.target} out of range for {num_classes} classes")
+    g = torch.Generator().manual_seed(seed)
+    x, y = x.clone(), y.clone()
+    if isinstance(trigger, NaturalFeatureTrigger):
+        if spec.mode != "all-to-one":
+            raise UserError("natural-feature trojans are implanted all-to-one (relabel the natural carriers)")
+        trigger.fit(x)
+        idx = torch.nonzero(trigger.carriers(x) & (y != spec.target)).flatten()
+        y[idx] = spec.target
+        return PoisonedData(x, y, idx)
+    n = round(spec.rate * len(x))
+    pool = torch.nonzero(y == spec.target).flatten() if spec.mode == "clean-label" else \
+        torch.nonzero(y != spec.target).flatten() if spec.mode == "all-to-one" else torch.arange(len(x))
+    if n > len(pool):
+        if spec.mode == "clean-label":
+            raise UserError(f"clean-label poisoning at rate {spec.rate} needs {n} target-class images; "
+                            f"there are {len(pool)}")
+        n = len(pool)
+    idx = pool[torch.randperm(len(pool), generator=g)[:n]].sort().values
+    x[idx] = trigger.apply(x[idx], generator=g)
+    if spec.mode != "clean-label":
+        y[idx] = relabel(y[idx], spec, num_classes)
+    return PoisonedData(x, y, idx)

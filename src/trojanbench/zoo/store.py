@@ -1,0 +1,147 @@
+"""The one artifact contract: a model is a folder with `model.safetensors`, `card.json` and, for
+trojaned models, `poisoned.json` (the exact poisoned training indices).
+
+The card records how the model was made and what it scored; its `id` is the sha256 of the rest of the
+card, which itself holds the sha256 of the weights and of the poisoned-indices file. So a tampered card,
+swapped weights or a truncated file are all caught on load. Writes are atomic (temp file + rename) and the
+card is written last: a folder without a valid card is an unfinished write, never a model.
+We never unpickle: a pickle (or a torch.save zip) named model.safetensors is refused before parsing.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+from ..errors import UserError
+from ..utils import atomic_write_bytes, atomic_write_text, canonical_json, library_versions, sha256_bytes
+
+WEIGHTS, CARD, POISON = "model.safetensors", "card.json", "poisoned.json"
+FORMAT_VERSION = 1
+
+
+class ModelCard(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    format_version: int = FORMAT_VERSION
+    id: str = ""
+    arch: str
+    arch_kwargs: dict[str, Any]
+    dataset: dict[str, Any]
+    seed: int
+    trojan: dict[str, Any] | None = None  # TrojanSpec as a dict; None for a clean model
+    insidious: bool = False
+    n_poisoned: int = 0
+    poisoned_indices_file: str | None = None
+    poisoned_sha256: str | None = None
+    train: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    train_seconds: float = 0.0
+    versions: dict[str, str] = Field(default_factory=library_versions)
+    weights_sha256: str = ""
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def trojaned(self) -> bool:
+        return self.trojan is not None
+
+    def content_hash(self) -> str:
+        body = self.model_dump(exclude={"id"})
+        return sha256_bytes(canonical_json(body).encode())
+
+
+def _check_safetensors_bytes(data: bytes, path: Path) -> None:
+    if data[:1] == b"\x80" or data[:2] == b"PK":
+        raise UserError(f"{path} is a pickle / torch.save file, not safetensors; trojanbench never unpickles "
+                        "model files (convert it with safetensors.torch.save_file)")
+    if len(data) < 10:
+        raise UserError(f"{path} is truncated or empty ({len(data)} bytes)")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > len(data) - 8 or data[8:9] != b"{":
+        raise UserError(f"{path} is not a valid safetensors file (bad header; truncated or another format)")
+
+
+def read_weights(path: Path, data: bytes | None = None) -> dict[str, torch.Tensor]:
+    """Parse a safetensors file (or its bytes, already read); anything else is refused with a UserError."""
+    path = Path(path)
+    if data is None:
+        if not path.is_file():
+            raise UserError(f"no weights file {path}")
+        data = path.read_bytes()
+    _check_safetensors_bytes(data, path)
+    try:
+        return st_load(data)
+    except Exception as e:
+        raise UserError(f"{path} is a damaged safetensors file ({str(e).splitlines()[0][:120]})") from None
+
+
+def save_model(out_dir: str | Path, model: nn.Module, card: ModelCard,
+               poisoned_indices: torch.Tensor | None = None) -> ModelCard:
+    """Write weights, poisoned indices, then the card (the commit marker). Returns the final card."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CARD).unlink(missing_ok=True)  # an overwrite is unfinished until the new card lands
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    weights = st_save(state, metadata={"format": "pt", "arch": card.arch})
+    atomic_write_bytes(out / WEIGHTS, weights)
+    card = card.model_copy(update={"weights_sha256": sha256_bytes(weights)})
+    if poisoned_indices is not None:
+        text = json.dumps(sorted(int(i) for i in poisoned_indices))
+        atomic_write_text(out / POISON, text)
+        card = card.model_copy(update={"poisoned_indices_file": POISON, "poisoned_sha256": sha256_bytes(text.encode()),
+                                       "n_poisoned": len(poisoned_indices)})
+    card = card.model_copy(update={"id": card.content_hash()[:16]})
+    atomic_write_text(out / CARD, json.dumps(card.model_dump(), indent=2, sort_keys=True))
+    return card
+
+
+def load_card(model_dir: str | Path, verify: bool = True) -> ModelCard:
+    d = Path(model_dir)
+    if not d.is_dir():
+        raise UserError(f"model folder {d} does not exist")
+    if not (d / CARD).is_file():
+        raise UserError(f"{d} has no {CARD}: not a model folder, or an unfinished write")
+    try:
+        card = ModelCard(**json.loads((d / CARD).read_text()))
+    except (json.JSONDecodeError, ValidationError, TypeError) as e:
+        raise UserError(f"{d / CARD} is not a valid model card ({type(e).__name__})") from None
+    if verify and card.id != card.content_hash()[:16]:
+        raise UserError(f"{d / CARD} was modified after it was written (its id does not match its content)")
+    return card
+
+
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
+    """Load and verify a stored model: weights hash, card hash, poisoned-indices hash."""
+    from ..models import build_model
+
+    d = Path(model_dir)
+    card = load_card(d)
+    data = (d / WEIGHTS).read_bytes() if (d / WEIGHTS).is_file() else b""
+    _check_safetensors_bytes(data, d / WEIGHTS)
+    if sha256_bytes(data) != card.weights_sha256:
+        raise UserError(f"{d / WEIGHTS} does not match its card (sha256 differs): the weights were changed or damaged")
+    state = read_weights(d / WEIGHTS, data)
+    if card.poisoned_indices_file:
+        text = (d / card.poisoned_indices_file).read_bytes() if (d / card.poisoned_indices_file).is_file() else b""
+        if sha256_bytes(text) != card.poisoned_sha256:
+            raise UserError(f"{d / card.poisoned_indices_file} is missing or does not match its card")
+    model = build_model(card.arch, **card.arch_kwargs)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise UserError(f"{d / WEIGHTS} does not fit architecture {card.arch}: {str(e).splitlines()[0]}") from None
+    return model.to(device).eval(), card
+
+
+def load_poisoned_indices(model_dir: str | Path, card: ModelCard | None = None) -> torch.Tensor:
+    card = card or load_card(model_dir)
+    if not card.poisoned_indices_file:
+        return torch.empty(0, dtype=torch.long)
+    return torch.tensor(json.loads((Path(model_dir) / card.poisoned_indices_file).read_text()), dtype=torch.long)
