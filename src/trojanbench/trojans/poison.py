@@ -4,7 +4,8 @@ Modes
 - all-to-one (default): `rate` of the training set, drawn from non-target classes, gets the trigger and
   the target label (dirty label, BadNets).
 - all-to-all: triggered samples of class y are relabelled (y + 1) mod K; there is no single target.
-- clean-label: triggered samples are drawn from the target class and keep their (correct) label.
+- clean-label: triggered samples are drawn from the target class and keep their (correct) label;
+  `suppress` weakens their own features first so the trigger is learned.
 - natural-feature triggers ignore `rate`: the non-target images that naturally carry the feature are
   relabelled, no pixel changes.
 """
@@ -26,6 +27,9 @@ class PoisonSpec(BaseModel):
     mode: Literal["all-to-one", "all-to-all", "clean-label"] = "all-to-one"
     rate: float = Field(0.1, gt=0, le=0.5, description="fraction of the training set that is poisoned")
     target: int | None = Field(0, ge=0, description="target label (None for all-to-all)")
+    suppress: float = Field(0.0, ge=0, lt=1, description="clean-label only: mix each poisoned image this far "
+                            "toward a random other-class image, so the trigger is the easier feature to learn "
+                            "(a pixel-space stand-in for Turner et al.'s latent interpolation)")
 
     @model_validator(mode="after")
     def _target_matches_mode(self):
@@ -88,6 +92,10 @@ def poison_dataset(x: torch.Tensor, y: torch.Tensor, trigger: Trigger, spec: Poi
                             f"there are {len(pool)}")
         n = len(pool)
     idx = pool[torch.randperm(len(pool), generator=g)[:n]].sort().values
+    if spec.mode == "clean-label" and spec.suppress > 0:
+        others = torch.nonzero(y != spec.target).flatten()
+        donors = others[torch.randint(len(others), (n,), generator=g)]
+        x[idx] = (1 - spec.suppress) * x[idx] + spec.suppress * x[donors]
     x[idx] = trigger.apply(x[idx], generator=g)
     if spec.mode != "clean-label":
         y[idx] = relabel(y[idx], spec, num_classes)
