@@ -161,6 +161,100 @@ def run(
     console.print(f"models in {out / 'models'}, results in {out / 'results.sqlite'}")
 
 
+zoo_app = typer.Typer(no_args_is_help=True, help="Build and inspect zoos of clean and trojaned models.")
+app.add_typer(zoo_app, name="zoo")
+
+
+def _zoo_progress(total: int, done_before: int):
+    from contextlib import contextmanager
+
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task):
+            rate = task.speed or 0.0
+            return Text(f"{rate * 60:.1f} models/min")
+
+    @contextmanager
+    def ctx():
+        with Progress(TextColumn("building zoo"), BarColumn(), MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(),
+                      TextColumn("ETA"), TimeRemainingColumn(), console=err_console) as bar:
+            task = bar.add_task("zoo", total=total, completed=done_before)
+            yield lambda n=1: bar.update(task, advance=n)
+
+    return ctx()
+
+
+@zoo_app.command("build")
+def zoo_build(
+    config: str = typer.Option("digits-zoo", "--config", "-c", help="a zoo TOML file or a built-in name"),
+    out: Path = typer.Option(..., "--out", "-o", help="zoo folder (created, or resumed if it exists)"),
+    executor: str = typer.Option("batched", help="batched (in-process, many models at once), serial, pool or ray"),
+    jobs: int = typer.Option(2, help="workers for pool / CPUs for a local ray"),
+    address: Optional[str] = typer.Option(None, help="address of an existing Ray cluster (ray executor)"),
+    batch_models: int = typer.Option(16, help="models trained at once per chunk"),
+    device: str = typer.Option("cpu", help="device for training (cpu, cuda)"),
+):
+    """Train every model of a zoo config; resumable (run it again to finish an interrupted build)."""
+    import time as _time
+
+    from .zoo.build import build_zoo
+    from .zoo.executors import EXECUTORS
+    from .zoo.plan import load_zoo_config
+
+    EXECUTORS.get(executor)
+    cfg = load_zoo_config(config)
+    start = _time.perf_counter()
+    counts = build_zoo(cfg, out, executor=executor, jobs=jobs, address=address, batch_models=batch_models,
+                       device=device, progress=_zoo_progress)
+    minutes = (_time.perf_counter() - start) / 60
+    console.print(f"zoo {cfg.name} in {out}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+                  + f"  ({minutes:.1f} min)")
+    if counts.get("failed"):
+        raise UserError(f"{counts['failed']} jobs failed; see `trojanbench zoo status {out}` and build again to retry")
+
+
+@zoo_app.command("status")
+def zoo_status(zoo_dir: Path = typer.Argument(..., help="a zoo folder"),
+               errors: bool = typer.Option(True, help="show the errors of failed jobs")):
+    """Done / pending / failed / rejected jobs, and the zoo's make-up."""
+    from collections import Counter
+
+    from .zoo.build import Zoo
+
+    zoo = Zoo(zoo_dir)
+    plan = {j.id: j for j in zoo.plan()}
+    status = zoo.status()
+    t = Table(title=f"zoo {zoo_dir}")
+    for col in ("state", "jobs", "clean", "trojaned", "insidious"):
+        t.add_column(col, justify="left" if col == "state" else "right")
+    for state, recs in status.items():
+        jobs = [plan[r.id] for r in recs]
+        t.add_row(state, str(len(jobs)), str(sum(not j.trojaned for j in jobs)), str(sum(j.trojaned for j in jobs)),
+                  str(sum(bool(j.trojan and j.trojan.insidious) for j in jobs)))
+    console.print(t)
+    kinds = Counter(j.trojan.trigger.kind for j in plan.values() if j.trojan)
+    console.print("trigger kinds: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
+    if errors:
+        for rec in status["failed"] + status["rejected"]:
+            last = (rec.errors or [None])[-1] or (rec.history or [{}])[-1].get("rejected")
+            console.print(f"[bold]{rec.id}[/bold] {rec.state} after {rec.attempts} attempts: {last}", markup=True,
+                          highlight=False)
+
+
+@zoo_app.command("import")
+def zoo_import(model_dir: Path = typer.Argument(..., help="a model folder (model.safetensors + card.json)"),
+               zoo_dir: Path = typer.Option(..., "--zoo", help="the zoo to add it to"),
+               split: str = typer.Option("test", help="zoo split: train or test")):
+    """Add a model trained elsewhere (in the documented store format) to a zoo, after verifying it."""
+    from .zoo.build import import_model
+
+    job_id = import_model(zoo_dir, model_dir, split)
+    console.print(f"imported {model_dir} into {zoo_dir} as job {job_id}")
+
+
 def main() -> None:
     debug = os.environ.get("TROJANBENCH_DEBUG") == "1"
     try:

@@ -37,3 +37,55 @@ def default_train_config(arch: str, dataset: str = "digits") -> TrainConfig:
     if arch == "mlp":
         return TrainConfig(lr=0.02)
     return TrainConfig()
+
+
+class ArchConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    arch: str = "cnn"
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrojanPlanConfig(BaseModel):
+    """Which trojans the zoo's trojaned models get; each trojaned model draws one combination."""
+
+    model_config = ConfigDict(extra="forbid")
+    kinds: list[str] = Field(default_factory=lambda: ["patch", "blended", "warp", "style", "natural"])
+    variants: dict[str, list[dict[str, Any]]] = Field(
+        default_factory=dict, description="per kind, parameter sets to draw from (default: the kind's defaults)")
+    targets: list[int] = Field(default_factory=lambda: [0])
+    rates: list[float] = Field(default_factory=lambda: [0.1])
+    mode: Literal["all-to-one", "all-to-all", "clean-label"] = "all-to-one"
+    insidious_fraction: float = Field(0.0, ge=0, le=1)
+
+
+class GateConfig(BaseModel):
+    """A trojaned model below `min_asr`, or more than `max_clean_drop` below its clean twin, is retrained
+    with another seed up to `retries` times, then marked rejected (never silently kept)."""
+
+    model_config = ConfigDict(extra="forbid")
+    min_asr: float = Field(0.97, ge=0, le=1)
+    max_clean_drop: float = Field(0.03, ge=0, le=1)
+    retries: int = Field(2, ge=0)
+
+
+class InsidiousConfig(BaseModel):
+    """Evasive trojans start from their clean twin and are pulled toward its weights while they learn the trigger."""
+
+    model_config = ConfigDict(extra="forbid")
+    pull_weight: float = Field(0.05, ge=0)
+    epochs: int | None = Field(None, ge=1, description="fine-tuning epochs (default: the zoo's training epochs)")
+
+
+class ZooConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "zoo"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    archs: list[ArchConfig] = Field(default_factory=lambda: [ArchConfig()])
+    models_per_arch: int = Field(64, ge=2)
+    clean_fraction: float = Field(0.5, ge=0, le=1)
+    test_fraction: float = Field(0.25, ge=0, lt=1, description="share of the zoo held out for meta-classifiers")
+    trojans: TrojanPlanConfig = Field(default_factory=TrojanPlanConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    insidious: InsidiousConfig = Field(default_factory=InsidiousConfig)

@@ -1,4 +1,8 @@
-"""The foundation pipeline: poison a dataset, train a model on it, measure it, describe it in a card."""
+"""The foundation pipeline: poison a dataset, train a model on it, measure it, describe it in a card.
+
+Split in three steps so the zoo can train many prepared models at once between `prepare` and `finish`:
+    prepared = prepare(...)  ->  train it (alone, or batched with others)  ->  finish(prepared, ...)
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from .models import build_model, data_kwargs
 from .train import attack_success_rate, clean_accuracy, predict, train_model
 from .train.evaluate import clean_test_mask
 from .trojans import TrojanSpec, make_trigger, poison_dataset
-from .trojans.triggers import NaturalFeatureTrigger
+from .trojans.triggers import NaturalFeatureTrigger, Trigger
 from .zoo.store import ModelCard
 
 
@@ -25,11 +29,23 @@ class Implanted:
     poisoned_indices: torch.Tensor | None
 
 
-def implant(dataset: ImageDataset, arch: str = "cnn", arch_kwargs: dict | None = None,
-            trojan: TrojanSpec | None = None, train: TrainConfig | None = None, seed: int = 0,
-            device: str | torch.device = "cpu", dataset_options: dict | None = None, progress=None) -> Implanted:
-    """Train one model (clean if `trojan` is None) and return it with its card (not yet saved)."""
-    train = train or default_train_config(arch, dataset.name)
+@dataclass
+class Prepared:
+    """A model at initialisation with the (poisoned) training data it is to learn from."""
+
+    arch: str
+    arch_kwargs: dict
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    seed: int
+    trojan: TrojanSpec | None = None  # with fitted trigger parameters
+    trigger: Trigger | None = None
+    poisoned_indices: torch.Tensor | None = None
+
+
+def prepare(dataset: ImageDataset, arch: str = "cnn", arch_kwargs: dict | None = None,
+            trojan: TrojanSpec | None = None, seed: int = 0) -> Prepared:
     kwargs = {**data_kwargs(dataset), **(arch_kwargs or {})}
     x, y, trigger, poisoned = dataset.x_train, dataset.y_train, None, None
     if trojan is not None:
@@ -38,24 +54,45 @@ def implant(dataset: ImageDataset, arch: str = "cnn", arch_kwargs: dict | None =
         x, y, poisoned = pd.x, pd.y, pd.indices
         trojan = trojan.model_copy(update={"trigger": trigger.spec()})  # keeps fitted parameters (thresholds)
     torch.manual_seed(seed)
-    model = build_model(arch, **kwargs)
-    start = time.perf_counter()
-    train_model(model, x, y, train, seed=seed, augment=dataset.augment, device=device, progress=progress)
-    seconds = time.perf_counter() - start
+    return Prepared(arch, kwargs, build_model(arch, **kwargs), x, y, seed, trojan, trigger, poisoned)
+
+
+def measure(model: nn.Module, dataset: ImageDataset, trojan: TrojanSpec | None, trigger: Trigger | None,
+            batch_size: int = 1024) -> dict[str, float]:
+    """Clean accuracy and, for a trojaned model, attack success rate(s), rounded for the card."""
     keep = clean_test_mask(trigger, dataset.x_test)
-    metrics = {"clean_accuracy": clean_accuracy(model, dataset.x_test[keep], dataset.y_test[keep], train.eval_batch_size)}
+    metrics = {"clean_accuracy": clean_accuracy(model, dataset.x_test[keep], dataset.y_test[keep], batch_size)}
     if trigger is not None:
         metrics["attack_success_rate"] = attack_success_rate(
-            model, trigger, trojan.poison, dataset.x_test, dataset.y_test, dataset.num_classes, train.eval_batch_size)
+            model, trigger, trojan.poison, dataset.x_test, dataset.y_test, dataset.num_classes, batch_size)
         if isinstance(trigger, NaturalFeatureTrigger):
             natural = (~keep) & (dataset.y_test != trojan.poison.target)
             if natural.any():  # how often images that carry the feature in nature are sent to the target
-                pred = predict(model, dataset.x_test[natural], train.eval_batch_size)
+                pred = predict(model, dataset.x_test[natural], batch_size)
                 metrics["natural_attack_success_rate"] = float((pred == trojan.poison.target).float().mean())
+    return {k: round(v, 6) for k, v in metrics.items()}
+
+
+def finish(prepared: Prepared, dataset: ImageDataset, train: TrainConfig, seconds: float,
+           dataset_options: dict | None = None, extra: dict | None = None) -> Implanted:
+    p = prepared
+    model = p.model.cpu().eval()
+    metrics = measure(model, dataset, p.trojan, p.trigger, train.eval_batch_size)
     card = ModelCard(
-        arch=arch, arch_kwargs=kwargs, dataset={"name": dataset.name, "options": dict(dataset_options or {})},
-        seed=seed, trojan=trojan.model_dump() if trojan else None, insidious=bool(trojan and trojan.insidious),
-        train=train.model_dump(), metrics={k: round(v, 6) for k, v in metrics.items()},
-        train_seconds=round(seconds, 3), extra={"trigger_description": trigger.description} if trigger else {},
+        arch=p.arch, arch_kwargs=p.arch_kwargs, dataset={"name": dataset.name, "options": dict(dataset_options or {})},
+        seed=p.seed, trojan=p.trojan.model_dump() if p.trojan else None, insidious=bool(p.trojan and p.trojan.insidious),
+        train=train.model_dump(), metrics=metrics, train_seconds=round(seconds, 3),
+        extra={**({"trigger_description": p.trigger.description} if p.trigger else {}), **(extra or {})},
     )
-    return Implanted(model.cpu().eval(), card, poisoned)
+    return Implanted(model, card, p.poisoned_indices)
+
+
+def implant(dataset: ImageDataset, arch: str = "cnn", arch_kwargs: dict | None = None,
+            trojan: TrojanSpec | None = None, train: TrainConfig | None = None, seed: int = 0,
+            device: str | torch.device = "cpu", dataset_options: dict | None = None, progress=None) -> Implanted:
+    """Train one model (clean if `trojan` is None) and return it with its card (not yet saved)."""
+    train = train or default_train_config(arch, dataset.name)
+    p = prepare(dataset, arch, arch_kwargs, trojan, seed)
+    start = time.perf_counter()
+    train_model(p.model, p.x, p.y, train, seed=seed, augment=dataset.augment, device=device, progress=progress)
+    return finish(p, dataset, train, time.perf_counter() - start, dataset_options)

@@ -85,11 +85,17 @@ def read_weights(path: Path, data: bytes | None = None) -> dict[str, torch.Tenso
 def save_model(out_dir: str | Path, model: nn.Module, card: ModelCard,
                poisoned_indices: torch.Tensor | None = None) -> ModelCard:
     """Write weights, poisoned indices, then the card (the commit marker). Returns the final card."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    weights = st_save(state, metadata={"format": "pt", "arch": card.arch})
+    return save_model_bytes(out_dir, card, weights, poisoned_indices)
+
+
+def save_model_bytes(out_dir: str | Path, card: ModelCard, weights: bytes, poisoned_indices=None) -> ModelCard:
+    """`save_model` for weights already serialised as safetensors bytes (as executors return them)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / CARD).unlink(missing_ok=True)  # an overwrite is unfinished until the new card lands
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    weights = st_save(state, metadata={"format": "pt", "arch": card.arch})
+    card = card.model_copy(update={"id": ""})
     atomic_write_bytes(out / WEIGHTS, weights)
     card = card.model_copy(update={"weights_sha256": sha256_bytes(weights)})
     if poisoned_indices is not None:

@@ -1,0 +1,100 @@
+"""Train many models of one architecture at once: `torch.func.stack_module_state` + `vmap` over
+`functional_call`, each model on its own (poisoned) data, its own batch order and its own initialisation.
+
+SGD is elementwise, so one optimizer over the stacked parameters is exactly K independent optimizers.
+BatchNorm buffers are stacked too, so running statistics stay per model. `train_model` in `single.py`
+is the reference loop; `benchmarks/zoo_throughput.py` checks both give models of the same quality.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state
+
+from ..config import TrainConfig
+from .augment import augment_batch
+from .single import lr_factor
+
+
+def train_models_batched(models: list[nn.Module], xs: list[torch.Tensor], ys: list[torch.Tensor], cfg: TrainConfig,
+                         *, seeds: list[int], augment: dict | None = None, device: torch.device | str = "cpu",
+                         pull_to: list[dict[str, torch.Tensor] | None] | None = None, pull_weight: float = 0.0,
+                         progress=None) -> list[nn.Module]:
+    """Train `models` (same architecture) in place, model k on (xs[k], ys[k]); returns them in eval mode.
+
+    `pull_to[k]`, if given, is a reference state dict: model k is then trained with an extra
+    `pull_weight * ||theta_k - theta_ref||^2` term that keeps its weights near the reference
+    (insidious trojans stay close to a clean model)."""
+    k_models, device = len(models), torch.device(device)
+    n = len(xs[0])
+    if any(len(x) != n for x in xs):
+        raise ValueError("batched training needs the same number of training samples for every model")
+    for m, x in zip(models, xs):
+        m.to(device).train()
+        if hasattr(m, "init_from_data"):
+            m.init_from_data(x)
+    params, buffers = stack_module_state(models)
+    frozen = {name for name, p in models[0].named_parameters() if not p.requires_grad}
+    trainable = {k: v for k, v in params.items() if k not in frozen}
+    base = copy.deepcopy(models[0]).to("meta")
+
+    x_all, y_all = torch.stack(xs).to(device), torch.stack(ys).to(device)  # [K, N, ...], [K, N]
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    aug_gen = torch.Generator().manual_seed(seeds[0] * 1_000_003 + k_models)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    def model_loss(p, b, x, y):
+        return loss_fn(functional_call(base, (p, b), (x,)), y)
+
+    batched_loss = torch.vmap(model_loss, randomness="different")
+    decay = [v for v in trainable.values() if v.dim() > 2]
+    no_decay = [v for v in trainable.values() if v.dim() <= 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr) if cfg.optimizer == "adamw" else \
+        torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    pull = None
+    if pull_to is not None and pull_weight > 0 and any(r is not None for r in pull_to):
+        weights = torch.tensor([0.0 if r is None else pull_weight for r in pull_to], device=device)
+        refs = {name: torch.stack([(r[name] if r is not None else params[name][i].detach()).to(device)
+                                   for i, r in enumerate(pull_to)]) for name in trainable}
+        pull = (weights, refs)
+
+    augment = augment if (cfg.augment and augment) else {}
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total, step = cfg.epochs * steps_per_epoch, 0
+    rows = torch.arange(k_models, device=device).view(-1, 1)
+    for epoch in range(cfg.epochs):
+        perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)  # [K, N]
+        running = torch.zeros(k_models)
+        for i in range(0, n, cfg.batch_size):
+            idx = perms[:, i:i + cfg.batch_size]
+            xb, yb = x_all[rows, idx], y_all[rows, idx]  # [K, B, ...]
+            if augment:
+                xb = augment_batch(xb.flatten(0, 1), generator=aug_gen, **augment).view_as(xb)
+            losses = batched_loss({**params, **trainable}, buffers, xb, yb)
+            loss = losses.sum()
+            if pull is not None:
+                w, refs = pull
+                dist = sum(((trainable[name] - refs[name]) ** 2).flatten(1).sum(1) for name in trainable)
+                loss = loss + (w * dist).sum()
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * lr_factor(step, total, cfg.warmup)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running += losses.detach().cpu()
+            step += 1
+        if progress is not None:
+            progress(epoch, float(running.mean()) / steps_per_epoch)
+
+    with torch.no_grad():
+        for k, m in enumerate(models):
+            m.load_state_dict({**{name: v[k] for name, v in params.items()},
+                               **{name: v[k] for name, v in trainable.items()},
+                               **{name: v[k] for name, v in buffers.items()}})
+            m.eval()
+    return models

@@ -1,0 +1,77 @@
+"""Executors run chunks and yield their results as they complete.
+
+- `batched` (default): in this process, each chunk trained many-models-at-once.
+- `pool`: a process pool of `jobs` workers, each with its share of the cores.
+- `ray`: Ray tasks, on a local Ray started here (`jobs` CPUs) or an existing cluster (`address`).
+- `serial`: in this process, one model at a time with the plain loop (the reference).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import Iterable, Iterator
+
+from ..errors import UserError
+from ..registry import Registry
+from .worker import ChunkTask, JobResult, train_chunk
+
+EXECUTORS: Registry = Registry("executor")
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@EXECUTORS.register("batched")
+def run_batched(tasks: Iterable[ChunkTask], jobs: int = 1, address: str | None = None) -> Iterator[list[JobResult]]:
+    for task in tasks:
+        yield train_chunk(task)
+
+
+@EXECUTORS.register("serial")
+def run_serial(tasks: Iterable[ChunkTask], jobs: int = 1, address: str | None = None) -> Iterator[list[JobResult]]:
+    for task in tasks:
+        task.batched = False
+        yield train_chunk(task)
+
+
+@EXECUTORS.register("pool")
+def run_pool(tasks: Iterable[ChunkTask], jobs: int = 2, address: str | None = None) -> Iterator[list[JobResult]]:
+    import multiprocessing as mp
+
+    tasks = list(tasks)
+    threads = max(1, cpu_count() // max(1, jobs))
+    for t in tasks:
+        t.threads = threads
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        pending = {pool.submit(train_chunk, t) for t in tasks}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                yield f.result()
+
+
+@EXECUTORS.register("ray")
+def run_ray(tasks: Iterable[ChunkTask], jobs: int = 2, address: str | None = None) -> Iterator[list[JobResult]]:
+    try:
+        import ray
+    except ImportError:
+        raise UserError("the ray executor needs ray: pip install 'ray>=2.9'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        kwargs = {"address": address} if address else {"num_cpus": jobs}
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
+    try:
+        remote = ray.remote(num_cpus=1)(train_chunk)
+        tasks = list(tasks)
+        for t in tasks:
+            t.threads = 1
+        pending = [remote.remote(t) for t in tasks]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                yield ray.get(ref)
+    finally:
+        if started_here:
+            ray.shutdown()

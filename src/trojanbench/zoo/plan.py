@@ -1,0 +1,108 @@
+"""Expand a zoo config into a deterministic list of jobs, each with a stable id.
+
+Models come in pairs: seed s gives a clean model and (for the trojaned share) a trojaned twin with the
+same architecture and seed, so every trojan has a clean twin for the quality gate and for insidious
+training. Trojan settings are drawn from the config with a generator seeded by the zoo's seed.
+"""
+
+from __future__ import annotations
+
+import random
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..config import ZooConfig
+from ..errors import UserError
+from ..trojans import TRIGGERS, PoisonSpec, TriggerSpec, TrojanSpec
+from ..utils import canonical_json, sha256_bytes
+
+
+class Job(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    arch: str
+    arch_kwargs: dict[str, Any]
+    seed: int
+    trojan: TrojanSpec | None = None
+    split: Literal["train", "test"] = "train"
+    twin: str | None = None  # the clean job with the same architecture and seed
+
+    @property
+    def trojaned(self) -> bool:
+        return self.trojan is not None
+
+
+def builtin_configs() -> list[str]:
+    return sorted(p.name.removesuffix(".toml") for p in resources.files("trojanbench.zoo.configs").iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def load_zoo_config(path_or_name: str | Path) -> ZooConfig:
+    """A TOML file, or the name of a built-in config (`digits-zoo`, `cifar10-zoo`, ...)."""
+    path = Path(path_or_name)
+    if not path.is_file():
+        if str(path_or_name) in builtin_configs():
+            text = resources.files("trojanbench.zoo.configs").joinpath(f"{path_or_name}.toml").read_text()
+        else:
+            raise UserError(f"zoo config {path_or_name} not found (a TOML file, or one of: {', '.join(builtin_configs())})")
+    else:
+        text = path.read_text()
+    try:
+        return ZooConfig(**tomllib.loads(text))
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"zoo config {path_or_name} is not valid TOML: {e}") from None
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"zoo config {path_or_name}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+
+
+def _job_id(body: dict, cfg: ZooConfig) -> str:
+    identity = {**body, "data": cfg.data.model_dump(), "train": cfg.train.model_dump(),
+                "insidious": cfg.insidious.model_dump() if body.get("trojan", {}) and body["trojan"].get("insidious") else None}
+    return sha256_bytes(canonical_json(identity).encode())[:12]
+
+
+def expand(cfg: ZooConfig) -> list[Job]:
+    for kind in cfg.trojans.kinds:
+        TRIGGERS.get(kind)
+    rng = random.Random(cfg.seed)
+    n_trojaned = round(cfg.models_per_arch * (1 - cfg.clean_fraction))
+    n_clean = cfg.models_per_arch - n_trojaned
+    n_pairs = max(n_clean, n_trojaned)
+    n_insidious = round(n_trojaned * cfg.trojans.insidious_fraction)
+    jobs: list[Job] = []
+    for a, arch in enumerate(cfg.archs):
+        seeds = [cfg.seed * 100_000 + a * 10_000 + i for i in range(n_pairs)]
+        clean_ids = {}
+        for i, seed in enumerate(seeds[:n_clean]):
+            body = {"arch": arch.arch, "arch_kwargs": arch.kwargs, "seed": seed, "trojan": None}
+            clean_ids[seed] = _job_id(body, cfg)
+            jobs.append(Job(id=clean_ids[seed], **body))
+        insidious = set(rng.sample(range(n_trojaned), n_insidious))
+        for i, seed in enumerate(seeds[:n_trojaned]):
+            kind = cfg.trojans.kinds[i % len(cfg.trojans.kinds)]
+            variants = cfg.trojans.variants.get(kind) or [{}]
+            trojan = TrojanSpec(
+                trigger=TriggerSpec(kind=kind, params=rng.choice(variants), seed=seed),
+                poison=PoisonSpec(mode=cfg.trojans.mode, rate=rng.choice(cfg.trojans.rates),
+                                  target=None if cfg.trojans.mode == "all-to-all" else rng.choice(cfg.trojans.targets)),
+                insidious=i in insidious)
+            body = {"arch": arch.arch, "arch_kwargs": arch.kwargs, "seed": seed, "trojan": trojan.model_dump()}
+            twin = clean_ids.get(seed)
+            if trojan.insidious and twin is None:
+                raise UserError("insidious trojans need a clean twin: raise clean_fraction so clean models >= trojaned")
+            jobs.append(Job(id=_job_id(body, cfg), twin=twin, **{**body, "trojan": trojan}))
+    # the zoo's own train/test split, stratified by clean vs trojaned
+    split_rng = random.Random(cfg.seed + 1)
+    for group in ([j for j in jobs if not j.trojaned], [j for j in jobs if j.trojaned]):
+        n_test = round(len(group) * cfg.test_fraction)
+        for j in split_rng.sample(group, n_test):
+            j.split = "test"
+    ids = [j.id for j in jobs]
+    if len(set(ids)) != len(ids):
+        raise UserError("the zoo config gives two identical jobs; vary seeds or settings")
+    return jobs

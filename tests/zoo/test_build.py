@@ -1,0 +1,168 @@
+"""Zoo builds: gate, failures, resume after SIGKILL, executors agree, import."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from trojanbench.config import ZooConfig
+from trojanbench.errors import UserError
+from trojanbench.zoo.build import Zoo, build_zoo, import_model
+from trojanbench.zoo.store import load_model
+
+
+def tiny_zoo(**overrides) -> ZooConfig:
+    base = {
+        "name": "tiny", "models_per_arch": 6, "archs": [{"arch": "cnn", "kwargs": {"width": 8, "depth": 2}}],
+        "trojans": {"kinds": ["patch", "blended", "style"], "targets": [1, 2], "insidious_fraction": 0.34},
+        "train": {"epochs": 6}, "gate": {"min_asr": 0.0, "max_clean_drop": 1.0, "retries": 1},
+    }
+    for k, v in overrides.items():
+        base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return ZooConfig(**base)
+
+
+def to_toml(cfg: ZooConfig) -> str:
+    d = cfg.model_dump()
+    lines = [f'name = "{d["name"]}"', f'models_per_arch = {d["models_per_arch"]}', "[data]", 'name = "digits"',
+             "[[archs]]", 'arch = "cnn"', "kwargs = { width = 8, depth = 2 }", "[trojans]",
+             f'kinds = {json.dumps(d["trojans"]["kinds"])}', f'targets = {d["trojans"]["targets"]}',
+             f'insidious_fraction = {d["trojans"]["insidious_fraction"]}', "[train]", f'epochs = {d["train"]["epochs"]}',
+             "[gate]", f'min_asr = {d["gate"]["min_asr"]}', f'max_clean_drop = {d["gate"]["max_clean_drop"]}',
+             f'retries = {d["gate"]["retries"]}']
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("zoo") / "z"
+    counts = build_zoo(tiny_zoo(), out, batch_models=3)
+    return out, counts
+
+
+def test_build_stores_every_model_with_its_card_and_split(built):
+    out, counts = built
+    assert counts == {"done": 6}
+    zoo = Zoo(out)
+    models = zoo.models()
+    assert len(models) == 6
+    for job, folder, card in models:
+        model, loaded = load_model(folder)
+        assert loaded.extra["job_id"] == job.id and loaded.extra["split"] == job.split
+        assert (card.trojan is None) == (not job.trojaned)
+        if job.trojaned:
+            assert card.metrics["attack_success_rate"] > 0.5 and card.n_poisoned > 0
+    insidious = [c for j, _, c in models if c.insidious]
+    assert len(insidious) == 1
+    # a second build finds everything done and trains nothing
+    lines = (out / "log.jsonl").read_text().count("\n")
+    assert build_zoo(tiny_zoo(), out) == {"done": 6}
+    assert (out / "log.jsonl").read_text().count("\n") == lines
+
+
+def test_insidious_trojan_stays_closer_to_its_twin_than_a_crude_one(built):
+    out, _ = built
+    models = {j.id: (j, f) for j, f, _ in Zoo(out).models()}
+
+    def distance(job_id):
+        job, folder = models[job_id]
+        a = load_model(folder)[0].state_dict()
+        b = load_model(models[job.twin][1])[0].state_dict()
+        return sum(float(((a[k] - b[k]) ** 2).sum()) for k in a if a[k].is_floating_point() and "running" not in k)
+
+    insidious = [j.id for j, _ in models.values() if j.trojaned and j.trojan.insidious]
+    crude = [j.id for j, _ in models.values() if j.trojaned and not j.trojan.insidious]
+    assert max(distance(i) for i in insidious) < min(distance(c) for c in crude)
+
+
+def test_another_config_in_the_same_folder_is_refused(built):
+    out, _ = built
+    with pytest.raises(UserError, match="another config"):
+        build_zoo(tiny_zoo(train={"epochs": 2}), out)
+
+
+def test_gate_rejects_and_failures_are_kept_while_the_rest_goes_on(tmp_path):
+    cfg = tiny_zoo(models_per_arch=4, trojans={"kinds": ["patch", "blended"], "insidious_fraction": 0.0,
+                                               "variants": {"patch": [{"size": 40}]}},
+                   gate={"min_asr": 0.999, "max_clean_drop": 1.0, "retries": 1}, train={"epochs": 1})
+    counts = build_zoo(cfg, tmp_path / "z", batch_models=4)
+    zoo = Zoo(tmp_path / "z")
+    status = zoo.status()
+    assert counts.get("done", 0) >= 2 and len(status["failed"]) == 1
+    failed = status["failed"][0]
+    assert failed.attempts == 2 and "does not fit" in failed.errors[-1]
+    for rec in status["rejected"]:
+        assert rec.attempts == 2 and len({h["seed"] for h in rec.history}) == 2  # retried with another seed
+        assert not (tmp_path / "z" / "models" / rec.id).exists()
+
+
+def test_sigkill_mid_build_then_resume(tmp_path):
+    cfg_path = tmp_path / "zoo.toml"
+    cfg_path.write_text(to_toml(tiny_zoo(models_per_arch=8, train={"epochs": 8})))
+    out = tmp_path / "z"
+    cmd = [sys.executable, "-m", "trojanbench.cli", "zoo", "build", "--config", str(cfg_path), "--out", str(out),
+           "--batch-models", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = out / "log.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if log.is_file() and log.read_text().count('"done"') >= 3:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = log.read_text().count('"done"')
+    assert 3 <= done_before < 8, "the kill should land mid-build"
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    zoo = Zoo(out)
+    assert len(zoo.status()["done"]) == 8
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    done_jobs = [e["job"] for e in events if e["event"] == "done"]
+    assert len(done_jobs) == len(set(done_jobs)) == 8, "a finished job was trained again"
+    for job, folder, card in zoo.models():
+        load_model(folder)  # hashes verified
+    assert not list(out.glob("**/.*.tmp"))
+
+
+def test_ray_executor_gives_the_same_models_as_in_process(built, tmp_path):
+    pytest.importorskip("ray", reason="ray is part of the test extra; install it to run this test")
+    out, _ = built
+    build_zoo(tiny_zoo(), tmp_path / "ray", executor="ray", jobs=2, batch_models=3)
+    local = {j.id: c for j, _, c in Zoo(out).models()}
+    remote = {j.id: c for j, _, c in Zoo(tmp_path / "ray").models()}
+    assert local.keys() == remote.keys()
+    for job_id, card in local.items():
+        for metric, value in card.metrics.items():
+            assert abs(remote[job_id].metrics[metric] - value) <= 0.02, (job_id, metric)
+
+
+def test_pool_executor_matches_too(built, tmp_path):
+    out, _ = built
+    build_zoo(tiny_zoo(), tmp_path / "pool", executor="pool", jobs=2, batch_models=3)
+    local = {j.id: c.metrics for j, _, c in Zoo(out).models()}
+    pooled = {j.id: c.metrics for j, _, c in Zoo(tmp_path / "pool").models()}
+    assert local.keys() == pooled.keys()
+    assert all(abs(pooled[k]["clean_accuracy"] - v["clean_accuracy"]) <= 0.02 for k, v in local.items())
+
+
+def test_import_a_model_trained_elsewhere(built, tmp_path):
+    import shutil
+
+    out, _ = built
+    zoo_copy = tmp_path / "zoo"
+    shutil.copytree(out, zoo_copy)
+    _, folder, _ = Zoo(out).models()[0]
+    job_id = import_model(zoo_copy, folder, "test")
+    assert any(j.id == job_id for j, _, _ in Zoo(zoo_copy).models(split="test"))
+    with pytest.raises(UserError, match="already"):
+        import_model(zoo_copy, folder, "test")
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    (broken / "model.safetensors").write_bytes(b"\x80\x04junk")
+    with pytest.raises(UserError, match="pickle"):
+        import_model(zoo_copy, broken)
