@@ -58,14 +58,17 @@ class ModelCard(BaseModel):
 
 
 def _check_safetensors_bytes(data: bytes, path: Path) -> None:
-    if data[:1] == b"\x80" or data[:2] == b"PK":
+    """Refuse anything that is not a safetensors file, before any parser sees it."""
+    if len(data) >= 10:
+        (header_len,) = struct.unpack("<Q", data[:8])
+        if header_len <= len(data) - 8 and data[8:9] == b"{":
+            return
+    if data[:1] == b"\x80" or data[:2] == b"PK":  # pickle protocol 2+ / torch.save zip
         raise UserError(f"{path} is a pickle / torch.save file, not safetensors; trojanbench never unpickles "
                         "model files (convert it with safetensors.torch.save_file)")
     if len(data) < 10:
         raise UserError(f"{path} is truncated or empty ({len(data)} bytes)")
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > len(data) - 8 or data[8:9] != b"{":
-        raise UserError(f"{path} is not a valid safetensors file (bad header; truncated or another format)")
+    raise UserError(f"{path} is not a valid safetensors file (bad header; truncated or another format)")
 
 
 def read_weights(path: Path, data: bytes | None = None) -> dict[str, torch.Tensor]:
