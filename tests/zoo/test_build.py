@@ -166,3 +166,16 @@ def test_import_a_model_trained_elsewhere(built, tmp_path):
     (broken / "model.safetensors").write_bytes(b"\x80\x04junk")
     with pytest.raises(UserError, match="pickle"):
         import_model(zoo_copy, broken)
+
+
+def test_status_cli_and_errors(built, tmp_path):
+    out, _ = built
+    r = subprocess.run([sys.executable, "-m", "trojanbench.cli", "zoo", "status", str(out)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "done" in r.stdout and "trigger kinds" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "trojanbench.cli", "zoo", "status", str(tmp_path)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "not a zoo" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "trojanbench.cli", "zoo", "build", "--config", "nope", "--out",
+                        str(tmp_path / "z")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "not found" in r.stderr and "digits-zoo" in r.stderr
