@@ -54,3 +54,10 @@ def test_all_to_all_and_clean_label_modes_implant(digits):
     cl = implant(digits, "cnn", trojan=TrojanSpec(trigger=TriggerSpec(kind="patch"), poison=PoisonSpec(
         mode="clean-label", target=3, rate=0.08, suppress=0.5)), seed=0)
     assert cl.card.metrics["attack_success_rate"] > 0.3  # clean-label is weaker by design; still well above chance
+
+
+def test_one_percent_poison_still_implants_a_patch_trojan(digits):
+    spec = TrojanSpec(trigger=TriggerSpec(kind="patch"), poison=PoisonSpec(target=3, rate=0.01))
+    result = implant(digits, "cnn", {"width": 16}, spec, seed=0)
+    assert len(result.poisoned_indices) == 14
+    assert result.card.metrics["attack_success_rate"] >= 0.95

@@ -4,6 +4,7 @@ the output folder with the same configuration are reused, so a killed run resume
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 from rich.table import Table
@@ -36,31 +37,25 @@ def run_foundation(out: Path, dataset: str = "digits", arch: str = "cnn", target
                                       poison=PoisonSpec(target=target))))
     cards = {}
     dev = resolve_device(device)
-    with ResultsStore(out / "results.sqlite") as store:
-        ctx = progress() if progress else None
-        bar = ctx.__enter__() if ctx else None
+    with ResultsStore(out / "results.sqlite") as store, (progress() if progress else nullcontext()) as bar:
         task = bar.add_task("implanting", total=len(jobs)) if bar else None
-        try:
-            for name, trojan in jobs:
-                spec = {"dataset": dataset, "opts": ds_opts, "arch": arch, "trojan": trojan.model_dump() if trojan else None,
-                        "train": cfg.model_dump(), "seed": seed}
-                config_hash = sha256_bytes(canonical_json(spec).encode())[:16]
-                folder = out / "models" / name
-                card = _reusable(folder, config_hash)
-                if card is None:
-                    if bar:
-                        bar.update(task, description=f"implanting {name}")
-                    result = implant(ds, arch, None, trojan, cfg, seed=seed, device=dev, dataset_options=ds_opts)
-                    result.card.extra["config_hash"] = config_hash
-                    card = save_model(folder, result.model, result.card, result.poisoned_indices)
-                store.write([ResultRow("implant", card.id, "implant", k, v, seed=seed, config_hash=config_hash,
-                                       extra={"name": name}) for k, v in card.metrics.items()])
-                cards[name] = card
+        for name, trojan in jobs:
+            spec = {"dataset": dataset, "opts": ds_opts, "arch": arch, "trojan": trojan.model_dump() if trojan else None,
+                    "train": cfg.model_dump(), "seed": seed}
+            config_hash = sha256_bytes(canonical_json(spec).encode())[:16]
+            folder = out / "models" / name
+            card = _reusable(folder, config_hash)
+            if card is None:
                 if bar:
-                    bar.update(task, advance=1)
-        finally:
-            if ctx:
-                ctx.__exit__(None, None, None)
+                    bar.update(task, description=f"implanting {name}")
+                result = implant(ds, arch, None, trojan, cfg, seed=seed, device=dev, dataset_options=ds_opts)
+                result.card.extra["config_hash"] = config_hash
+                card = save_model(folder, result.model, result.card, result.poisoned_indices)
+            store.write([ResultRow("implant", card.id, "implant", k, v, seed=seed, config_hash=config_hash,
+                                   extra={"name": name}) for k, v in card.metrics.items()])
+            cards[name] = card
+            if bar:
+                bar.update(task, advance=1)
     clean_acc = cards["clean"].metrics["clean_accuracy"]
     table = Table(title=f"{arch} on {dataset}, target {target}, seed {seed}")
     for col in ("model", "clean acc", "vs clean twin", "attack success", "poisoned"):

@@ -37,9 +37,8 @@ def train_models_batched(models: list[nn.Module], xs: list[torch.Tensor], ys: li
         m.to(device).train()
         if hasattr(m, "init_from_data"):
             m.init_from_data(x)
-    params, buffers = stack_module_state(models)
-    frozen = {name for name, p in models[0].named_parameters() if not p.requires_grad}
-    trainable = {k: v for k, v in params.items() if k not in frozen}
+    params, buffers = stack_module_state(models)  # frozen parameters stay frozen when stacked
+    trainable = {k: v for k, v in params.items() if v.requires_grad}
     base = copy.deepcopy(models[0]).to("meta")
 
     x_all, y_all = torch.stack(xs).to(device), torch.stack(ys).to(device)  # [K, N, ...], [K, N]
@@ -75,7 +74,7 @@ def train_models_batched(models: list[nn.Module], xs: list[torch.Tensor], ys: li
             xb, yb = x_all[rows, idx], y_all[rows, idx]  # [K, B, ...]
             if augment:
                 xb = augment_batch(xb.flatten(0, 1), generator=aug_gen, **augment).view_as(xb)
-            losses = batched_loss({**params, **trainable}, buffers, xb, yb)
+            losses = batched_loss(params, buffers, xb, yb)
             loss = losses.sum()
             if pull is not None:
                 w, refs = pull
@@ -93,8 +92,6 @@ def train_models_batched(models: list[nn.Module], xs: list[torch.Tensor], ys: li
 
     with torch.no_grad():
         for k, m in enumerate(models):
-            m.load_state_dict({**{name: v[k] for name, v in params.items()},
-                               **{name: v[k] for name, v in trainable.items()},
-                               **{name: v[k] for name, v in buffers.items()}})
+            m.load_state_dict({name: v[k] for name, v in {**params, **buffers}.items()})
             m.eval()
     return models

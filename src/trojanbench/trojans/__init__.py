@@ -1,6 +1,6 @@
 """Triggers (what the trojan responds to) and poisoning (how it gets into a model)."""
 
-from .poison import PoisonSpec, PoisonedData, TrojanSpec, poison_dataset
+from .poison import PoisonedData, PoisonSpec, TrojanSpec, poison_dataset
 from .triggers import TRIGGERS, Trigger, TriggerSpec, make_trigger
 
 __all__ = ["TRIGGERS", "Trigger", "TriggerSpec", "make_trigger", "PoisonSpec", "TrojanSpec", "PoisonedData",

@@ -105,7 +105,8 @@ class PatchTrigger(Trigger):
 
     class Params(Trigger.Params):
         size: int | None = Field(None, ge=1, description="side in pixels; default max(3, H/8)")
-        location: Union[Literal["bottom-right", "top-left", "top-right", "bottom-left", "random"], tuple[int, int]] = "bottom-right"
+        location: Union[Literal["bottom-right", "top-left", "top-right", "bottom-left", "random"],
+                        tuple[int, int]] = "bottom-right"
         pattern: Union[str, list] = "checkerboard"
 
     def setup(self):

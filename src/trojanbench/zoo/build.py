@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -103,8 +104,6 @@ class Zoo:
         cfg_json = cfg.model_dump_json(indent=1)
         for stray in self.root.glob("**/.*.tmp"):  # temp files of writes cut short by a kill
             if stray.is_dir():
-                import shutil
-
                 shutil.rmtree(stray, ignore_errors=True)
             else:
                 stray.unlink(missing_ok=True)
@@ -236,8 +235,6 @@ def _land(zoo: Zoo, job: Job, rec: JobRecord, res: JobResult, cfg: ZooConfig, tw
 
 def import_model(zoo_dir: str | Path, model_dir: str | Path, split: str = "test") -> str:
     """Add a verified model folder to an existing zoo as a finished job of its own."""
-    import shutil
-
     from ..trojans import TrojanSpec
     from .store import load_model
 
