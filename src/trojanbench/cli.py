@@ -17,7 +17,8 @@ from .errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="trojanbench: test interpretability and auditing tools against models with planted trojans.")
-console = Console()
+# piped output (logs, CI) gets wide tables instead of rich's 80-column default
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 
@@ -143,6 +144,10 @@ def list_registries():
 @app.command()
 def run(
     out: Path = typer.Option(Path("runs/default"), "--out", "-o", help="folder for models and results"),
+    track: Optional[str] = typer.Option(None, help="run one track on --zoo: detect"),
+    zoo: Optional[Path] = typer.Option(None, help="the zoo a track runs on"),
+    tools: Optional[str] = typer.Option(None, help="comma-separated tool names (default: all registered)"),
+    results: Optional[Path] = typer.Option(None, help="results store (default: OUT/results.sqlite)"),
     dataset: str = typer.Option("digits"),
     arch: str = typer.Option("cnn"),
     target: int = typer.Option(3, help="target label of every trojan"),
@@ -151,14 +156,44 @@ def run(
     data_root: Optional[Path] = typer.Option(None),
     device: str = typer.Option("auto"),
 ):
-    """The main job: implant every trigger kind into one architecture beside its clean twin, store the
-    models and results, and print the table (reuses models already in OUT)."""
+    """The main job. Without --track: implant every trigger kind into one architecture beside its clean twin,
+    store the models and results, and print the table (reuses models already in OUT).
+    With --track detect --zoo DIR: score every detector on the zoo and print the leaderboards."""
+    if track is not None:
+        _run_track(track, zoo, tools, results or out / "results.sqlite", seed, device)
+        return
     from .bench import run_foundation
 
     table = run_foundation(out, dataset=dataset, arch=arch, target=target, seed=seed, epochs=epochs,
                            data_root=data_root, device=device, progress=_progress)
     console.print(table)
     console.print(f"models in {out / 'models'}, results in {out / 'results.sqlite'}")
+
+
+def _run_track(track: str, zoo: Path | None, tools: str | None, results: Path, seed: int, device: str) -> None:
+    from .utils import resolve_device
+
+    if track != "detect":
+        raise UserError(f"unknown track {track!r}; known: detect")
+    if zoo is None:
+        raise UserError("--track detect needs --zoo DIR (build one with `trojanbench zoo build`)")
+    from .report.leaderboard import leaderboard
+    from .tasks.detect import run_detect_track
+
+    names = [t.strip() for t in tools.split(",")] if tools else None
+    with _progress() as bar:
+        task = bar.add_task("detecting", total=None)
+        model_scores, sample_scores = run_detect_track(zoo, results, names, seed=seed, device=str(resolve_device(device)),
+                                                       progress=lambda: bar.update(task, advance=1))
+    if model_scores:
+        console.print(leaderboard("Is this model trojaned? (held-out zoo split)", model_scores, "auroc", [
+            ("auroc", "AUROC"), ("auroc[crude]", "AUROC crude"), ("auroc[insidious]", "AUROC insidious"),
+            ("target_accuracy", "target acc"), ("trigger_iou", "trigger IoU"), ("seconds_per_model", "s/model")]))
+    if sample_scores:
+        console.print(leaderboard("Which training samples were poisoned? (every trojaned model)", sample_scores, "auroc", [
+            ("auroc", "AUROC"), ("tpr@5fpr", "TPR@5%FPR"), ("auroc[kind=patch]", "AUROC patch"),
+            ("auroc[insidious]", "AUROC insidious"), ("seconds_per_model", "s/model")]))
+    console.print(f"results in {results}")
 
 
 zoo_app = typer.Typer(no_args_is_help=True, help="Build and inspect zoos of clean and trojaned models.")
@@ -275,7 +310,8 @@ def main() -> None:
     except Exception as e:
         if debug:
             raise
-        err_console.print(f"internal error: {type(e).__name__}: {e} (set TROJANBENCH_DEBUG=1 for the traceback)",
+        first = (str(e).splitlines() or [""])[0]
+        err_console.print(f"internal error: {type(e).__name__}: {first} (set TROJANBENCH_DEBUG=1 for the traceback)",
                           markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
 

@@ -1,0 +1,1 @@
+"""Leaderboards (terminal now; the static HTML report follows)."""

@@ -1,0 +1,1 @@
+"""Tool families, each a registry of small classes with one verb (see DESIGN.md)."""

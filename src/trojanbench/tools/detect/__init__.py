@@ -1,0 +1,94 @@
+"""Detectors. Two protocols, one verb each:
+
+- `Detector.detect(model, ctx) -> Detection`: is this model trojaned (score, higher = more suspicious),
+  and which label is its target. Learned detectors also implement `fit(models, labels, ctx)` and are fitted
+  on the zoo's training split only.
+- `SampleDetector.suspicion(model, x, y, ctx) -> Tensor[N]`: how suspicious each training sample is.
+
+Register a new one with `@register("name")` / `@register_sample("name")`; the detect task scores it beside
+the baselines.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ...registry import Registry
+
+
+@dataclass
+class DetectContext:
+    """What an auditor gets besides the model: a small clean sample, the input shape, the class count."""
+
+    x_clean: torch.Tensor
+    y_clean: torch.Tensor
+    num_classes: int
+    device: torch.device = torch.device("cpu")
+    seed: int = 0
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_clean.shape[1:])
+
+
+@dataclass
+class Detection:
+    score: float
+    target_label: int | None = None
+    mask: torch.Tensor | None = None  # a reverse-engineered trigger footprint [H, W] in [0, 1], if any
+
+
+class Detector(ABC):
+    version: ClassVar[str] = "1"
+    is_baseline: ClassVar[bool] = False
+
+    def fit(self, models: list[nn.Module], labels: list[int], ctx: DetectContext) -> None:
+        """Learned detectors train here on the zoo's training split (label 1 = trojaned)."""
+
+    @property
+    def learned(self) -> bool:
+        return type(self).fit is not Detector.fit
+
+    @abstractmethod
+    def detect(self, model: nn.Module, ctx: DetectContext) -> Detection: ...
+
+
+class SampleDetector(ABC):
+    version: ClassVar[str] = "1"
+    is_baseline: ClassVar[bool] = False
+
+    @abstractmethod
+    def suspicion(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: DetectContext) -> torch.Tensor: ...
+
+
+DETECTORS: Registry[type[Detector]] = Registry("detector")
+SAMPLE_DETECTORS: Registry[type[SampleDetector]] = Registry("sample detector")
+register = DETECTORS.register
+register_sample = SAMPLE_DETECTORS.register
+
+
+def penultimate(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """The input of the model's last linear layer (its feature space), captured with a hook that is
+    always removed."""
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    feats = []
+    handle = head.register_forward_hook(lambda mod, inp, out: feats.append(inp[0].detach().flatten(1).cpu()))
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                model(x[i:i + batch_size].to(device))
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return torch.cat(feats)
+
+
+from . import baselines, data_level, neural_cleanse  # noqa: E402,F401  (register the detectors)

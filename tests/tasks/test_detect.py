@@ -1,0 +1,78 @@
+"""The detection track on a small zoo of crude patch trojans: the batched Neural Cleanse finds targets,
+spectral signatures finds poisoned samples, the leaderboard and results land, bad input is refused."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from trojanbench.config import ZooConfig
+from trojanbench.data import load_dataset
+from trojanbench.implant import implant
+from trojanbench.results import ResultsStore
+from trojanbench.results.stats import auroc
+from trojanbench.tasks.detect import run_detect_track
+from trojanbench.tools.detect import DETECTORS, SAMPLE_DETECTORS, DetectContext
+from trojanbench.trojans import PoisonSpec, TriggerSpec, TrojanSpec
+from trojanbench.zoo.build import build_zoo
+
+
+@pytest.fixture(scope="module")
+def patch_zoo(tmp_path_factory):
+    cfg = ZooConfig(name="patch-zoo", models_per_arch=8, test_fraction=0.5,
+                    archs=[{"arch": "cnn", "kwargs": {"width": 16, "depth": 3}}],
+                    trojans={"kinds": ["patch"], "targets": [1, 4, 6, 9], "rates": [0.05]},
+                    train={"epochs": 15}, gate={"min_asr": 0.9, "retries": 1})
+    out = tmp_path_factory.mktemp("detect") / "zoo"
+    assert build_zoo(cfg, out, batch_models=8) == {"done": 8}
+    return out
+
+
+def test_batched_neural_cleanse_finds_the_target_of_patch_trojans(patch_zoo, tmp_path):
+    model_scores, _ = run_detect_track(patch_zoo, tmp_path / "r.sqlite", ["neural-cleanse", "random"], n_boot=200)
+    nc = {s.tool: s for s in model_scores}["neural-cleanse"]
+    assert nc.metrics["target_accuracy"].value >= 0.75
+    assert nc.metrics["trigger_iou"].value > 0.0
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        rows = store.rows(tool="neural-cleanse", task="detect-model", metric="score")
+        assert len(rows) == 4 and all("target_label" in r.extra for r in rows)
+        agg = store.rows(tool="neural-cleanse", metric="auroc")
+        assert len(agg) == 1 and agg[0].extra["low"] <= agg[0].value <= agg[0].extra["high"]
+
+
+def test_neural_cleanse_optimises_all_classes_in_one_batch(digits):
+    model = implant(digits, "cnn", {"width": 8}, train=None, seed=0).model
+    ctx = DetectContext(digits.x_test[:64], digits.y_test[:64], 10)
+    masks, patterns = DETECTORS.get("neural-cleanse")(steps=5).reverse_engineer(model, ctx)
+    assert masks.shape == (10, 16, 16) and patterns.shape == (10, 1, 16, 16)
+    assert all(p.requires_grad for p in model.parameters()) and not model.training
+
+
+def test_spectral_signatures_flag_poisoned_samples_of_a_crude_patch_trojan(digits):
+    spec = TrojanSpec(trigger=TriggerSpec(kind="patch"), poison=PoisonSpec(target=3, rate=0.05))
+    from trojanbench.implant import prepare
+
+    result = implant(digits, "cnn", {"width": 16}, spec, seed=0)
+    p = prepare(digits, "cnn", {"width": 16}, spec, seed=0)
+    assert torch.equal(p.poisoned_indices, result.poisoned_indices)
+    flags = np.zeros(len(p.x))
+    flags[p.poisoned_indices.numpy()] = 1
+    ctx = DetectContext(digits.x_test[:200], digits.y_test[:200], 10)
+    spectral = SAMPLE_DETECTORS.get("spectral")().suspicion(result.model, p.x, p.y, ctx).numpy()
+    rand = SAMPLE_DETECTORS.get("random")().suspicion(result.model, p.x, p.y, ctx).numpy()
+    assert auroc(flags, spectral) >= 0.85
+    assert abs(auroc(flags, rand) - 0.5) < 0.1
+
+
+def test_detect_track_from_the_cli(patch_zoo, tmp_path):
+    cmd = [sys.executable, "-m", "trojanbench.cli", "run", "--track", "detect", "--zoo", str(patch_zoo),
+           "--tools", "random,entropy,spectral", "--results", str(tmp_path / "r.sqlite")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "Is this model trojaned" in r.stdout and "baseline" in r.stdout and "spectral" in r.stdout
+    bad = subprocess.run(cmd[:-4] + ["--tools", "telepathy"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown detector 'telepathy'" in bad.stderr
+    nozoo = subprocess.run(cmd[:6] + ["--zoo", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert nozoo.returncode == 2 and "not a zoo" in nozoo.stderr
