@@ -91,4 +91,4 @@ def penultimate(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> tor
     return torch.cat(feats)
 
 
-from . import baselines, data_level, neural_cleanse  # noqa: E402,F401  (register the detectors)
+from . import baselines, data_level, mntd, neural_cleanse  # noqa: E402,F401  (register the detectors)
