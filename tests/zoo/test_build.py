@@ -123,7 +123,12 @@ def test_sigkill_mid_build_then_resume(tmp_path):
     assert len(zoo.status()["done"]) == 8
     events = [json.loads(line) for line in log.read_text().splitlines()]
     done_jobs = [e["job"] for e in events if e["event"] == "done"]
-    assert len(done_jobs) == len(set(done_jobs)) == 8, "a finished job was trained again"
+    assert len(done_jobs) == len(set(done_jobs)), "a finished job was trained again"
+    finished = set(done_jobs) | {e["job"] for e in events if e["event"] == "recovered"}
+    assert len(finished) == 8
+    for job in finished:  # no training started for a job once it had finished
+        first = min(i for i, e in enumerate(events) if e["job"] == job and e["event"] in ("done", "recovered"))
+        assert not any(e["job"] == job and e["event"] == "start" for e in events[first:])
     for job, folder, card in zoo.models():
         load_model(folder)  # hashes verified
     assert not list(out.glob("**/.*.tmp"))

@@ -67,7 +67,7 @@ class Zoo:
         path = self.root / "jobs" / f"{job_id}.json"
         rec = JobRecord(**json.loads(path.read_text())) if path.is_file() else JobRecord(job_id)
         if rec.state != "done" and self._valid_model(job_id):
-            rec.state = "done"  # the model landed but the build died before its record did
+            rec.state, rec.model_id = "done", None  # the model landed but the build died before its record did
         return rec
 
     def _valid_model(self, job_id: str) -> ModelCard | None:
@@ -135,6 +135,10 @@ def build_zoo(cfg: ZooConfig, out: str | Path, executor: str = "batched", jobs: 
     by_id = {j.id: j for j in plan}
     records = {j.id: zoo.record(j.id) for j in plan}
     for rec in records.values():
+        if rec.state == "done" and rec.model_id is None:  # the model landed, then the build died before its record
+            rec.model_id = zoo._valid_model(rec.id).id
+            zoo.log(event="recovered", job=rec.id, model=card.id)
+            zoo.write_record(rec)
         if rec.state == "failed":  # a new build gives failed jobs a fresh set of retries
             rec.state = "pending"
             rec.attempts = 0
