@@ -76,3 +76,15 @@ def test_detect_track_from_the_cli(patch_zoo, tmp_path):
     assert bad.returncode == 2 and "unknown detector 'telepathy'" in bad.stderr
     nozoo = subprocess.run(cmd[:6] + ["--zoo", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert nozoo.returncode == 2 and "not a zoo" in nozoo.stderr
+
+
+def test_pixel_knn_baseline_flags_relabelled_samples(digits):
+    from trojanbench.implant import prepare
+
+    spec = TrojanSpec(trigger=TriggerSpec(kind="blended"), poison=PoisonSpec(target=3, rate=0.05))
+    p = prepare(digits, "cnn", None, spec, seed=0)
+    flags = np.zeros(len(p.x))
+    flags[p.poisoned_indices.numpy()] = 1
+    ctx = DetectContext(digits.x_test[:50], digits.y_test[:50], 10)
+    scores = SAMPLE_DETECTORS.get("knn-pixels")().suspicion(p.model, p.x, p.y, ctx).numpy()
+    assert auroc(flags, scores) >= 0.9

@@ -6,6 +6,9 @@
   the smaller cluster are suspicious;
 - STRIP (Gao et al. 2019): superimpose each sample on random clean images; a trigger keeps predictions
   fixed, so low prediction entropy is suspicious;
+- k-NN label disagreement in pixel space: a baseline that looks at no model. A relabelled sample's
+  nearest neighbours (cosine, raw pixels) mostly carry its true class, not the label it was given;
+  cost O(N^2 D), fine for digits, slow for CIFAR-sized sets;
 - random.
 """
 
@@ -25,6 +28,24 @@ class RandomSamples(SampleDetector):
 
     def suspicion(self, model, x, y, ctx):
         return torch.rand(len(x), generator=torch.Generator().manual_seed(ctx.seed))
+
+
+@register_sample("knn-pixels")
+class KnnPixels(SampleDetector):
+    is_baseline = True
+
+    def __init__(self, k: int = 10, chunk: int = 1024):
+        self.k, self.chunk = k, chunk
+
+    def suspicion(self, model, x, y, ctx):
+        f = torch.nn.functional.normalize(x.flatten(1), dim=1)
+        out = torch.empty(len(x))
+        for i in range(0, len(x), self.chunk):
+            sim = f[i:i + self.chunk] @ f.T
+            sim[torch.arange(len(sim)), torch.arange(i, i + len(sim))] = -2.0  # not its own neighbour
+            nn_idx = sim.topk(self.k, dim=1).indices
+            out[i:i + self.chunk] = (y[nn_idx] != y[i:i + self.chunk, None]).float().mean(1)
+        return out
 
 
 @register_sample("spectral")
