@@ -2,7 +2,7 @@
 
 - spectral signatures (Tran et al. 2018): per class, the squared projection of centred penultimate
   features on their top singular vector;
-- activation clustering (Chen et al. 2019): per class, 2-means on ICA-reduced features; samples closer to
+- activation clustering (Chen et al. 2019): per class, 2-means on PCA-reduced features; samples closer to
   the smaller cluster are suspicious;
 - STRIP (Gao et al. 2019): superimpose each sample on random clean images; a trigger keeps predictions
   fixed, so low prediction entropy is suspicious;
@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
-from sklearn.decomposition import FastICA
+from sklearn.decomposition import PCA
 
 from . import SampleDetector, penultimate, register_sample
 
@@ -78,7 +78,7 @@ class ActivationClustering(SampleDetector):
                 continue
             f = feats[idx] - feats[idx].mean(0)
             k = min(self.components, f.shape[1], len(idx) - 1)
-            reduced = FastICA(k, random_state=ctx.seed, max_iter=500, whiten="unit-variance").fit_transform(f)
+            reduced = PCA(k, random_state=ctx.seed).fit_transform(f)
             km = KMeans(2, n_init=5, random_state=ctx.seed).fit(reduced)
             sizes = np.bincount(km.labels_, minlength=2)
             small = int(np.argmin(sizes))
