@@ -59,7 +59,7 @@ def detection_context(zoo: Zoo, n_clean: int = 200, seed: int = 0, device: str =
 
 def score_model_detectors(zoo: Zoo, names: list[str], ctx: DetectContext, image_shape, store: ResultsStore | None,
                           zoo_id: str, n_boot: int = 1000, progress=None) -> list[ToolScores]:
-    train = [(j, load_model(f)[0]) for j, f, _ in zoo.models(split="train")]
+    train = None  # loaded once, and only if a learned detector needs it
     test = [(j, f, c) for j, f, c in zoo.models(split="test")]
     if not test or len({j.trojaned for j, _, _ in test}) < 2:
         raise UserError(f"zoo {zoo.root} has no held-out split with both clean and trojaned models")
@@ -67,6 +67,8 @@ def score_model_detectors(zoo: Zoo, names: list[str], ctx: DetectContext, image_
     for name in names:
         det = DETECTORS.get(name)()
         if det.learned:
+            if train is None:
+                train = [(j, load_model(f, ctx.device)[0]) for j, f, _ in zoo.models(split="train")]
             det.fit([m for _, m in train], [int(j.trojaned) for j, _ in train], ctx)
         labels, scores, groups, target_hits, ious, seconds = [], [], [], [], [], []
         for job, folder, card in test:

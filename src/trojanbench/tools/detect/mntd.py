@@ -23,7 +23,9 @@ class MNTD(Detector):
         g = torch.Generator().manual_seed(ctx.seed)
         idx = torch.randperm(len(ctx.x_clean), generator=g)[: self.n_queries]
         self.queries = ctx.x_clean[idx].clone().to(ctx.device).requires_grad_(True)  # start from real images
-        self.head = nn.Linear(self.n_queries * ctx.num_classes, 1).to(ctx.device)
+        with torch.random.fork_rng(devices=[]):  # the head's init depends on ctx.seed only, not on earlier tools
+            torch.manual_seed(ctx.seed)
+            self.head = nn.Linear(self.n_queries * ctx.num_classes, 1).to(ctx.device)
         opt = torch.optim.Adam([self.queries, *self.head.parameters()], lr=self.lr, weight_decay=self.weight_decay)
         y = torch.tensor(labels, dtype=torch.float32, device=ctx.device)
         saved = []
