@@ -91,4 +91,45 @@ def penultimate(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> tor
     return torch.cat(feats)
 
 
+
+def spatial_features(model: nn.Module, x: torch.Tensor, batch_size: int = 512, max_dim: int = 4096) -> torch.Tensor:
+    """The last activation that still has a spatial (or token) layout, flattened: for a CNN the output of the
+    last conv block before global pooling. Pooling to the penultimate vector averages a small trigger's
+    footprint away; before pooling, poisoned and clean samples of the target class separate (on the digits
+    zoo the top singular direction separates them perfectly where the penultimate one reaches 0.6-0.9).
+    Maps larger than `max_dim` are average-pooled down. Models with no such layer (MLPs) fall back to
+    `penultimate`."""
+    slot: list[torch.Tensor | None] = [None]
+
+    def keep(mod, inp, out):
+        if isinstance(out, torch.Tensor) and ((out.dim() == 4 and out.shape[2] * out.shape[3] > 1) or
+                                              (out.dim() == 3 and out.shape[1] > 1)):
+            slot[0] = out
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(keep) for m in leaves]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    feats = []
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                slot[0] = None
+                model(x[i:i + batch_size].to(device))
+                if slot[0] is None:
+                    break
+                f = slot[0]
+                while f.dim() == 4 and f[0].numel() > max_dim and f.shape[2] * f.shape[3] > 1:
+                    f = torch.nn.functional.avg_pool2d(f, 2, ceil_mode=True)
+                feats.append(f.detach().flatten(1).cpu())
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if sum(len(f) for f in feats) < len(x):  # no spatial layer
+        return penultimate(model, x, batch_size)
+    return torch.cat(feats)
+
+
 from . import baselines, data_level, mntd, neural_cleanse  # noqa: E402,F401  (register the detectors)

@@ -1,9 +1,16 @@
 """Data-level detectors: which training samples were poisoned?
 
-- spectral signatures (Tran et al. 2018): per class, the squared projection of centred penultimate
-  features on their top singular vector;
-- activation clustering (Chen et al. 2019): per class, 2-means on PCA-reduced features; samples closer to
-  the smaller cluster are suspicious;
+- spectral signatures (Tran et al. 2018): per class, the squared projection of centred features on their
+  top singular vector;
+- activation clustering (Chen et al. 2019): per class, 2-means on PCA-reduced features. Which cluster is
+  the poison is decided by a cheap form of the paper's exclusionary reclassification: a poisoned sample
+  looks like its source class, so its nearest neighbours in pixel space mostly carry other labels than the
+  one it was given. The cluster whose members disagree more with their pixel neighbours is the suspect, and
+  the gap between the two clusters says how suspect the whole class is. (The paper's other criterion,
+  "the smaller cluster", fails when a 10% all-to-one poison makes half of the target class poison.)
+
+Both use `spatial_features` (the last activation before global pooling), not the penultimate vector:
+pooling averages a small trigger's footprint away.
 - STRIP (Gao et al. 2019): superimpose each sample on random clean images; a trigger keeps predictions
   fixed, so low prediction entropy is suspicious;
 - k-NN label disagreement in pixel space: a baseline that looks at no model. A relabelled sample's
@@ -19,7 +26,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
-from . import SampleDetector, penultimate, register_sample
+from . import SampleDetector, register_sample, spatial_features
 
 
 @register_sample("random")
@@ -38,20 +45,25 @@ class KnnPixels(SampleDetector):
         self.k, self.chunk = k, chunk
 
     def suspicion(self, model, x, y, ctx):
-        f = torch.nn.functional.normalize(x.flatten(1), dim=1)
-        out = torch.empty(len(x))
-        for i in range(0, len(x), self.chunk):
-            sim = f[i:i + self.chunk] @ f.T
-            sim[torch.arange(len(sim)), torch.arange(i, i + len(sim))] = -2.0  # not its own neighbour
-            nn_idx = sim.topk(self.k, dim=1).indices
-            out[i:i + self.chunk] = (y[nn_idx] != y[i:i + self.chunk, None]).float().mean(1)
-        return out
+        return knn_disagreement(x, y, self.k, self.chunk)
+
+
+def knn_disagreement(x: torch.Tensor, y: torch.Tensor, k: int = 10, chunk: int = 1024) -> torch.Tensor:
+    """Per sample, the fraction of its k nearest neighbours (cosine, raw pixels) with another label."""
+    f = torch.nn.functional.normalize(x.flatten(1).float(), dim=1)
+    out = torch.empty(len(x))
+    for i in range(0, len(x), chunk):
+        sim = f[i:i + chunk] @ f.T
+        sim[torch.arange(len(sim)), torch.arange(i, i + len(sim))] = -2.0  # not its own neighbour
+        nn_idx = sim.topk(min(k, len(x) - 1), dim=1).indices
+        out[i:i + chunk] = (y[nn_idx] != y[i:i + chunk, None]).float().mean(1)
+    return out
 
 
 @register_sample("spectral")
 class SpectralSignatures(SampleDetector):
     def suspicion(self, model, x, y, ctx):
-        feats = penultimate(model, x).double()
+        feats = spatial_features(model, x).double()
         scores = torch.zeros(len(x), dtype=torch.float64)
         for c in y.unique():
             idx = torch.nonzero(y == c).flatten()
@@ -70,7 +82,8 @@ class ActivationClustering(SampleDetector):
         self.components = components
 
     def suspicion(self, model, x, y, ctx):
-        feats = penultimate(model, x).numpy()
+        feats = spatial_features(model, x).numpy()
+        disagree = knn_disagreement(x, y).numpy()
         scores = np.zeros(len(x))
         for c in y.unique().tolist():
             idx = np.flatnonzero(y.numpy() == c)
@@ -80,11 +93,11 @@ class ActivationClustering(SampleDetector):
             k = min(self.components, f.shape[1], len(idx) - 1)
             reduced = PCA(k, random_state=ctx.seed).fit_transform(f)
             km = KMeans(2, n_init=5, random_state=ctx.seed).fit(reduced)
-            sizes = np.bincount(km.labels_, minlength=2)
-            small = int(np.argmin(sizes))
+            rate = np.array([disagree[idx][km.labels_ == j].mean() if (km.labels_ == j).any() else 0.0 for j in (0, 1)])
+            bad = int(np.argmax(rate))
             d = np.linalg.norm(reduced[:, None, :] - km.cluster_centers_[None], axis=2)
-            # closer to the small cluster -> suspicious; a lopsided split weighs more
-            scores[idx] = (d[:, 1 - small] - d[:, small]) * (1 - sizes[small] / len(idx))
+            membership = d[:, 1 - bad] / (d.sum(1) + 1e-12)  # 1 at the suspect centre, 0 at the other
+            scores[idx] = (rate[bad] - rate[1 - bad]) * membership
         return torch.tensor(scores, dtype=torch.float32)
 
 
