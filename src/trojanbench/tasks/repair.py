@@ -62,7 +62,7 @@ def groups_of(job: Job) -> list[str]:
 def draw_budget(y: torch.Tensor, fraction: float, num_classes: int, seed: int = 0) -> torch.Tensor:
     """Indices of a class-balanced clean budget of round(fraction x N) training images (at least one per
     class). Deterministic in `seed`, and nested: a smaller budget is a prefix of a larger one."""
-    n = max(num_classes, int(round(fraction * len(y))))
+    n = max(num_classes, round(fraction * len(y)))
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(y), generator=g)
     rank = torch.empty(len(y), dtype=torch.long)
@@ -171,10 +171,9 @@ def _aggregate(name: str, budget: float, per_model, n_boot: int, seed: int) -> R
     for metric in ("asr", "clean_acc", "robust_acc", "asr_drop", "clean_cost"):
         vals = np.array([r[metric] for r in recs])
         res.metrics[metric] = bootstrap(mean, vals, n_boot=n_boot, seed=seed)
-        if metric in ("asr", "clean_cost", "robust_acc"):
-            for g in groups:
-                sub = np.array([r[metric] for r in recs if g in r["groups"]])
-                res.metrics[f"{metric}[{g}]"] = bootstrap(mean, sub, n_boot=n_boot, seed=seed)
+        for g in groups:
+            sub = np.array([r[metric] for r in recs if g in r["groups"]])
+            res.metrics[f"{metric}[{g}]"] = bootstrap(mean, sub, n_boot=n_boot, seed=seed)
     res.metrics["seconds_per_model"] = Estimate(float(np.mean([r["seconds"] for r in recs])), float("nan"), float("nan"),
                                                 len(recs))
     ref = per_model[(REFERENCE, budget)]
@@ -233,20 +232,14 @@ def frontier_plot(scores: dict[float, list[RepairScores]] | list[RepairScores], 
     for ax, b in zip(axes[0], budgets):
         pts = []
         for i, s in enumerate(scores[b]):
-            cost, asr = s.metrics.get(f"clean_cost{sfx}"), s.metrics.get(f"asr{sfx}")
-            drop = s.metrics.get("asr_drop") if not group else None
-            if cost is None or asr is None or math.isnan(cost.value):
+            cost, drop = s.metrics.get(f"clean_cost{sfx}"), s.metrics.get(f"asr_drop{sfx}")
+            if cost is None or drop is None or math.isnan(cost.value):
                 continue
-            before = (s.metrics["asr_drop"].value + s.metrics["asr"].value) if not group else 1.0
-            y = drop.value if drop is not None else before - asr.value
-            yerr = [[y - (before - asr.high) if not math.isnan(asr.high) else 0],
-                    [(before - asr.low) - y if not math.isnan(asr.low) else 0]]
-            xerr = [[cost.value - cost.low if not math.isnan(cost.low) else 0],
-                    [cost.high - cost.value if not math.isnan(cost.high) else 0]]
-            style = dict(color="black") if s.is_baseline else dict(color="grey") if s.anchor else {}
-            ax.errorbar(100 * cost.value, 100 * y, xerr=100 * np.array(xerr), yerr=100 * np.array(yerr),
+            err = [np.nan_to_num([[e.value - e.low], [e.high - e.value]]) for e in (cost, drop)]
+            style = {"color": "black"} if s.is_baseline else {"color": "grey"} if s.anchor else {}
+            ax.errorbar(100 * cost.value, 100 * drop.value, xerr=100 * err[0], yerr=100 * err[1],
                         fmt=markers[i % len(markers)], capsize=2, label=s.tool, **style)
-            pts.append((cost.value, y))
+            pts.append((cost.value, drop.value))
         front = sorted(p for p in pts if not any(q[0] <= p[0] and q[1] >= p[1] and q != p for q in pts))
         if front:
             ax.step([100 * p[0] for p in front], [100 * p[1] for p in front], where="post", color="C7", lw=1, alpha=0.6)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import copy
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ class RepairContext:
     arch: str = "cnn"
     arch_kwargs: dict = field(default_factory=dict)  # complete build_model kwargs (as in the model card)
     augment: dict = field(default_factory=lambda: {"translate": 1, "flip": False})  # what suits the data
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
 
 
@@ -82,7 +83,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RepairContext, 
     `loss(model, xb, yb) -> Tensor` replaces cross-entropy (distillation losses); `views(xb, g)` replaces the
     default augmentation; `after_step()` runs after each step (keeps pruned weights at zero)."""
     g = torch.Generator().manual_seed(ctx.seed * 7919 + seed_offset)
-    model.to(ctx.device).train()
+    model.to(ctx.device).to(memory_format=torch.channels_last).train()  # ~1.5x faster convolutions on CPU
     x, y = x.to(ctx.device), y.to(ctx.device)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() > 1], "weight_decay": weight_decay},
@@ -92,7 +93,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RepairContext, 
     loss = loss or (lambda m, xb, yb: F.cross_entropy(m(xb), yb))
     for step in range(steps):
         idx = torch.randint(0, len(x), (min(batch_size, max(len(x), batch_size)),), generator=g).to(ctx.device)
-        xb = views(x[idx], g)
+        xb = views(x[idx], g).contiguous(memory_format=torch.channels_last)
         value = loss(model, xb, y[idx])
         for group in opt.param_groups:
             group["lr"] = lr * lr_factor(step, steps, warmup)
@@ -101,11 +102,11 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RepairContext, 
         opt.step()
         if after_step is not None:
             after_step()
-    return model.eval()
+    return model.to(memory_format=torch.contiguous_format).eval()
 
 
 def steps_for(n: int, epochs: int, batch_size: int = 64, min_steps: int = 0) -> int:
     return max(min_steps, epochs * math.ceil(n / batch_size))
 
 
-from . import compress, distill, finetune, prune  # noqa: E402,F401  (register the repairers)
+from . import compress, distill, finetune, prune  # noqa: F401  (register the repairers)

@@ -27,7 +27,7 @@ def _mix(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 def distill_into(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RepairContext, *,
                  steps: int, lr: float, temperature: float, hard_weight: float, mixup: bool,
-                 batch_size: int = 128) -> nn.Module:
+                 batch_size: int = 64) -> nn.Module:
     """Train `student` on the teacher's softened outputs (KL at `temperature`, scaled by T^2) plus
     `hard_weight` x cross-entropy on the true labels of the unmixed views."""
     teacher = teacher.eval()
@@ -54,7 +54,7 @@ def distill_into(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: tor
 class _Distill(Repairer):
     width_factor = 1.0
 
-    def __init__(self, steps: int = 400, lr: float = 0.05, temperature: float = 4.0, hard_weight: float = 0.5,
+    def __init__(self, steps: int = 250, lr: float = 0.05, temperature: float = 4.0, hard_weight: float = 0.5,
                  mixup: bool = True):
         self.steps, self.lr, self.t, self.hard, self.mixup = steps, lr, temperature, hard_weight, mixup
 
@@ -130,7 +130,7 @@ class NAD(Repairer):
     the trojaned model with cross-entropy plus `beta` x the distance between its attention maps and the
     teacher's at the last `layers` feature-map activations."""
 
-    def __init__(self, teacher_epochs: int = 20, epochs: int = 30, lr: float = 0.01, beta: float = 5000.0,
+    def __init__(self, teacher_epochs: int = 20, epochs: int = 30, lr: float = 0.01, beta: float = 50.0,
                  layers: int = 3):
         self.teacher_epochs, self.epochs, self.lr, self.beta, self.layers = teacher_epochs, epochs, lr, beta, layers
 
@@ -152,7 +152,7 @@ class NAD(Repairer):
             with torch.no_grad():
                 teacher(xb)
             ce = F.cross_entropy(m(xb), yb)
-            at = sum((_attention(s) - _attention(t)).pow(2).mean() for s, t in zip(s_maps, t_maps))
+            at = sum((_attention(s) - _attention(t)).pow(2).sum(1).mean() for s, t in zip(s_maps, t_maps))
             return ce + self.beta * at
 
         try:

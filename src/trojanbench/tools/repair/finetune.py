@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ...models import build_model
-from . import RepairContext, Repairer, fit, register, steps_for, strong_augment, working_copy
+from . import Repairer, fit, register, steps_for, strong_augment, working_copy
 
 
 @register("do-nothing")
@@ -39,7 +39,7 @@ class Retrain(Repairer):
 
     is_baseline = True
 
-    def __init__(self, steps: int = 400, lr: float = 0.05):
+    def __init__(self, steps: int = 250, lr: float = 0.05):
         self.steps, self.lr = steps, lr
 
     def repair(self, model, x_clean, y_clean, ctx):

@@ -59,7 +59,7 @@ class FinePruning(Repairer):
         chosen = order[:0]
         n = conv.out_channels
         for frac in [f / 20 for f in range(1, int(self.max_fraction * 20) + 1)]:
-            pruned = order[:int(round(frac * n))]
+            pruned = order[:round(frac * n)]
             self._zero(params, original, pruned)
             if float((predict(m, x) == y.cpu()).float().mean()) < base - self.max_drop:
                 break

@@ -1,0 +1,124 @@
+"""Repairers on one patch-trojaned digits CNN (crude, 5% poison) with a 5% clean budget: self-distillation
+removes the trojan at a small clean cost, doing nothing keeps it, no repairer touches its input, the
+compression methods do what they say; the repair track writes its rows and plot and refuses unknown names."""
+
+import pytest
+import torch
+from torch import nn
+
+from trojanbench.config import TrainConfig, ZooConfig
+from trojanbench.errors import UserError
+from trojanbench.implant import implant, prepare
+from trojanbench.models import count_parameters
+from trojanbench.results import ResultsStore
+from trojanbench.tasks.repair import draw_budget, frontier_plot, measure_repair, repair_tables, run_repair_track
+from trojanbench.tools.repair import REPAIRERS, RepairContext
+from trojanbench.trojans import PoisonSpec, TriggerSpec, TrojanSpec
+from trojanbench.zoo.build import Zoo, build_zoo
+
+ARCH = {"width": 16, "depth": 3}
+SPEC = TrojanSpec(trigger=TriggerSpec(kind="patch"), poison=PoisonSpec(target=3, rate=0.05))
+CHEAP = {"self-distill": {"steps": 4}, "kd-student": {"steps": 4}, "retrain": {"steps": 4},
+         "nad": {"epochs": 1, "teacher_epochs": 1}, "finetune": {"epochs": 1, "min_steps": 2},
+         "fine-pruning": {"epochs": 1}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """These small models train fastest on one thread; two threads on shared cores oversubscribe them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def trojaned(digits):
+    torch.manual_seed(0)
+    result = implant(digits, "cnn", ARCH, SPEC, train=TrainConfig(epochs=15), seed=0)
+    p = prepare(digits, "cnn", ARCH, SPEC, seed=0)
+    idx = draw_budget(digits.y_train, 0.05, digits.num_classes, seed=0)
+    ctx = RepairContext(digits.num_classes, "cnn", result.card.arch_kwargs, dict(digits.augment))
+    job = type("J", (), {"trojan": SPEC})()
+    before = measure_repair(result.model, digits, job, p.trigger)
+    assert before["asr"] >= 0.95 and before["clean_acc"] >= 0.97
+    return result.model, digits.x_train[idx], digits.y_train[idx], ctx, (lambda m: measure_repair(m, digits, job, p.trigger)), before
+
+
+def test_self_distillation_removes_a_patch_trojan_at_small_clean_cost(trojaned):
+    model, x, y, ctx, score, before = trojaned
+    assert len(x) == 72
+    after = score(REPAIRERS.get("self-distill")().repair(model, x, y, ctx))
+    assert after["asr"] < 0.10  # floor 0.20; measured about 0.01
+    assert before["clean_acc"] - after["clean_acc"] <= 0.03  # measured about 0.015
+    assert after["robust_acc"] >= 0.85
+
+
+def test_doing_nothing_or_plain_fine_tuning_keeps_the_trojan(trojaned):
+    model, x, y, ctx, score, before = trojaned
+    assert score(REPAIRERS.get("do-nothing")().repair(model, x, y, ctx))["asr"] >= 0.95
+    ft = score(REPAIRERS.get("finetune")().repair(model, x, y, ctx))
+    assert ft["asr"] >= 0.5 and ft["clean_acc"] >= before["clean_acc"] - 0.02
+
+
+@pytest.mark.parametrize("name", REPAIRERS.names())
+def test_repairers_leave_their_input_untouched(trojaned, name):
+    model, x, y, ctx, _, _ = trojaned
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.eval()
+    out = REPAIRERS.get(name)(**CHEAP.get(name, {})).repair(model, x, y, ctx)
+    assert out is not model and not out.training
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert not model.training and all(p.requires_grad for p in model.parameters())
+    for m in [*model.modules(), *out.modules()]:  # every hook a repairer added is gone
+        assert not m._forward_hooks and not m._forward_pre_hooks
+    assert out(x[:4]).shape == (4, 10)
+
+
+def test_kd_student_is_half_width_and_compression_does_what_it_says(trojaned):
+    model, x, y, ctx, score, before = trojaned
+    student = REPAIRERS.get("kd-student")(steps=2).repair(model, x, y, ctx)
+    assert count_parameters(student) < 0.4 * count_parameters(model)
+    pruned = REPAIRERS.get("magnitude-prune-80")().repair(model, x, y, ctx)
+    weights = torch.cat([m.weight.flatten() for m in pruned.modules() if isinstance(m, (nn.Conv2d, nn.Linear))])
+    assert float((weights == 0).float().mean()) >= 0.79
+    q = REPAIRERS.get("quantize-int8")().repair(model, x, y, ctx)
+    conv = [m for m in q.modules() if isinstance(m, nn.Conv2d)][-1]
+    assert max(len(torch.unique(row)) for row in conv.weight) <= 255
+    assert score(q)["clean_acc"] >= before["clean_acc"] - 0.02
+
+
+def test_budgets_are_balanced_nested_and_deterministic(digits):
+    small, big = (draw_budget(digits.y_train, f, 10, seed=0) for f in (0.01, 0.05))
+    assert len(small) == 14 and len(big) == 72 and torch.equal(big[:14], small)
+    assert torch.bincount(digits.y_train[big], minlength=10).min() >= 7
+    assert torch.equal(draw_budget(digits.y_train, 0.05, 10, seed=0), big)
+    assert not torch.equal(draw_budget(digits.y_train, 0.05, 10, seed=1), big)
+
+
+def test_repair_track_writes_rows_and_a_plot(tmp_path):
+    cfg = ZooConfig(name="repair-zoo", models_per_arch=2, test_fraction=0.5, archs=[{"arch": "cnn", "kwargs": {"width": 8}}],
+                    trojans={"kinds": ["patch"], "targets": [3], "rates": [0.1]}, train={"epochs": 8},
+                    gate={"min_asr": 0.5, "retries": 1, "max_clean_drop": 0.2})
+    assert build_zoo(cfg, tmp_path / "zoo", batch_models=2) == {"done": 2}
+    out = run_repair_track(tmp_path / "zoo", tmp_path / "r.sqlite", ["do-nothing"], budgets=(0.01, 0.05), n_boot=50,
+                           plot=tmp_path / "frontier.png")
+    assert sorted(out) == [0.01, 0.05] and [s.tool for s in out[0.05]] == ["finetune", "do-nothing"]
+    nothing = out[0.05][1]
+    assert nothing.anchor and not nothing.is_baseline and nothing.metrics["asr_drop"].value == 0
+    assert "asr[kind=patch]" in nothing.metrics and str(nothing.metrics["beats_finetune"]) == "no"
+    assert (tmp_path / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    assert frontier_plot(out[0.05], tmp_path / "p.png", group="crude").stat().st_size > 0
+    assert len(repair_tables(out)) == 2
+    model_id = Zoo(tmp_path / "zoo").models()[1][2].id if Zoo(tmp_path / "zoo").models()[1][0].trojaned \
+        else Zoo(tmp_path / "zoo").models()[0][2].id
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        rows = store.rows(tool="do-nothing", task="repair", model_id=model_id)
+        assert {r.metric for r in rows} == {f"{m}@{b}" for m in ("asr", "clean_acc", "robust_acc") for b in (0.01, 0.05)}
+        assert all(r.extra["kind"] == "patch" and "seconds" in r.extra for r in rows)
+        agg = store.rows(tool="finetune", model_id="zoo:repair-zoo", metric="asr@0.05")
+        assert len(agg) == 1 and agg[0].extra["low"] <= agg[0].value <= agg[0].extra["high"]
+    with pytest.raises(UserError, match="unknown repairer 'telepathy'; known: .*self-distill"):
+        run_repair_track(tmp_path / "zoo", None, ["telepathy"])
+    with pytest.raises(UserError, match="no trojaned models of kind warp"):
+        run_repair_track(tmp_path / "zoo", None, ["do-nothing"], kinds=["warp"])
