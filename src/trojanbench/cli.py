@@ -196,6 +196,33 @@ def _run_track(track: str, zoo: Path | None, tools: str | None, results: Path, s
     console.print(f"results in {results}")
 
 
+@app.command()
+def report(results: Path = typer.Argument(..., help="a results store (results.sqlite)"),
+           out: Optional[Path] = typer.Option(None, "--out", "-o", help="report folder (default: next to RESULTS)"),
+           title: str = typer.Option("trojanbench report")):
+    """Render the static HTML report (leaderboards with CIs, plots, image panels); opens offline."""
+    from .report.html import render_report
+
+    index = render_report(results, out or results.parent / "report", title=title)
+    console.print(f"report: {index}")
+
+
+results_app = typer.Typer(no_args_is_help=True, help="Read and export the results store.")
+app.add_typer(results_app, name="results")
+
+
+@results_app.command("export")
+def results_export(results: Path = typer.Argument(..., help="a results store (results.sqlite)"),
+                   out: Path = typer.Option(..., "--out", "-o", help="file to write: .csv, .jsonl or .parquet"),
+                   task: Optional[str] = typer.Option(None, help="only this task"),
+                   tool: Optional[str] = typer.Option(None, help="only this tool")):
+    """Every result row (tool, model, task, metric, value, seed, version, config hash, extra) as CSV/JSONL/Parquet."""
+    from .results.export import export_rows
+
+    n = export_rows(results, out, task=task, tool=tool)
+    console.print(f"{n} rows -> {out}")
+
+
 zoo_app = typer.Typer(no_args_is_help=True, help="Build and inspect zoos of clean and trojaned models.")
 app.add_typer(zoo_app, name="zoo")
 

@@ -21,6 +21,8 @@ from ..data import load_dataset
 from ..errors import UserError
 from ..implant import prepare
 from ..results import ResultRow, ResultsStore
+from ..report.html import figure_row
+from ..report.plots import roc_plot
 from ..results.stats import Estimate, aupr, auroc, bootstrap, fpr_at_tpr, mean, tpr_at_fpr
 from ..tools.detect import DETECTORS, SAMPLE_DETECTORS, DetectContext
 from ..trojans import make_trigger
@@ -36,6 +38,7 @@ class ToolScores:
     tool: str
     is_baseline: bool
     metrics: dict[str, Estimate] = field(default_factory=dict)
+    curve: tuple[np.ndarray, np.ndarray] | None = None  # (labels, scores) of model-level detectors, for ROC plots
 
 
 def _group(job: Job) -> list[str]:
@@ -87,7 +90,8 @@ def score_model_detectors(zoo: Zoo, names: list[str], ctx: DetectContext, image_
                     ious.append(_iou(d.mask, truth))
             if store is not None:
                 store.write([ResultRow(name, card.id, TASK_MODEL, "score", d.score, seed=ctx.seed, tool_version=det.version,
-                                       extra={"target_label": d.target_label, "seconds": seconds[-1], "job": job.id})])
+                                       extra={"target_label": d.target_label, "seconds": seconds[-1], "job": job.id,
+                                              "trojaned": job.trojaned})])
             if progress:
                 progress()
         labels_a, scores_a = np.asarray(labels), np.asarray(scores)
@@ -105,6 +109,7 @@ def score_model_detectors(zoo: Zoo, names: list[str], ctx: DetectContext, image_
             res.metrics["trigger_iou"] = bootstrap(mean, np.asarray(ious), n_boot=n_boot, seed=ctx.seed)
         res.metrics["seconds_per_model"] = Estimate(float(np.mean(seconds)), float("nan"), float("nan"), len(seconds))
         _store_aggregates(store, res, zoo_id, TASK_MODEL, ctx.seed, det.version)
+        res.curve = (labels_a, scores_a)
         out.append(res)
     return out
 
@@ -162,7 +167,10 @@ def _store_aggregates(store, res: ToolScores, zoo_id: str, task: str, seed: int,
 
 
 def run_detect_track(zoo_dir: str | Path, results: str | Path, tools: list[str] | None = None, seed: int = 0,
-                     device: str = "cpu", n_boot: int = 1000, progress=None) -> tuple[list[ToolScores], list[ToolScores]]:
+                     device: str = "cpu", n_boot: int = 1000, progress=None,
+                     figures: str | Path | None = None) -> tuple[list[ToolScores], list[ToolScores]]:
+    """Score detectors on a zoo, write rows to `results`; with `figures`, also draw the ROC curves there and
+    register them for the report."""
     zoo = Zoo(zoo_dir)
     zoo.plan()  # a clear error if this is not a zoo
     model_names = [n for n in DETECTORS.names() if tools is None or n in tools]
@@ -178,4 +186,9 @@ def run_detect_track(zoo_dir: str | Path, results: str | Path, tools: list[str] 
             if model_names else []
         sample_scores = score_sample_detectors(zoo, sample_names, ds, ctx, store, zoo_id, n_boot, progress) \
             if sample_names else []
+        if figures is not None and model_scores:
+            path = roc_plot({s.tool: s.curve for s in model_scores}, Path(figures) / f"roc-{zoo.config().name}.png",
+                            f"model detection, {zoo.config().name} (held-out)", {s.tool for s in model_scores if s.is_baseline})
+            store.write(figure_row("detect", TASK_MODEL, path, "ROC curves of every model-level detector on the held-out "
+                                   "split (AUROC in the legend; baselines dashed)", seed))
     return model_scores, sample_scores

@@ -67,7 +67,7 @@ def attribution_copy(model: nn.Module) -> nn.Module:
     m = copy.deepcopy(model).eval()
     seen: set[int] = set()
     for parent in list(m.modules()):
-        for name, child in list(parent.named_children()):
+        for name, child in list(parent._modules.items()):  # named_children() would hide a reused module
             if not isinstance(child, _ACTIVATIONS):
                 continue
             if id(child) in seen or getattr(child, "inplace", False):
@@ -133,4 +133,4 @@ class CaptumAttributor(Attributor):
     def _captum(self, model: nn.Module, x: torch.Tensor, target) -> torch.Tensor: ...
 
 
-from . import baselines, captum_methods  # noqa: E402,F401  (register the attributors)
+from . import baselines, captum_methods  # noqa: F401  (register the attributors)

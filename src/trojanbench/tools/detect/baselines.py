@@ -47,6 +47,8 @@ class _FittedFeatures(Detector):
 class WeightStats(_FittedFeatures):
     """Per weight tensor: mean, std, max |w|, and kurtosis; logistic regression on top."""
 
+    is_baseline = True
+
     def features(self, model, ctx):
         out = []
         for name, p in model.named_parameters():

@@ -20,14 +20,18 @@ class NeuralCleanse(Detector):
     def __init__(self, steps: int = 100, lr: float = 0.1, l1_weight: float = 0.01, batch_size: int = 16):
         self.steps, self.lr, self.l1_weight, self.batch_size = steps, lr, l1_weight, batch_size
 
-    def reverse_engineer(self, model, ctx: DetectContext) -> tuple[torch.Tensor, torch.Tensor]:
-        """Masks [K, H, W] and patterns [K, C, H, W], one per class, optimised together."""
-        k, (c, h, w) = ctx.num_classes, ctx.image_shape
+    def reverse_engineer(self, model, ctx: DetectContext, classes: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks [K, H, W] and patterns [K, C, H, W], one per class, optimised together. `classes` restricts
+        the batch to some labels (one at a time is the original, sequential algorithm; the benchmark
+        compares the two). Adam makes the per-class updates the same either way: both loss terms are means
+        over classes, so each class's gradient only changes scale."""
+        classes = list(range(ctx.num_classes)) if classes is None else list(classes)
+        k, (c, h, w) = len(classes), ctx.image_shape
         g = torch.Generator().manual_seed(ctx.seed)
         mask_logit = torch.full((k, 1, h, w), -3.0, device=ctx.device, requires_grad=True)
-        pattern_logit = (torch.randn(k, c, h, w, generator=g) * 0.1).to(ctx.device).requires_grad_(True)
+        pattern_logit = (torch.randn(ctx.num_classes, c, h, w, generator=g)[classes] * 0.1).to(ctx.device).requires_grad_(True)
         opt = torch.optim.Adam([mask_logit, pattern_logit], lr=self.lr)
-        targets = torch.arange(k, device=ctx.device).repeat_interleave(self.batch_size)
+        targets = torch.tensor(classes, device=ctx.device).repeat_interleave(self.batch_size)
         was_training, grads = model.training, [p.requires_grad for p in model.parameters()]
         model.eval()
         for p in model.parameters():

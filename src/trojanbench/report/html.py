@@ -1,0 +1,167 @@
+"""The static HTML report: `trojanbench report RESULTS -o DIR`.
+
+Everything comes from the results store: each track writes its aggregate rows (model_id `zoo:<name>`, with
+`low`/`high`/`n`/`baseline` in `extra`) and registers its figures as rows with metric `figure` (the PNG's
+path in `extra`). The report is one `index.html` plus the figures copied beside it, so the folder opens
+offline and can be zipped into a paper's supplement.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+from ..results import ResultRow, ResultsStore
+from ..results.stats import Estimate
+from ..utils import atomic_write_text
+from .leaderboard import beats
+
+
+@dataclass(frozen=True)
+class View:
+    """How one task's leaderboard is ranked and which columns it shows first."""
+
+    title: str
+    key: str
+    higher_is_better: bool = True
+    columns: tuple[str, ...] = ()
+
+
+VIEWS: dict[str, View] = {
+    "detect-model": View("Detection: is this model trojaned? (held-out zoo split)", "auroc", True,
+                         ("auroc", "aupr", "fpr@95tpr", "auroc[crude]", "auroc[insidious]", "target_accuracy",
+                          "trigger_iou", "seconds_per_model")),
+    "detect-samples": View("Detection: which training samples were poisoned?", "auroc", True,
+                           ("auroc", "tpr@5fpr", "auroc[crude]", "auroc[insidious]", "seconds_per_model")),
+}
+
+
+def register_view(task: str, view: View) -> None:
+    """Tracks declare how their task is ranked; tasks without a view are ranked by their first metric."""
+    VIEWS[task] = view
+
+
+@dataclass
+class StoredScores:
+    tool: str
+    is_baseline: bool
+    metrics: dict[str, Estimate] = field(default_factory=dict)
+
+
+FIGURE = "figure"
+
+
+def figure_row(tool: str, task: str, path: str | Path, caption: str, seed: int = 0) -> ResultRow:
+    """A row that puts a figure (PNG) into the report under `task`."""
+    return ResultRow(tool, f"figure:{Path(path).name}", task, FIGURE, None, seed=seed,
+                     extra={"path": str(Path(path).resolve()), "caption": caption})
+
+
+def collect(rows: list[ResultRow]) -> tuple[dict[str, list[StoredScores]], dict[str, list[ResultRow]]]:
+    """Aggregate rows -> per task, one StoredScores per tool; figure rows -> per task."""
+    tables: dict[str, dict[str, StoredScores]] = defaultdict(dict)
+    figures: dict[str, list[ResultRow]] = defaultdict(list)
+    for r in rows:
+        if r.metric == FIGURE:
+            figures[r.task].append(r)
+        elif r.model_id.startswith("zoo:") and r.value is not None:
+            s = tables[r.task].setdefault(r.tool, StoredScores(r.tool, bool(r.extra.get("baseline", False))))
+            nan = float("nan")
+            s.metrics[r.metric] = Estimate(r.value, _num(r.extra.get("low", nan)), _num(r.extra.get("high", nan)),
+                                           int(r.extra.get("n", 0) or 0))
+    return {t: list(v.values()) for t, v in tables.items()}, figures
+
+
+def _num(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _fmt(est: Estimate | None) -> str:
+    if est is None or math.isnan(est.value):
+        return "&ndash;"
+    if math.isnan(est.low):
+        return f"{est.value:.3f}"
+    return f"{est.value:.3f} <span class=ci>[{est.low:.3f}, {est.high:.3f}]</span>"
+
+
+def _table(task: str, scores: list[StoredScores]) -> str:
+    metrics = sorted({m for s in scores for m in s.metrics})
+    view = VIEWS.get(task) or View(task, metrics[0])
+    if view.key not in metrics:
+        view = View(view.title, metrics[0], view.higher_is_better, view.columns)
+    columns = [m for m in view.columns if m in metrics] + [m for m in metrics if m not in view.columns]
+    sign = -1 if view.higher_is_better else 1
+    ranked = sorted(scores, key=lambda s: (math.isnan(s.metrics.get(view.key, Estimate(math.nan, 0, 0, 0)).value),
+                                           sign * s.metrics.get(view.key, Estimate(0.0, 0, 0, 0)).value))
+    base = [s.metrics[view.key].value for s in scores if s.is_baseline and view.key in s.metrics
+            and not math.isnan(s.metrics[view.key].value)]
+    best_base = (max if view.higher_is_better else min)(base) if base else float("nan")
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["rank", "tool", *columns, "vs baseline"])
+    body = []
+    for rank, s in enumerate(ranked, 1):
+        est = s.metrics.get(view.key)
+        if s.is_baseline:
+            verdict, cls = "baseline", "baseline"
+        elif est is not None and beats(est, best_base, view.higher_is_better):
+            verdict, cls = "beats", "beats"
+        else:
+            verdict, cls = "does not beat", "nobeat"
+        cells = "".join(f"<td>{_fmt(s.metrics.get(c))}</td>" for c in columns)
+        body.append(f"<tr class={cls}><td>{rank}</td><td>{html.escape(s.tool)}</td>{cells}<td>{verdict}</td></tr>")
+    caption = (f"ranked by {html.escape(view.key)} ({'higher' if view.higher_is_better else 'lower'} is better); "
+               f"95% bootstrap CIs in brackets" + (f"; best baseline {best_base:.3f}" if base else "; no baseline ran"))
+    return (f"<h2 id='{html.escape(task)}'>{html.escape(view.title)}</h2>\n<table><caption>{caption}</caption>"
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}caption{caption-side:bottom;text-align:left;color:#666;padding:4px}
+th,td{border-bottom:1px solid #ddd;padding:4px 8px;text-align:right}td:nth-child(2),th:nth-child(2){text-align:left}
+tr.baseline{background:#f3f3f3;color:#555}tr.beats td:nth-child(2){font-weight:600}tr.nobeat td:last-child{color:#b00}
+.ci{color:#888;font-size:12px}figure{display:inline-block;margin:1em;max-width:520px;vertical-align:top}
+figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:13px;color:#444}"""
+
+
+def render_report(results: str | Path, out: str | Path, title: str = "trojanbench report") -> Path:
+    """Write `out/index.html` (and the figures) from a results store; returns the page's path."""
+    results, out = Path(results), Path(out)
+    if not results.is_file():
+        raise UserError(f"no results store at {results}")
+    with ResultsStore(results) as store:
+        rows = store.rows()
+    tables, figures = collect(rows)
+    if not tables and not figures:
+        raise UserError(f"{results} holds no track results yet; run `trojanbench run` first")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "figures").mkdir(exist_ok=True)
+    tasks = sorted(set(tables) | set(figures), key=lambda t: (t not in VIEWS, list(VIEWS).index(t) if t in VIEWS else 0, t))
+    parts = [f"<h1>{html.escape(title)}</h1>",
+             "<p>Every score is a mean with a 95% bootstrap confidence interval; a tool is marked <em>beats</em> only "
+             "when its lower bound clears the best baseline's mean.</p>",
+             "<nav>" + " &middot; ".join(f"<a href='#{html.escape(t)}'>{html.escape(VIEWS[t].title if t in VIEWS else t)}</a>"
+                                          for t in tasks) + "</nav>"]
+    for task in tasks:
+        if task in tables:
+            parts.append(_table(task, tables[task]))
+        else:
+            parts.append(f"<h2 id='{html.escape(task)}'>{html.escape(task)}</h2>")
+        for fig in sorted(figures.get(task, []), key=lambda r: r.model_id):
+            src = Path(fig.extra.get("path", ""))
+            if not src.is_file():
+                parts.append(f"<p class=missing>figure {html.escape(src.name)} is missing (was {html.escape(str(src))})</p>")
+                continue
+            dest = out / "figures" / f"{task}-{src.name}"
+            if src.resolve() != dest.resolve():
+                shutil.copyfile(src, dest)
+            parts.append(f"<figure><img src='figures/{html.escape(dest.name)}' alt='{html.escape(fig.extra.get('caption', ''))}'>"
+                         f"<figcaption>{html.escape(fig.extra.get('caption', ''))}</figcaption></figure>")
+    page = (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
+    index = out / "index.html"
+    atomic_write_text(index, page)
+    return index
