@@ -62,16 +62,59 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, model_dir):
     one_line_error(cli("inspect", fake), "pickle")
 
 
-def test_run_main_job_small_then_resumes(tmp_path):
-    out = tmp_path / "run"
-    r = cli("run", "--out", out, "--epochs", "2")
+TINY_ZOO = """
+name = "tiny-bench"
+models_per_arch = 8
+test_fraction = 0.5
+[[archs]]
+arch = "cnn"
+kwargs = { width = 8, depth = 2 }
+[trojans]
+kinds = ["patch"]
+targets = [1, 6]
+rates = [0.1]
+[train]
+epochs = 6
+[gate]
+min_asr = 0.5
+max_clean_drop = 0.2
+retries = 0
+"""
+
+
+def test_run_builds_zoo_runs_tracks_writes_report_then_reuses_and_repeats(tmp_path):
+    (tmp_path / "tiny.toml").write_text(TINY_ZOO)
+    env_args = ("--config", tmp_path / "tiny.toml", "--track", "detect", "--tools", "random,entropy,spectral", "--device", "cpu")
+    import os
+
+    env = {**os.environ, "TROJANBENCH_CACHE": str(tmp_path / "cache")}
+
+    def run(out):
+        return subprocess.run([sys.executable, "-m", "trojanbench.cli", "run", "--out", out, *map(str, env_args)],
+                              capture_output=True, text=True, timeout=600, env=env)
+
+    r = run(tmp_path / "a")
     assert r.returncode == 0, r.stderr
-    for name in ("clean", "patch", "blended", "warp", "style", "natural"):
-        assert name in r.stdout and (out / "models" / name / "card.json").is_file()
-    stamp = (out / "models" / "patch" / "model.safetensors").stat().st_mtime_ns
-    r2 = cli("run", "--out", out, "--epochs", "2")
-    assert r2.returncode == 0 and (out / "models" / "patch" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert "Is this model trojaned" in r.stdout and "report" in r.stdout
+    assert (tmp_path / "a" / "report" / "index.html").is_file()
+    zoo = next((tmp_path / "cache" / "zoos").iterdir())
+    stamps = {p: p.stat().st_mtime_ns for p in zoo.glob("models/*/model.safetensors")}
+    assert len(stamps) == 8
+    r2 = run(tmp_path / "b")  # the cached zoo is reused, not retrained; same seed, same numbers
+    assert r2.returncode == 0, r2.stderr
+    assert {p: p.stat().st_mtime_ns for p in zoo.glob("models/*/model.safetensors")} == stamps
     from trojanbench.results import ResultsStore
 
-    with ResultsStore(out / "results.sqlite") as store:
-        assert store.count() == 12  # clean accuracy x6, ASR x5, natural ASR x1
+    def table(path):
+        with ResultsStore(path) as store:
+            rows = [r for r in store.rows() if r.model_id.startswith("zoo:") and r.metric != "seconds_per_model"]
+            assert rows and all(r.config_hash for r in rows)  # every row says which configuration made it
+            return {(r.tool, r.task, r.metric): r.value for r in rows}
+
+    assert table(tmp_path / "a" / "results.sqlite") == table(tmp_path / "b" / "results.sqlite")
+    bad = subprocess.run([sys.executable, "-m", "trojanbench.cli", "run", "--out", tmp_path / "c", "--config",
+                          tmp_path / "tiny.toml", "--tools", "telepathy"], capture_output=True, text=True, timeout=120, env=env)
+    assert bad.returncode == 2 and "unknown tool 'telepathy'" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    bad = subprocess.run([sys.executable, "-m", "trojanbench.cli", "run", "--out", tmp_path / "c", "--track", "astrology"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert bad.returncode == 2 and "unknown track 'astrology'" in bad.stderr

@@ -1,77 +1,161 @@
-"""The main job (`trojanbench run`): for now the foundation slice -- implant every trigger kind into one
-architecture beside its clean twin, store models and results, and return the table. Models already in
-the output folder with the same configuration are reused, so a killed run resumes."""
+"""The main job (`trojanbench run`): build (or reuse) a zoo, run every registered tool of every track on it,
+write the results store, render the HTML report, and return the leaderboards.
+
+A track is one function `run(zoo_dir, results, tools, seed, device, figures, progress) -> list[Board]` plus
+the registries its tools live in (so `--tools` can be checked and routed before anything runs).
+"""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.table import Table
-
-from .config import default_train_config
-from .data import load_dataset
 from .errors import UserError
-from .implant import implant
 from .results import ResultRow, ResultsStore
-from .trojans import TRIGGERS, PoisonSpec, TriggerSpec, TrojanSpec
-from .utils import canonical_json, resolve_device, sha256_bytes
-from .zoo.store import load_card, save_model
+from .utils import canonical_json, library_versions, sha256_bytes
 
 
-def run_foundation(out: Path, dataset: str = "digits", arch: str = "cnn", target: int = 3, seed: int = 0,
-                   epochs: int | None = None, data_root: Path | None = None, device: str = "auto",
-                   progress=None) -> Table:
+@dataclass
+class Board:
+    """One leaderboard for the terminal: ToolScores-like rows ranked by `key`."""
+
+    title: str
+    scores: list
+    key: str
+    columns: list[tuple[str, str]]
+    higher_is_better: bool = True
+
+
+@dataclass
+class Track:
+    name: str
+    run: Callable[..., list[Board]]
+    registries: Callable[[], list]  # imported lazily: a track's tools load only when it runs
+    about: str = ""
+
+
+TRACKS: dict[str, Track] = {}
+
+
+def register_track(track: Track) -> Track:
+    TRACKS[track.name] = track
+    return track
+
+
+def _detect(zoo_dir, results, tools, seed, device, figures, progress) -> list[Board]:
+    from .tasks.detect import run_detect_track
+
+    model_scores, sample_scores = run_detect_track(zoo_dir, results, tools, seed=seed, device=device, progress=progress,
+                                                   figures=figures)
+    boards = []
+    if model_scores:
+        boards.append(Board("Is this model trojaned? (held-out zoo split)", model_scores, "auroc", [
+            ("auroc", "AUROC"), ("auroc[crude]", "AUROC crude"), ("auroc[insidious]", "AUROC insidious"),
+            ("target_accuracy", "target acc"), ("trigger_iou", "trigger IoU"), ("seconds_per_model", "s/model")]))
+    if sample_scores:
+        boards.append(Board("Which training samples were poisoned? (every trojaned model)", sample_scores, "auroc", [
+            ("auroc", "AUROC"), ("tpr@5fpr", "TPR@5%FPR"), ("auroc[kind=patch]", "AUROC patch"),
+            ("auroc[insidious]", "AUROC insidious"), ("seconds_per_model", "s/model")]))
+    return boards
+
+
+def _detect_registries():
+    from .tools.detect import DETECTORS, SAMPLE_DETECTORS
+
+    return [DETECTORS, SAMPLE_DETECTORS]
+
+
+register_track(Track("detect", _detect, _detect_registries, "is this model trojaned; which samples were poisoned"))
+
+
+def split_tools(tools: list[str] | None, tracks: list[str]) -> dict[str, list[str] | None]:
+    """Route `--tools` to the tracks whose registries know them; an unknown name is a one-line error."""
+    if tools is None:
+        return {t: None for t in tracks}
+    known = {t: {n for reg in TRACKS[t].registries() for n in reg.names()} for t in tracks}
+    unknown = [n for n in tools if not any(n in k for k in known.values())]
+    if unknown:
+        every = sorted(set().union(*known.values()))
+        raise UserError(f"unknown tool {unknown[0]!r} in tracks {', '.join(tracks)}; known: {', '.join(every)}")
+    return {t: [n for n in tools if n in known[t]] for t in tracks if any(n in known[t] for n in tools)}
+
+
+def check_tracks(tracks: list[str] | None) -> list[str]:
+    if not tracks:
+        return list(TRACKS)
+    for t in tracks:
+        if t not in TRACKS:
+            raise UserError(f"unknown track {t!r}; known: {', '.join(TRACKS)}")
+    return tracks
+
+
+def zoo_cache_dir(cfg) -> Path:
+    from .data.cifar10 import cache_dir
+
+    digest = sha256_bytes(canonical_json(cfg.model_dump()).encode())[:12]
+    return cache_dir() / "zoos" / f"{cfg.name}-{digest}"
+
+
+@dataclass
+class BenchmarkRun:
+    boards: list[tuple[str, Board]] = field(default_factory=list)  # (track, board)
+    results: Path | None = None
+    report: Path | None = None
+    zoo: Path | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage
+
+
+def run_benchmark(out: str | Path, config: str = "digits-bench", zoo: str | Path | None = None, tracks: list[str] | None = None,
+                  tools: list[str] | None = None, seed: int = 0, device: str = "cpu", executor: str = "batched", jobs: int = 2,
+                  zoo_progress=None, track_progress=None, report: bool = True, results: str | Path | None = None) -> BenchmarkRun:
+    """Build or reuse the zoo (`zoo` given: use that folder; else the cache under $TROJANBENCH_CACHE/zoos), run the
+    tracks, write `out/results.sqlite`, `out/figures/` and `out/report/index.html`."""
+    from .zoo.build import Zoo, build_zoo
+    from .zoo.executors import EXECUTORS
+    from .zoo.plan import load_zoo_config
+
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder")
-    ds_opts = {"data_root": str(data_root)} if data_root else {}
-    ds = load_dataset(dataset, **ds_opts)
-    cfg = default_train_config(arch, dataset)
-    if epochs:
-        cfg = cfg.model_copy(update={"epochs": epochs})
-    jobs: list[tuple[str, TrojanSpec | None]] = [("clean", None)]
-    for kind in TRIGGERS.names():
-        params = {"filter": "sepia"} if (kind == "style" and ds.image_shape[0] == 3) else {}
-        jobs.append((kind, TrojanSpec(trigger=TriggerSpec(kind=kind, params=params, seed=seed),
-                                      poison=PoisonSpec(target=target))))
-    cards = {}
-    dev = resolve_device(device)
-    with ResultsStore(out / "results.sqlite") as store, (progress() if progress else nullcontext()) as bar:
-        task = bar.add_task("implanting", total=len(jobs)) if bar else None
-        for name, trojan in jobs:
-            spec = {"dataset": dataset, "opts": ds_opts, "arch": arch, "trojan": trojan.model_dump() if trojan else None,
-                    "train": cfg.model_dump(), "seed": seed}
-            config_hash = sha256_bytes(canonical_json(spec).encode())[:16]
-            folder = out / "models" / name
-            card = _reusable(folder, config_hash)
-            if card is None:
-                if bar:
-                    bar.update(task, description=f"implanting {name}")
-                result = implant(ds, arch, None, trojan, cfg, seed=seed, device=dev, dataset_options=ds_opts)
-                result.card.extra["config_hash"] = config_hash
-                card = save_model(folder, result.model, result.card, result.poisoned_indices)
-            store.write([ResultRow("implant", card.id, "implant", k, v, seed=seed, config_hash=config_hash,
-                                   extra={"name": name}) for k, v in card.metrics.items()])
-            cards[name] = card
-            if bar:
-                bar.update(task, advance=1)
-    clean_acc = cards["clean"].metrics["clean_accuracy"]
-    table = Table(title=f"{arch} on {dataset}, target {target}, seed {seed}")
-    for col in ("model", "clean acc", "vs clean twin", "attack success", "poisoned"):
-        table.add_column(col, justify="left" if col == "model" else "right")
-    for name, card in cards.items():
-        m = card.metrics
-        asr = m.get("attack_success_rate")
-        table.add_row(name, f"{m['clean_accuracy']:.2%}",
-                      f"{100 * (m['clean_accuracy'] - clean_acc):+.1f} pt", "-" if asr is None else f"{asr:.2%}",
-                      str(card.n_poisoned))
-    return table
+    tracks = check_tracks(tracks)
+    routed = split_tools(tools, tracks)
+    run = BenchmarkRun(results=Path(results) if results else out / "results.sqlite")
+    start = time.perf_counter()
+    if zoo is None:
+        EXECUTORS.get(executor)
+        cfg = load_zoo_config(config)
+        zoo = zoo_cache_dir(cfg)
+        counts = build_zoo(cfg, zoo, executor=executor, jobs=jobs, device=device, progress=zoo_progress)
+        if counts.get("failed"):
+            raise UserError(f"{counts['failed']} zoo jobs failed; see `trojanbench zoo status {zoo}` and run again to retry")
+    else:
+        Zoo(zoo).plan()  # a clear error if it is not a zoo
+    run.zoo = Path(zoo)
+    run.seconds["zoo"] = time.perf_counter() - start
+    zoo_cfg = Zoo(zoo).config()
+    config_hash = sha256_bytes(canonical_json({"zoo": zoo_cfg.model_dump(), "seed": seed}).encode())[:16]
+    with ResultsStore(run.results) as store:
+        store.write(ResultRow("trojanbench", f"zoo:{zoo_cfg.name}", "run", "versions", None, seed=seed,
+                              config_hash=config_hash, extra={"versions": library_versions(), "zoo": str(zoo)}))
+    for name, names in routed.items():
+        start = time.perf_counter()
+        progress = track_progress(name) if track_progress else None
+        try:
+            boards = TRACKS[name].run(zoo, run.results, names, seed, device, out / "figures",
+                                      progress.__enter__() if progress else None)
+        finally:
+            if progress:
+                progress.__exit__(None, None, None)
+        run.boards += [(name, b) for b in boards]
+        run.seconds[name] = time.perf_counter() - start
+    with ResultsStore(run.results) as store:
+        store.stamp_config_hash(config_hash)
+    if report:
+        from .report.html import render_report
 
-
-def _reusable(folder: Path, config_hash: str):
-    try:
-        card = load_card(folder)
-    except UserError:
-        return None
-    return card if card.extra.get("config_hash") == config_hash else None
+        start = time.perf_counter()
+        run.report = render_report(run.results, out / "report", title=f"trojanbench: {zoo_cfg.name}, seed {seed}")
+        run.seconds["report"] = time.perf_counter() - start
+    return run

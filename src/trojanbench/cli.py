@@ -143,57 +143,44 @@ def list_registries():
 
 @app.command()
 def run(
-    out: Path = typer.Option(Path("runs/default"), "--out", "-o", help="folder for models and results"),
-    track: Optional[str] = typer.Option(None, help="run one track on --zoo: detect"),
-    zoo: Optional[Path] = typer.Option(None, help="the zoo a track runs on"),
+    out: Path = typer.Option(Path("runs/default"), "--out", "-o", help="folder for results, figures and the report"),
+    config: str = typer.Option("digits-bench", "--config", "-c",
+                               help="zoo config: a built-in name (digits-bench, digits-zoo, cifar10-zoo) or a TOML file"),
+    zoo: Optional[Path] = typer.Option(None, help="run on this zoo folder instead of building --config"),
+    track: Optional[str] = typer.Option(None, help="comma-separated tracks (default: every registered track)"),
     tools: Optional[str] = typer.Option(None, help="comma-separated tool names (default: all registered)"),
     results: Optional[Path] = typer.Option(None, help="results store (default: OUT/results.sqlite)"),
-    dataset: str = typer.Option("digits"),
-    arch: str = typer.Option("cnn"),
-    target: int = typer.Option(3, help="target label of every trojan"),
     seed: int = typer.Option(0),
-    epochs: Optional[int] = typer.Option(None),
-    data_root: Optional[Path] = typer.Option(None),
-    device: str = typer.Option("auto"),
+    executor: str = typer.Option("batched", help="zoo executor: batched, serial, pool or ray"),
+    jobs: int = typer.Option(2, help="workers for the pool / ray executors"),
+    device: str = typer.Option("auto", help="cpu, cuda, or auto"),
+    report: bool = typer.Option(True, help="render the HTML report"),
 ):
-    """The main job. Without --track: implant every trigger kind into one architecture beside its clean twin,
-    store the models and results, and print the table (reuses models already in OUT).
-    With --track detect --zoo DIR: score every detector on the zoo and print the leaderboards."""
-    if track is not None:
-        _run_track(track, zoo, tools, results or out / "results.sqlite", seed, device)
-        return
-    from .bench import run_foundation
-
-    table = run_foundation(out, dataset=dataset, arch=arch, target=target, seed=seed, epochs=epochs,
-                           data_root=data_root, device=device, progress=_progress)
-    console.print(table)
-    console.print(f"models in {out / 'models'}, results in {out / 'results.sqlite'}")
-
-
-def _run_track(track: str, zoo: Path | None, tools: str | None, results: Path, seed: int, device: str) -> None:
+    """The main job: build (or reuse from the cache) the zoo, run every tool of every track on it, write the
+    results store and the HTML report, and print the leaderboards."""
+    from .bench import run_benchmark
+    from .report.leaderboard import leaderboard
     from .utils import resolve_device
 
-    if track != "detect":
-        raise UserError(f"unknown track {track!r}; known: detect")
-    if zoo is None:
-        raise UserError("--track detect needs --zoo DIR (build one with `trojanbench zoo build`)")
-    from .report.leaderboard import leaderboard
-    from .tasks.detect import run_detect_track
+    def track_progress(name):
+        from contextlib import contextmanager
 
-    names = [t.strip() for t in tools.split(",")] if tools else None
-    with _progress() as bar:
-        task = bar.add_task("detecting", total=None)
-        model_scores, sample_scores = run_detect_track(zoo, results, names, seed=seed, device=str(resolve_device(device)),
-                                                       progress=lambda: bar.update(task, advance=1))
-    if model_scores:
-        console.print(leaderboard("Is this model trojaned? (held-out zoo split)", model_scores, "auroc", [
-            ("auroc", "AUROC"), ("auroc[crude]", "AUROC crude"), ("auroc[insidious]", "AUROC insidious"),
-            ("target_accuracy", "target acc"), ("trigger_iou", "trigger IoU"), ("seconds_per_model", "s/model")]))
-    if sample_scores:
-        console.print(leaderboard("Which training samples were poisoned? (every trojaned model)", sample_scores, "auroc", [
-            ("auroc", "AUROC"), ("tpr@5fpr", "TPR@5%FPR"), ("auroc[kind=patch]", "AUROC patch"),
-            ("auroc[insidious]", "AUROC insidious"), ("seconds_per_model", "s/model")]))
-    console.print(f"results in {results}")
+        @contextmanager
+        def ctx():
+            with _progress() as bar:
+                task = bar.add_task(f"track {name}", total=None)
+                yield lambda: bar.update(task, advance=1)
+
+        return ctx()
+
+    split = (lambda s: [t.strip() for t in s.split(",") if t.strip()] if s else None)
+    res = run_benchmark(out, config=config, zoo=zoo, tracks=split(track), tools=split(tools), seed=seed,
+                        device=str(resolve_device(device)), executor=executor, jobs=jobs, zoo_progress=_zoo_progress,
+                        track_progress=track_progress, report=report, results=results)
+    for _, b in res.boards:
+        console.print(leaderboard(b.title, b.scores, b.key, b.columns, b.higher_is_better))
+    timing = ", ".join(f"{k} {v:.0f} s" for k, v in res.seconds.items())
+    console.print(f"zoo {res.zoo}\nresults {res.results}" + (f"\nreport {res.report}" if res.report else "") + f"\n({timing})")
 
 
 @app.command()

@@ -73,7 +73,7 @@ def test_detect_track_from_the_cli(patch_zoo, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "Is this model trojaned" in r.stdout and "baseline" in r.stdout and "spectral" in r.stdout
     bad = subprocess.run(cmd[:-4] + ["--tools", "telepathy"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "unknown detector 'telepathy'" in bad.stderr
+    assert bad.returncode == 2 and "unknown tool 'telepathy'" in bad.stderr
     nozoo = subprocess.run(cmd[:6] + ["--zoo", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert nozoo.returncode == 2 and "not a zoo" in nozoo.stderr
 

@@ -80,6 +80,13 @@ class ResultsStore:
                                  tuple(where.values()))
         return [ResultRow(*r[:8], extra=json.loads(r[8] or "{}")) for r in cur.fetchall()]
 
+    def stamp_config_hash(self, config_hash: str) -> int:
+        """Give every row written without a config hash this one (a run stamps what its tracks wrote)."""
+        with self._conn:
+            cur = self._conn.execute("UPDATE results SET config_hash = ? WHERE config_hash IS NULL OR config_hash = ''",
+                                     (config_hash,))
+        return cur.rowcount
+
     def count(self) -> int:
         return self._conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
 

@@ -137,7 +137,7 @@ def build_zoo(cfg: ZooConfig, out: str | Path, executor: str = "batched", jobs: 
     for rec in records.values():
         if rec.state == "done" and rec.model_id is None:  # the model landed, then the build died before its record
             rec.model_id = zoo._valid_model(rec.id).id
-            zoo.log(event="recovered", job=rec.id, model=card.id)
+            zoo.log(event="recovered", job=rec.id, model=rec.model_id)
             zoo.write_record(rec)
         if rec.state == "failed":  # a new build gives failed jobs a fresh set of retries
             rec.state = "pending"
