@@ -22,6 +22,7 @@ import warnings
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -111,7 +112,8 @@ def randomized_copy(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 class CaptumAttributor(Attributor):
-    """Runs `_captum(model_copy, x, target)` on a private copy with captum's warnings silenced."""
+    """Runs `_captum(model_copy, x, target)` on a private copy with captum's warnings silenced, in batches, with
+    torch's and numpy's RNGs seeded from `seed` (and both global states restored afterwards)."""
 
     batch_size: ClassVar[int] = 64
 
@@ -124,9 +126,14 @@ class CaptumAttributor(Attributor):
             for i in range(0, len(x), self.batch_size):
                 xb = x[i:i + self.batch_size].to(device).clone()
                 tb = target[i:i + self.batch_size].to(device) if torch.is_tensor(target) and target.dim() else int(target)
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(self.seed)
-                    out.append(reduce_channels(self._captum(m, xb, tb), tuple(x.shape[-2:])).cpu())
+                np_state = np.random.get_state()  # captum's GradientShap draws references with numpy's global RNG
+                try:
+                    with torch.random.fork_rng(devices=[]):
+                        torch.manual_seed(self.seed)
+                        np.random.seed(self.seed)
+                        out.append(reduce_channels(self._captum(m, xb, tb), tuple(x.shape[-2:])).cpu())
+                finally:
+                    np.random.set_state(np_state)
         return torch.cat(out) if out else torch.zeros(0, *x.shape[-2:])
 
     @abstractmethod
