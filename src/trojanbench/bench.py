@@ -48,14 +48,14 @@ def _detect(zoo_dir, results, tools, seed, device, figures, progress) -> list[Bo
     from .tasks.detect import run_detect_track
 
     model_scores, sample_scores = run_detect_track(zoo_dir, results, tools, seed=seed, device=device, progress=progress,
-                                                   figures=figures)
+                                                   figures=figures, sample_split="test")
     boards = []
     if model_scores:
         boards.append(Board("Is this model trojaned? (held-out zoo split)", model_scores, "auroc", [
             ("auroc", "AUROC"), ("auroc[crude]", "AUROC crude"), ("auroc[insidious]", "AUROC insidious"),
             ("target_accuracy", "target acc"), ("trigger_iou", "trigger IoU"), ("seconds_per_model", "s/model")]))
     if sample_scores:
-        boards.append(Board("Which training samples were poisoned? (every trojaned model)", sample_scores, "auroc", [
+        boards.append(Board("Which training samples were poisoned? (held-out trojaned models)", sample_scores, "auroc", [
             ("auroc", "AUROC"), ("tpr@5fpr", "TPR@5%FPR"), ("auroc[kind=patch]", "AUROC patch"),
             ("auroc[insidious]", "AUROC insidious"), ("seconds_per_model", "s/model")]))
     return boards
@@ -68,6 +68,70 @@ def _detect_registries():
 
 
 register_track(Track("detect", _detect, _detect_registries, "is this model trojaned; which samples were poisoned"))
+
+
+def _diagnose(zoo_dir, results, tools, seed, device, figures, progress) -> list[Board]:
+    from .report.html import figure_row
+    from .tasks.diagnose import TASK, run_diagnose_track
+
+    scores = run_diagnose_track(zoo_dir, results, tools, seed=seed, n_images=DIAGNOSE_IMAGES, progress=progress,
+                                images_dir=figures, split="test", device=device)
+    with ResultsStore(results) as store:
+        store.write([figure_row("diagnose", TASK, path, f"{path.stem.removeprefix('diagnose-')} trigger: triggered input, "
+                                "ground-truth footprint, and attribution maps toward the target label", seed)
+                     for path in sorted(Path(figures).glob("diagnose-*.png"))])
+    columns = [("correlation[kind=patch]", "corr patch"), ("pointing_game[kind=patch]", "pointing game"),
+               ("pointing_game_strict[kind=patch]", "PG strict"), ("mask_auroc[kind=patch]", "mask AUROC"),
+               ("correlation", "corr all kinds"), ("sanity_similarity", "sanity sim"), ("sanity_pass", "sanity pass"),
+               ("seconds_per_model", "s/model")]
+    return [Board("Do attribution maps point at the trigger? (held-out trojaned models)", scores, "correlation[kind=patch]",
+                  columns)]
+
+
+def _diagnose_registries():
+    from .tools.attribute import ATTRIBUTORS
+
+    return [ATTRIBUTORS]
+
+
+DIAGNOSE_IMAGES = 16  # triggered images per model in the default benchmark
+register_track(Track("diagnose", _diagnose, _diagnose_registries, "do attribution maps point at the trigger"))
+
+
+REPAIR_BUDGET = 0.05  # the default benchmark repairs the held-out split's trojans with a 5% clean budget
+
+
+def _repair(zoo_dir, results, tools, seed, device, figures, progress) -> list[Board]:
+    from .report.html import figure_row
+    from .tasks.repair import TASK, frontier_plot, run_repair_track
+
+    b = REPAIR_BUDGET
+    scores = run_repair_track(zoo_dir, results, tools, budgets=(b,), seed=seed, progress=progress, device=device,
+                              split="test")
+    path = frontier_plot(scores, Path(figures) / "repair-frontier.png")
+    with ResultsStore(results) as store:
+        store.write(figure_row("repair", TASK, path, f"ASR drop vs clean-accuracy cost with a {b:.0%} clean budget "
+                               "(95% CIs; fine-tuning in black, anchors in grey, the dotted line at 3 points)", seed))
+    columns = [(f"{m}@{b:g}", h) for m, h in (("asr", "ASR after"), ("clean_acc", "clean acc"), ("clean_cost", "clean cost"),
+                                              ("robust_acc", "robust acc"), ("asr[kind=patch]", "ASR patch"),
+                                              ("asr[insidious]", "ASR insidious"), ("seconds_per_model", "s/model"),
+                                              ("beats_finetune", "beats FT"))]
+    boards = []
+    for budget, ss in scores.items():
+        for s in ss:  # the terminal board reads metric@budget names like the stored rows
+            s.metrics = {f"{k}@{budget:g}": v for k, v in s.metrics.items()}
+        boards.append(Board(f"Repair with a {budget:.0%} clean budget ({ss[0].metrics[f'asr@{budget:g}'].n} trojaned models)",
+                            ss, f"asr@{budget:g}", [(m, h) for m, h in columns], higher_is_better=False))
+    return boards
+
+
+def _repair_registries():
+    from .tools.repair import REPAIRERS
+
+    return [REPAIRERS]
+
+
+register_track(Track("repair", _repair, _repair_registries, "scrub the trojan with a small clean budget"))
 
 
 def split_tools(tools: list[str] | None, tracks: list[str]) -> dict[str, list[str] | None]:

@@ -88,3 +88,29 @@ def test_pixel_knn_baseline_flags_relabelled_samples(digits):
     ctx = DetectContext(digits.x_test[:50], digits.y_test[:50], 10)
     scores = SAMPLE_DETECTORS.get("knn-pixels")().suspicion(p.model, p.x, p.y, ctx).numpy()
     assert auroc(flags, scores) >= 0.9
+
+
+def test_an_installed_plugin_detector_appears_on_the_leaderboard(patch_zoo, tmp_path):
+    from pathlib import Path
+
+    site = tmp_path / "site"
+    example = Path(__file__).parents[2] / "examples" / "plugin-detector"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                          "--no-index", "--target", str(site), str(example)], capture_output=True, text=True, timeout=300)
+    assert pip.returncode == 0, pip.stderr
+    env = {**__import__("os").environ, "PYTHONPATH": str(site)}
+    cmd = [sys.executable, "-m", "trojanbench.cli", "run", "--zoo", str(patch_zoo), "--track", "detect",
+           "--tools", "noise-sensitivity,random", "--out", str(tmp_path / "run"), "--no-report"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "noise-sensitivity" in r.stdout and "random" in r.stdout
+    with ResultsStore(tmp_path / "run" / "results.sqlite") as store:
+        assert store.rows(tool="noise-sensitivity", metric="auroc")[0].extra["n"] == 4
+
+    # a plug-in that fails to import is named in one line, not a traceback
+    broken = tmp_path / "broken"
+    (broken / "broken_plugin-0.1.dist-info").mkdir(parents=True)
+    (broken / "broken_plugin-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (broken / "broken_plugin-0.1.dist-info" / "entry_points.txt").write_text("[trojanbench.tools]\nbroken = no_such_module_x\n")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**env, "PYTHONPATH": str(broken)})
+    assert r.returncode == 2 and "plug-in 'broken'" in r.stderr and "Traceback" not in r.stderr

@@ -38,6 +38,14 @@ VIEWS: dict[str, View] = {
                           "trigger_iou", "seconds_per_model")),
     "detect-samples": View("Detection: which training samples were poisoned?", "auroc", True,
                            ("auroc", "tpr@5fpr", "auroc[crude]", "auroc[insidious]", "seconds_per_model")),
+    "diagnose-attribution": View("Diagnosis: do attribution maps point at the trigger? (ranked by correlation with the "
+                                 "patch footprint)", "correlation[kind=patch]", True,
+                                 ("correlation[kind=patch]", "pointing_game[kind=patch]", "pointing_game_strict[kind=patch]",
+                                  "mask_auroc[kind=patch]", "correlation", "sanity_similarity", "sanity_pass",
+                                  "seconds_per_model")),
+    "repair": View("Repair: attack success after repair with a 5% clean budget", "asr@0.05", False,
+                   ("asr@0.05", "clean_acc@0.05", "clean_cost@0.05", "robust_acc@0.05", "asr[kind=patch]@0.05",
+                    "asr[insidious]@0.05", "seconds_per_model@0.05", "beats_finetune@0.05")),
 }
 
 
@@ -81,9 +89,14 @@ def _num(v) -> float:
     return float("nan") if v is None else float(v)
 
 
-def _fmt(est: Estimate | None) -> str:
+YES_NO = ("beats_", "sanity_pass")  # verdict metrics: 1/0 shown as yes/no
+
+
+def _fmt(est: Estimate | None, metric: str = "") -> str:
     if est is None or math.isnan(est.value):
         return "&ndash;"
+    if metric.startswith(YES_NO):
+        return "yes" if est.value >= 0.5 else "no"
     if math.isnan(est.low):
         return f"{est.value:.3f}"
     return f"{est.value:.3f} <span class=ci>[{est.low:.3f}, {est.high:.3f}]</span>"
@@ -94,7 +107,8 @@ def _table(task: str, scores: list[StoredScores]) -> str:
     view = VIEWS.get(task) or View(task, metrics[0])
     if view.key not in metrics:
         view = View(view.title, metrics[0], view.higher_is_better, view.columns)
-    columns = [m for m in view.columns if m in metrics] + [m for m in metrics if m not in view.columns]
+    columns = [m for m in view.columns if m in metrics] or metrics[:8]
+    rest = [m for m in metrics if m not in columns]
     sign = -1 if view.higher_is_better else 1
     ranked = sorted(scores, key=lambda s: (math.isnan(s.metrics.get(view.key, Estimate(math.nan, 0, 0, 0)).value),
                                            sign * s.metrics.get(view.key, Estimate(0.0, 0, 0, 0)).value))
@@ -111,20 +125,28 @@ def _table(task: str, scores: list[StoredScores]) -> str:
             verdict, cls = "beats", "beats"
         else:
             verdict, cls = "does not beat", "nobeat"
-        cells = "".join(f"<td>{_fmt(s.metrics.get(c))}</td>" for c in columns)
+        cells = "".join(f"<td>{_fmt(s.metrics.get(c), c)}</td>" for c in columns)
         body.append(f"<tr class={cls}><td>{rank}</td><td>{html.escape(s.tool)}</td>{cells}<td>{verdict}</td></tr>")
     caption = (f"ranked by {html.escape(view.key)} ({'higher' if view.higher_is_better else 'lower'} is better); "
                f"95% bootstrap CIs in brackets" + (f"; best baseline {best_base:.3f}" if base else "; no baseline ran"))
+    details = ""
+    if rest:  # every other metric (per-kind splits, secondary measures) in one long, narrow table
+        long_rows = "".join(f"<tr><td>{html.escape(m)}</td><td>{html.escape(s.tool)}</td><td>{_fmt(s.metrics.get(m), m)}</td></tr>"
+                            for m in rest for s in ranked if m in s.metrics)
+        details = (f"<details><summary>all {len(rest)} other metrics (by trigger kind, crude vs insidious, ...)</summary>"
+                   f"<table class=long><thead><tr><th>metric</th><th>tool</th><th>value</th></tr></thead>"
+                   f"<tbody>{long_rows}</tbody></table></details>")
     return (f"<h2 id='{html.escape(task)}'>{html.escape(view.title)}</h2>\n<table><caption>{caption}</caption>"
-            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{details}")
 
 
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}caption{caption-side:bottom;text-align:left;color:#666;padding:4px}
 th,td{border-bottom:1px solid #ddd;padding:4px 8px;text-align:right}td:nth-child(2),th:nth-child(2){text-align:left}
 tr.baseline{background:#f3f3f3;color:#555}tr.beats td:nth-child(2){font-weight:600}tr.nobeat td:last-child{color:#b00}
-.ci{color:#888;font-size:12px}figure{display:inline-block;margin:1em;max-width:520px;vertical-align:top}
-figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:13px;color:#444}"""
+.ci{color:#888;font-size:12px}figure{display:inline-block;margin:1em;max-width:100%;vertical-align:top}
+figure img{max-width:100%;border:1px solid #ddd}figcaption{font-size:13px;color:#444}
+table.long td{text-align:left}details{margin:0 0 1.5em}summary{cursor:pointer;color:#335}"""
 
 
 def render_report(results: str | Path, out: str | Path, title: str = "trojanbench report") -> Path:

@@ -115,8 +115,8 @@ def score_model_detectors(zoo: Zoo, names: list[str], ctx: DetectContext, image_
 
 
 def score_sample_detectors(zoo: Zoo, names: list[str], ds, ctx: DetectContext, store: ResultsStore | None, zoo_id: str,
-                           n_boot: int = 1000, progress=None) -> list[ToolScores]:
-    trojaned = [(j, f, c) for j, f, c in zoo.models() if j.trojaned]
+                           n_boot: int = 1000, progress=None, split: str | None = None) -> list[ToolScores]:
+    trojaned = [(j, f, c) for j, f, c in zoo.models(split=split) if j.trojaned]
     poisoned = []
     for job, folder, card in trojaned:  # rebuild each model's exact training set from its card
         p = prepare(ds, job.arch, job.arch_kwargs, job.trojan, seed=card.seed)
@@ -168,9 +168,10 @@ def _store_aggregates(store, res: ToolScores, zoo_id: str, task: str, seed: int,
 
 def run_detect_track(zoo_dir: str | Path, results: str | Path, tools: list[str] | None = None, seed: int = 0,
                      device: str = "cpu", n_boot: int = 1000, progress=None,
-                     figures: str | Path | None = None) -> tuple[list[ToolScores], list[ToolScores]]:
+                     figures: str | Path | None = None, sample_split: str | None = None) -> tuple[list[ToolScores], list[ToolScores]]:
     """Score detectors on a zoo, write rows to `results`; with `figures`, also draw the ROC curves there and
-    register them for the report."""
+    register them for the report. Sample-level detectors run on every trojaned model (`sample_split`: only
+    those of one split)."""
     zoo = Zoo(zoo_dir)
     zoo.plan()  # a clear error if this is not a zoo
     model_names = [n for n in DETECTORS.names() if tools is None or n in tools]
@@ -184,7 +185,7 @@ def run_detect_track(zoo_dir: str | Path, results: str | Path, tools: list[str] 
     with ResultsStore(results) as store:
         model_scores = score_model_detectors(zoo, model_names, ctx, ds.image_shape, store, zoo_id, n_boot, progress) \
             if model_names else []
-        sample_scores = score_sample_detectors(zoo, sample_names, ds, ctx, store, zoo_id, n_boot, progress) \
+        sample_scores = score_sample_detectors(zoo, sample_names, ds, ctx, store, zoo_id, n_boot, progress, sample_split) \
             if sample_names else []
         if figures is not None and model_scores:
             path = roc_plot({s.tool: s.curve for s in model_scores}, Path(figures) / f"roc-{zoo.config().name}.png",

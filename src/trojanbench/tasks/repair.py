@@ -98,9 +98,9 @@ def _resolve(tools: list[str] | None) -> list[str]:
 def run_repair_track(zoo_dir: str | Path, results: str | Path | None, tools: list[str] | None = None,
                      budgets: tuple[float, ...] = (0.01, 0.05, 0.10), seed: int = 0, n_boot: int = 1000, progress=None,
                      max_models: int | None = None, kinds: list[str] | None = None, device: str = "cpu",
-                     plot: str | Path | None = None) -> dict[float, list[RepairScores]]:
+                     plot: str | Path | None = None, split: str | None = None) -> dict[float, list[RepairScores]]:
     """Repair every trojaned model of the zoo (all splits; those with a trigger kind in `kinds`, the first
-    `max_models`) with every repairer in `tools` (default: all; fine-tuning is always added) at every budget.
+    `max_models`; `split` "train"/"test" restricts to one zoo split) with every repairer in `tools` (default: all; fine-tuning is always added) at every budget.
     Per-model rows and aggregates go to the results store at `results` (None: not stored); a frontier plot
     to `plot` if given. Returns, per budget, one RepairScores per method, in registry order."""
     zoo = Zoo(zoo_dir)
@@ -110,7 +110,8 @@ def run_repair_track(zoo_dir: str | Path, results: str | Path | None, tools: lis
         raise UserError(f"budgets must be fractions in (0, 1], got {list(budgets)}")
     cfg = zoo.config()
     ds = load_dataset(cfg.data.name, **({"data_root": cfg.data.data_root} if cfg.data.data_root else {}), **cfg.data.options)
-    models = [(j, f, c) for j, f, c in zoo.models() if j.trojaned and (kinds is None or j.trojan.trigger.kind in kinds)]
+    models = [(j, f, c) for j, f, c in zoo.models(split=split)
+              if j.trojaned and (kinds is None or j.trojan.trigger.kind in kinds)]
     if max_models is not None:
         models = models[:max_models]
     if not models:

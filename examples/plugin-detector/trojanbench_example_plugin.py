@@ -1,0 +1,18 @@
+"""A third-party detector: how far a model's logits move under Gaussian noise on the clean sample."""
+
+import torch
+
+from trojanbench.tools.detect import Detection, Detector, register
+
+
+@register("noise-sensitivity")
+class NoiseSensitivity(Detector):
+    version = "0.1.0"
+
+    def detect(self, model, ctx):
+        g = torch.Generator().manual_seed(ctx.seed)
+        x = ctx.x_clean.to(ctx.device)
+        with torch.no_grad():
+            clean = model(x)
+            noisy = model((x + 0.1 * torch.randn(x.shape, generator=g).to(x)).clamp(0, 1))
+        return Detection(score=float((clean - noisy).abs().mean()))
