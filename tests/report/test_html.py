@@ -3,8 +3,6 @@ and, in real Chromium, the page loads with no console error and every image reso
 
 import csv
 import json
-import os
-import shutil
 import subprocess
 import sys
 
@@ -16,6 +14,7 @@ from trojanbench.report.html import figure_row, render_report
 from trojanbench.report.plots import roc_plot
 from trojanbench.results import ResultRow, ResultsStore
 from trojanbench.results.export import export_rows
+from trojanbench.testing.browser import chromium, open_page
 
 
 def _agg(tool, task, metric, value, low, high, baseline=False):
@@ -84,41 +83,6 @@ def test_cli_report_and_export_errors_are_one_line(results, tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: no results store")
     bad = cli("results", "export", results, "-o", tmp_path / "x.txt")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
-
-
-def chromium():
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        path = None
-    if path is None and os.environ.get("TROJANBENCH_REQUIRE_BROWSER") == "1":
-        pytest.fail("Chromium and playwright are required here (TROJANBENCH_REQUIRE_BROWSER=1); `make test` installs them")
-    if path is None:
-        pytest.skip("no Chromium/playwright on this machine (`make test` installs them where it can)")
-    return path
-
-
-def open_page(url, executable, screenshot=None):
-    """Load `url` in headless Chromium; returns (console errors, [(src, naturalWidth)] of every image)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        try:
-            page = browser.new_page()
-            errors = []
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(url, wait_until="load")
-            images = page.evaluate("Array.from(document.images).map(i => [i.src, i.complete ? i.naturalWidth : 0])")
-            if screenshot:
-                page.screenshot(path=str(screenshot), full_page=True)
-        finally:
-            browser.close()
-    return errors, images
 
 
 def test_report_renders_in_real_chromium(results, tmp_path):
