@@ -2,9 +2,10 @@
 on the models' outputs for those queries, jointly; a model's trojan score is the meta-classifier's
 probability. The models themselves stay frozen.
 
-Two departures from a literal reading, both measured on the digits zoo (4-fold CV over its 62 models):
+Two departures from a literal reading, both measured on the digits zoo (4-fold CV over its 62 models;
+numbers in docs/detect.md; neither gets MNTD near 0.9 there):
 - *Jumbo shadow models.* A zoo's training split (48 models) is far too few: plain query tuning scored
-  AUROC 0.50 +- noise. As the paper does with its jumbo distribution, we derive more training models, here
+  AUROC 0.53 on crude trojans. As the paper does with its jumbo distribution, we derive more training models, here
   cheaply: every clean training model is fine-tuned on the auditor's clean sample, once clean and
   `jumbo` times with a random patch or blended trigger (random size, place, pattern, opacity, target).
 - *Target-invariant features.* Trojans in a zoo point at different labels, so the meta-classifier sees
