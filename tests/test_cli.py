@@ -108,7 +108,8 @@ def test_run_builds_zoo_runs_tracks_writes_report_then_reuses_and_repeats(tmp_pa
     def table(path):
         with ResultsStore(path) as store:
             rows = [r for r in store.rows() if r.model_id.startswith("zoo:") and r.metric != "seconds_per_model"]
-            assert rows and all(r.config_hash for r in rows)  # every row says which configuration made it
+            # every row says which configuration and which library versions made it
+            assert rows and all(r.config_hash and r.extra["versions"]["torch"] for r in rows)
             return {(r.tool, r.task, r.metric): r.value for r in rows}
 
     assert table(tmp_path / "a" / "results.sqlite") == table(tmp_path / "b" / "results.sqlite")

@@ -155,6 +155,36 @@ def check_tracks(tracks: list[str] | None) -> list[str]:
     return tracks
 
 
+def trigger_gallery(zoo_dir: str | Path, path: str | Path, max_triggers: int = 10) -> Path | None:
+    """Each distinct trigger of the zoo on one clean test image, with its ground-truth footprint."""
+    import numpy as np
+
+    from .data import load_dataset
+    from .implant import prepare
+    from .report.plots import trigger_gallery as draw
+    from .zoo.build import Zoo
+
+    zoo = Zoo(zoo_dir)
+    cfg = zoo.config()
+    ds = load_dataset(cfg.data.name, **({"data_root": cfg.data.data_root} if cfg.data.data_root else {}), **cfg.data.options)
+    seen, examples = set(), []
+    for job, _, card in zoo.models():
+        if not job.trojaned or len(examples) >= max_triggers:
+            continue
+        key = canonical_json(job.trojan.trigger.model_dump(exclude={"seed"}))
+        if key in seen:
+            continue
+        seen.add(key)
+        trigger = prepare(ds, job.arch, job.arch_kwargs, job.trojan, seed=card.seed).trigger
+        x = ds.x_test[ds.y_test != job.trojan.poison.target][:1]
+        xt, mask = trigger.apply_with_mask(x)
+        foot = mask[0] if mask is not None else (xt - x).abs().amax(1)[0]
+        foot = foot / foot.max() if float(foot.max()) > 0 else None
+        examples.append((trigger.spec().kind + f"\n-> {job.trojan.poison.target}", xt[0].permute(1, 2, 0).numpy(),
+                         None if foot is None else np.asarray(foot)))
+    return draw(examples, path) if examples else None
+
+
 def zoo_cache_dir(cfg) -> Path:
     from .data.cifar10 import cache_dir
 
@@ -200,9 +230,15 @@ def run_benchmark(out: str | Path, config: str = "digits-bench", zoo: str | Path
     run.seconds["zoo"] = time.perf_counter() - start
     zoo_cfg = Zoo(zoo).config()
     config_hash = sha256_bytes(canonical_json({"zoo": zoo_cfg.model_dump(), "seed": seed}).encode())[:16]
+    from .report.html import figure_row
+
+    gallery = trigger_gallery(zoo, out / "figures" / "triggers.png")
     with ResultsStore(run.results) as store:
         store.write(ResultRow("trojanbench", f"zoo:{zoo_cfg.name}", "run", "versions", None, seed=seed,
                               config_hash=config_hash, extra={"versions": library_versions(), "zoo": str(zoo)}))
+        if gallery is not None:
+            store.write(figure_row("trojanbench", "zoo", gallery, f"the triggers of zoo {zoo_cfg.name}, each on a clean test image "
+                                   "(target label after the arrow), and the ground-truth footprint the tools are scored against"))
     for name, names in routed.items():
         start = time.perf_counter()
         progress = track_progress(name) if track_progress else None
@@ -215,7 +251,7 @@ def run_benchmark(out: str | Path, config: str = "digits-bench", zoo: str | Path
         run.boards += [(name, b) for b in boards]
         run.seconds[name] = time.perf_counter() - start
     with ResultsStore(run.results) as store:
-        store.stamp_config_hash(config_hash)
+        store.stamp(config_hash, library_versions())
     if report:
         from .report.html import render_report
 

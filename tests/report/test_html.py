@@ -34,6 +34,9 @@ def results(tmp_path):
                      _agg("meh", "detect-model", "auroc", 0.6, 0.4, 0.8),
                      _agg("good", "detect-model", "seconds_per_model", 0.2, float("nan"), float("nan")),
                      _agg("toolx", "some-new-task", "hit_rate", 0.4, 0.3, 0.5),
+                     _agg("good", "detect-model", "auroc[kind=patch]", 0.99, 0.9, 1.0),
+                     _agg("good", "detect-model", "auroc[kind=warp]", 0.8, 0.6, 0.9),
+                     _agg("random", "detect-model", "auroc[kind=patch]", 0.5, 0.3, 0.7, baseline=True),
                      ResultRow("good", "model-abc", "detect-model", "score", 0.9),  # per-model rows are not tabled
                      figure_row("detect", "detect-model", png, "ROC curves")])
     return path
@@ -50,6 +53,8 @@ def test_report_ranks_tools_marks_baselines_and_copies_figures(results, tmp_path
     assert "some-new-task" in page and "hit_rate" in page  # a task with no registered view still gets a table
     assert (tmp_path / "report" / "figures" / "detect-model-roc.png").stat().st_size > 1000
     assert "model-abc" not in page
+    assert (tmp_path / "report" / "figures" / "detect-model-by-kind.png").stat().st_size > 1000  # per-trigger bars
+    assert "auroc[kind=warp]" in page  # the per-kind metrics sit in the collapsible long table
 
 
 def test_report_refuses_missing_or_empty_stores(tmp_path):
@@ -62,11 +67,11 @@ def test_report_refuses_missing_or_empty_stores(tmp_path):
 
 
 def test_export_csv_and_jsonl_round_trip(results, tmp_path):
-    assert export_rows(results, tmp_path / "all.csv") == 7
+    assert export_rows(results, tmp_path / "all.csv") == 10
     rows = list(csv.DictReader((tmp_path / "all.csv").open()))
     assert {r["tool"] for r in rows} == {"random", "good", "meh", "toolx", "detect"}
     assert json.loads(rows[0]["extra"]) is not None
-    assert export_rows(results, tmp_path / "good.jsonl", tool="good") == 3
+    assert export_rows(results, tmp_path / "good.jsonl", tool="good") == 5
     assert all(json.loads(line)["tool"] == "good" for line in (tmp_path / "good.jsonl").read_text().splitlines())
     with pytest.raises(UserError, match=".csv, .jsonl or .parquet"):
         export_rows(results, tmp_path / "x.xlsx")

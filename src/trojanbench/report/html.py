@@ -33,6 +33,7 @@ class View:
 
 
 VIEWS: dict[str, View] = {
+    "zoo": View("The zoo's triggers", ""),
     "detect-model": View("Detection: is this model trojaned? (held-out zoo split)", "auroc", True,
                          ("auroc", "aupr", "fpr@95tpr", "auroc[crude]", "auroc[insidious]", "target_accuracy",
                           "trigger_iou", "seconds_per_model")),
@@ -100,6 +101,33 @@ def _fmt(est: Estimate | None, metric: str = "") -> str:
     if math.isnan(est.low):
         return f"{est.value:.3f}"
     return f"{est.value:.3f} <span class=ci>[{est.low:.3f}, {est.high:.3f}]</span>"
+
+
+def _kind_metrics(key: str, metrics: set[str]) -> dict[str, str]:
+    """For a ranking key such as `auroc`, `correlation[kind=patch]` or `asr@0.05`, the per-trigger-kind metric
+    names that exist: {kind: metric}."""
+    base, suffix = key.split("[")[0].split("@")[0], ("@" + key.split("@", 1)[1]) if "@" in key else ""
+    out = {}
+    for m in metrics:
+        if m.startswith(base + "[kind=") and m.endswith("]" + suffix):
+            out[m[len(base) + 6:len(m) - len(suffix) - 1]] = m
+    return dict(sorted(out.items()))
+
+
+def _kind_figure(task: str, scores: list[StoredScores], out: Path) -> str:
+    from .plots import kind_bars
+
+    view = VIEWS.get(task)
+    metrics = {m for s in scores for m in s.metrics}
+    if view is None or len(kinds := _kind_metrics(view.key, metrics)) < 2:
+        return ""
+    values = {s.tool: {k: (s.metrics[m].value, s.metrics[m].low, s.metrics[m].high) for k, m in kinds.items()
+                       if m in s.metrics and not math.isnan(s.metrics[m].value)} for s in scores}
+    base = view.key.split("[")[0]
+    path = kind_bars(values, out / "figures" / f"{task}-by-kind.png", f"{base} by trigger kind", base,
+                     {s.tool for s in scores if s.is_baseline})
+    caption = f"{base} per trigger kind (95% CIs; baselines hatched)"
+    return f"<figure><img src='figures/{path.name}' alt='{html.escape(caption)}'><figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
 def _table(task: str, scores: list[StoredScores]) -> str:
@@ -170,6 +198,7 @@ def render_report(results: str | Path, out: str | Path, title: str = "trojanbenc
     for task in tasks:
         if task in tables:
             parts.append(_table(task, tables[task]))
+            parts.append(_kind_figure(task, tables[task], out))
         else:
             parts.append(f"<h2 id='{html.escape(task)}'>{html.escape(task)}</h2>")
         for fig in sorted(figures.get(task, []), key=lambda r: r.model_id):

@@ -38,3 +38,59 @@ def roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path,
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def kind_bars(values: dict[str, dict[str, tuple[float, float, float]]], path: str | Path, title: str, ylabel: str,
+              baselines: set[str] = frozenset()) -> Path:
+    """Grouped bars: for each trigger kind (x), one bar per tool with its 95% CI. `values[tool][kind] = (v, lo, hi)`."""
+    plt = _pyplot()
+    tools = list(values)
+    kinds = sorted({k for v in values.values() for k in v})
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(kinds) + 0.25 * len(tools) * len(kinds)), 3.6), dpi=110)
+    width = 0.8 / max(1, len(tools))
+    for i, tool in enumerate(tools):
+        xs, vs, errs = [], [], [[], []]
+        for j, kind in enumerate(kinds):
+            if kind in values[tool]:
+                v, lo, hi = values[tool][kind]
+                xs.append(j - 0.4 + width * (i + 0.5))
+                vs.append(v)
+                errs[0].append(max(0.0, v - lo) if np.isfinite(lo) else 0.0)
+                errs[1].append(max(0.0, hi - v) if np.isfinite(hi) else 0.0)
+        ax.bar(xs, vs, width, yerr=errs, capsize=2, label=tool, color=plt.cm.tab20(i % 20), hatch="//" if tool in baselines else None,
+               alpha=0.6 if tool in baselines else 0.9)
+    ax.set_xticks(range(len(kinds)), kinds)
+    ax.set(title=title, ylabel=ylabel)
+    ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def trigger_gallery(examples: list[tuple[str, np.ndarray, np.ndarray | None]], path: str | Path) -> Path:
+    """One column per trigger: the triggered image on top, its ground-truth footprint below (if it has one).
+    `examples`: (caption, image [H, W, C] in [0, 1], mask [H, W] or None)."""
+    plt = _pyplot()
+    n = len(examples)
+    fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.6), dpi=110, squeeze=False)
+    for j, (caption, image, mask) in enumerate(examples):
+        axes[0][j].imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=1)
+        axes[0][j].set_title(caption, fontsize=7)
+        if mask is not None:
+            axes[1][j].imshow(mask, cmap="magma", vmin=0, vmax=1)
+        else:
+            axes[1][j].text(0.5, 0.5, "no footprint", ha="center", va="center", fontsize=7)
+        for ax in (axes[0][j], axes[1][j]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0][0].set_ylabel("triggered", fontsize=8)
+    axes[1][0].set_ylabel("footprint", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

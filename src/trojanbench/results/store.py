@@ -80,12 +80,16 @@ class ResultsStore:
                                  tuple(where.values()))
         return [ResultRow(*r[:8], extra=json.loads(r[8] or "{}")) for r in cur.fetchall()]
 
-    def stamp_config_hash(self, config_hash: str) -> int:
-        """Give every row written without a config hash this one (a run stamps what its tracks wrote)."""
+    def stamp(self, config_hash: str, versions: dict[str, str]) -> int:
+        """Give every row written without a config hash this one, and the library versions in its `extra`
+        (a run stamps what its tracks wrote)."""
+        rows = self._conn.execute("SELECT rowid, extra FROM results WHERE config_hash IS NULL OR config_hash = ''").fetchall()
         with self._conn:
-            cur = self._conn.execute("UPDATE results SET config_hash = ? WHERE config_hash IS NULL OR config_hash = ''",
-                                     (config_hash,))
-        return cur.rowcount
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.executemany("UPDATE results SET config_hash = ?, extra = ? WHERE rowid = ?",
+                                   [(config_hash, json.dumps({**json.loads(e or "{}"), "versions": versions}, sort_keys=True), i)
+                                    for i, e in rows])
+        return len(rows)
 
     def count(self) -> int:
         return self._conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
