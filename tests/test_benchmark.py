@@ -23,16 +23,17 @@ def tiny_zoo(tmp_path_factory):
 
 
 def test_every_track_lands_in_the_store_and_the_report(tiny_zoo, tmp_path):
-    assert list(TRACKS) == ["detect", "diagnose", "repair"]
-    run = run_benchmark(tmp_path / "run", zoo=tiny_zoo, tools=["random", "entropy", "saliency", "sobel", "finetune", "do-nothing"])
-    assert [t for t, _ in run.boards] == ["detect", "detect", "diagnose", "repair"]
+    assert list(TRACKS) == ["detect", "diagnose", "repair", "edit"]
+    run = run_benchmark(tmp_path / "run", zoo=tiny_zoo, tools=["random", "entropy", "saliency", "sobel", "finetune", "do-nothing", "rank-one-edit"])
+    assert [t for t, _ in run.boards] == ["detect", "detect", "diagnose", "repair", "edit"]
     with ResultsStore(run.results) as store:
         tasks = {r.task for r in store.rows() if r.model_id.startswith("zoo:")}
-        assert {"detect-model", "detect-samples", "diagnose-attribution", "repair"} <= tasks
+        assert {"detect-model", "detect-samples", "diagnose-attribution", "repair", "edit"} <= tasks
         figures = store.rows(metric="figure")
-        assert {f.task for f in figures} == {"zoo", "detect-model", "diagnose-attribution", "repair"}
+        assert {f.task for f in figures} == {"zoo", "detect-model", "diagnose-attribution", "repair", "edit"}
     page = run.report.read_text()
-    for title in ("is this model trojaned", "do attribution maps point at the trigger", "attack success after repair"):
+    for title in ("is this model trojaned", "do attribution maps point at the trigger", "attack success after repair",
+                  "rank-one update"):
         assert title in page.lower()
     assert page.count("<img ") >= len(figures)
 

@@ -134,6 +134,25 @@ def _repair_registries():
 register_track(Track("repair", _repair, _repair_registries, "scrub the trojan with a small clean budget"))
 
 
+def _edit(zoo_dir, results, tools, seed, device, figures, progress) -> list[Board]:
+    from .tasks.edit import run_edit_track
+
+    scores = run_edit_track(zoo_dir, results, tools, seed=seed, split="test", progress=progress, figures=figures)
+    return [Board("Locate and edit: one rank-one update of the layer causal tracing names (held-out trojans, 5% clean budget)",
+                  scores, "asr", [("asr", "ASR after"), ("asr_drop", "ASR drop"), ("clean_cost", "clean cost"),
+                                  ("asr[kind=patch]", "ASR patch"), ("asr[insidious]", "ASR insidious"),
+                                  ("seconds_per_model", "s/model")], higher_is_better=False)]
+
+
+def _edit_registries():
+    from .tasks.edit import EDITORS
+
+    return [EDITORS]
+
+
+register_track(Track("edit", _edit, _edit_registries, "causal tracing + rank-one editing"))
+
+
 def split_tools(tools: list[str] | None, tracks: list[str]) -> dict[str, list[str] | None]:
     """Route `--tools` to the tracks whose registries know them; an unknown name is a one-line error."""
     if tools is None:

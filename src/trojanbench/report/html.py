@@ -47,6 +47,8 @@ VIEWS: dict[str, View] = {
     "repair": View("Repair: attack success after repair with a 5% clean budget", "asr@0.05", False,
                    ("asr@0.05", "clean_acc@0.05", "clean_cost@0.05", "robust_acc@0.05", "asr[kind=patch]@0.05",
                     "asr[insidious]@0.05", "seconds_per_model@0.05", "beats_finetune@0.05")),
+    "edit": View("Locate and edit: ASR after one rank-one update of the layer causal tracing names", "asr", False,
+                 ("asr", "asr_drop", "clean_cost", "asr[kind=patch]", "asr[crude]", "asr[insidious]", "seconds_per_model")),
 }
 
 
