@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from trojanbench.config import ZooConfig
-from trojanbench.data import load_dataset
 from trojanbench.implant import implant
 from trojanbench.results import ResultsStore
 from trojanbench.results.stats import auroc
