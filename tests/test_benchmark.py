@@ -23,17 +23,18 @@ def tiny_zoo(tmp_path_factory):
 
 
 def test_every_track_lands_in_the_store_and_the_report(tiny_zoo, tmp_path):
-    assert list(TRACKS) == ["detect", "diagnose", "repair", "edit"]
-    run = run_benchmark(tmp_path / "run", zoo=tiny_zoo, tools=["random", "entropy", "saliency", "sobel", "finetune", "do-nothing", "rank-one-edit"])
-    assert [t for t, _ in run.boards] == ["detect", "detect", "diagnose", "repair", "edit"]
+    assert list(TRACKS) == ["detect", "diagnose", "synthesize", "repair", "edit"]
+    run = run_benchmark(tmp_path / "run", zoo=tiny_zoo, tools=["random", "entropy", "saliency", "sobel", "finetune", "do-nothing", "rank-one-edit",
+                                                          "adversarial-patch", "noise-patch"])
+    assert [t for t, _ in run.boards] == ["detect", "detect", "diagnose", "synthesize", "repair", "edit"]
     with ResultsStore(run.results) as store:
         tasks = {r.task for r in store.rows() if r.model_id.startswith("zoo:")}
-        assert {"detect-model", "detect-samples", "diagnose-attribution", "repair", "edit"} <= tasks
+        assert {"detect-model", "detect-samples", "diagnose-attribution", "synthesize", "repair", "edit"} <= tasks
         figures = store.rows(metric="figure")
-        assert {f.task for f in figures} == {"zoo", "detect-model", "diagnose-attribution", "repair", "edit"}
+        assert {f.task for f in figures} == {"zoo", "detect-model", "diagnose-attribution", "synthesize", "repair", "edit"}
     page = run.report.read_text()
     for title in ("is this model trojaned", "do attribution maps point at the trigger", "attack success after repair",
-                  "rank-one update"):
+                  "rank-one update", "transfer asr"):
         assert title in page.lower()
     assert page.count("<img ") >= len(figures)
 

@@ -98,6 +98,25 @@ DIAGNOSE_IMAGES = 16  # triggered images per model in the default benchmark
 register_track(Track("diagnose", _diagnose, _diagnose_registries, "do attribution maps point at the trigger"))
 
 
+def _synthesize(zoo_dir, results, tools, seed, device, figures, progress) -> list[Board]:
+    from .tasks.synthesize import run_synthesize_track
+
+    scores = run_synthesize_track(zoo_dir, results, tools, seed=seed, split="test", progress=progress, figures=figures)
+    return [Board("Feature synthesis: transfer ASR of each method's stamp (held-out trojans; the clean-twin column is the control)",
+                  scores, "transfer_asr", [("transfer_asr", "transfer ASR"), ("transfer_asr_clean_twin", "on clean twin"),
+                                           ("transfer_asr[kind=patch]", "patch"), ("transfer_asr[insidious]", "insidious"),
+                                           ("seconds_per_model", "s/model")])]
+
+
+def _synthesize_registries():
+    from .tools.synthesize import SYNTHESIZERS
+
+    return [SYNTHESIZERS]
+
+
+register_track(Track("synthesize", _synthesize, _synthesize_registries, "does feature synthesis rediscover the trigger"))
+
+
 REPAIR_BUDGET = 0.05  # the default benchmark repairs the held-out split's trojans with a 5% clean budget
 
 

@@ -1,0 +1,137 @@
+"""Feature synthesis, first slice: images that should reveal what makes a model predict the trojan's target.
+
+Every synthesizer returns a stamp: a pattern [C, H, W] and a mask [H, W] in [0, 1], applied as
+x' = (1 - m) x + m p, so the task can score all of them the same way (transfer ASR: paste the stamp on clean
+images of other classes, count how many go to the target).
+
+- `trigger-inversion`: Neural Cleanse's mask + pattern optimisation for the target class alone;
+- `adversarial-patch`: a universal patch (Brown et al. 2017) of the trojan-patch size at one random place,
+  optimised on clean images toward the target;
+- `exemplar`: the clean image that most excites the target logit, blended in at 30% (dataset exemplars, the
+  competitor feature visualisation must beat);
+- baselines `noise-patch` (a random patch at a random place) and `mean-image` (the mean clean image at 30%).
+Not here yet: Fourier/CPPN feature visualisation, TABOR, feature-level adversaries, SNAFUE, the 8-way judge.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...registry import Registry
+from ..detect import DetectContext
+
+
+@dataclass
+class Stamp:
+    pattern: torch.Tensor  # [C, H, W]
+    mask: torch.Tensor  # [H, W]
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return (1 - self.mask) * x + self.mask * self.pattern
+
+
+class Synthesizer(ABC):
+    version: ClassVar[str] = "1"
+    is_baseline: ClassVar[bool] = False
+
+    @abstractmethod
+    def synthesize(self, model: nn.Module, target: int, ctx: DetectContext) -> Stamp: ...
+
+
+SYNTHESIZERS: Registry[type[Synthesizer]] = Registry("synthesizer")
+register = SYNTHESIZERS.register
+
+
+def _patch_mask(ctx: DetectContext, size: int, g: torch.Generator) -> torch.Tensor:
+    _, h, w = ctx.image_shape
+    r, c = int(torch.randint(h - size + 1, (1,), generator=g)), int(torch.randint(w - size + 1, (1,), generator=g))
+    mask = torch.zeros(h, w)
+    mask[r:r + size, c:c + size] = 1.0
+    return mask
+
+
+def _frozen(model: nn.Module):
+    saved = (model.training, [p.requires_grad for p in model.parameters()])
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return saved
+
+
+def _restore(model: nn.Module, saved) -> None:
+    model.train(saved[0])
+    for p, r in zip(model.parameters(), saved[1]):
+        p.requires_grad_(r)
+
+
+@register("trigger-inversion")
+class TriggerInversion(Synthesizer):
+    def __init__(self, steps: int = 150):
+        self.steps = steps
+
+    def synthesize(self, model, target, ctx):
+        from ..detect.neural_cleanse import NeuralCleanse
+
+        masks, patterns = NeuralCleanse(steps=self.steps).reverse_engineer(model, ctx, classes=[target])
+        return Stamp(patterns[0], masks[0])
+
+
+@register("adversarial-patch")
+class AdversarialPatch(Synthesizer):
+    def __init__(self, size: int | None = None, steps: int = 150, lr: float = 0.1, batch_size: int = 32):
+        self.size, self.steps, self.lr, self.batch_size = size, steps, lr, batch_size
+
+    def synthesize(self, model, target, ctx):
+        g = torch.Generator().manual_seed(ctx.seed)
+        c, h, _ = ctx.image_shape
+        mask = _patch_mask(ctx, self.size or max(3, h // 8), g)
+        logit = (torch.randn(c, *mask.shape, generator=g) * 0.1).requires_grad_(True)
+        opt = torch.optim.Adam([logit], lr=self.lr)
+        saved = _frozen(model)
+        try:
+            for _ in range(self.steps):
+                x = ctx.x_clean[torch.randint(len(ctx.x_clean), (self.batch_size,), generator=g)]
+                out = model(((1 - mask) * x + mask * torch.sigmoid(logit)).to(ctx.device))
+                loss = F.cross_entropy(out, torch.full((len(x),), target, device=ctx.device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        finally:
+            _restore(model, saved)
+        return Stamp(torch.sigmoid(logit).detach(), mask)
+
+
+@register("exemplar")
+class Exemplar(Synthesizer):
+    def __init__(self, alpha: float = 0.3):
+        self.alpha = alpha
+
+    def synthesize(self, model, target, ctx):
+        with torch.no_grad():
+            logits = model.eval()(ctx.x_clean.to(ctx.device)).cpu()
+        best = int(logits[:, target].argmax())
+        return Stamp(ctx.x_clean[best].clone(), torch.full(ctx.image_shape[1:], self.alpha))
+
+
+@register("noise-patch")
+class NoisePatch(Synthesizer):
+    is_baseline = True
+
+    def synthesize(self, model, target, ctx):
+        g = torch.Generator().manual_seed(ctx.seed + target)
+        h = ctx.image_shape[1]
+        return Stamp(torch.rand(ctx.image_shape, generator=g), _patch_mask(ctx, max(3, h // 8), g))
+
+
+@register("mean-image")
+class MeanImage(Synthesizer):
+    is_baseline = True
+
+    def synthesize(self, model, target, ctx):
+        return Stamp(ctx.x_clean.mean(0), torch.full(ctx.image_shape[1:], 0.3))
