@@ -31,7 +31,7 @@ def test_adversarial_patch_finds_the_trojan_not_just_an_adversarial_feature(mode
     on_trojan = _transfer(trojaned, SYNTHESIZERS.get("adversarial-patch")().synthesize(trojaned, 3, ctx), digits)
     on_clean = _transfer(clean, SYNTHESIZERS.get("adversarial-patch")().synthesize(clean, 3, ctx), digits)
     noise = _transfer(trojaned, SYNTHESIZERS.get("noise-patch")().synthesize(trojaned, 3, ctx), digits)
-    assert on_trojan >= 0.4 and on_trojan > on_clean + 0.15 and noise < 0.2, (on_trojan, on_clean, noise)  # measured 0.54 vs 0.27
+    assert on_trojan >= 0.6 and on_trojan > on_clean + 0.3 and noise < 0.2, (on_trojan, on_clean, noise)
 
 
 @pytest.mark.parametrize("name", ["trigger-inversion", "adversarial-patch", "exemplar", "noise-patch", "mean-image"])

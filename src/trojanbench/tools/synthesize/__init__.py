@@ -5,8 +5,8 @@ x' = (1 - m) x + m p, so the task can score all of them the same way (transfer A
 images of other classes, count how many go to the target).
 
 - `trigger-inversion`: Neural Cleanse's mask + pattern optimisation for the target class alone;
-- `adversarial-patch`: a universal patch (Brown et al. 2017) of the trojan-patch size at one random place,
-  optimised on clean images toward the target;
+- `adversarial-patch`: a universal patch (Brown et al. 2017) of the trojan-patch size, optimised on clean
+  images toward the target at a few random places, the best place kept;
 - `exemplar`: the clean image that most excites the target logit, blended in at 30% (dataset exemplars, the
   competitor feature visualisation must beat);
 - baselines `noise-patch` (a random patch at a random place) and `mean-image` (the mean clean image at 30%).
@@ -84,27 +84,38 @@ class TriggerInversion(Synthesizer):
 
 @register("adversarial-patch")
 class AdversarialPatch(Synthesizer):
-    def __init__(self, size: int | None = None, steps: int = 150, lr: float = 0.1, batch_size: int = 32):
-        self.size, self.steps, self.lr, self.batch_size = size, steps, lr, batch_size
+    """Optimised at `starts` random places; the place whose patch ends with the lowest loss wins (where a patch
+    goes matters as much as what it shows)."""
+
+    def __init__(self, size: int | None = None, steps: int = 120, lr: float = 0.1, batch_size: int = 32, starts: int = 4):
+        self.size, self.steps, self.lr, self.batch_size, self.starts = size, steps, lr, batch_size, starts
 
     def synthesize(self, model, target, ctx):
         g = torch.Generator().manual_seed(ctx.seed)
         c, h, _ = ctx.image_shape
-        mask = _patch_mask(ctx, self.size or max(3, h // 8), g)
-        logit = (torch.randn(c, *mask.shape, generator=g) * 0.1).requires_grad_(True)
-        opt = torch.optim.Adam([logit], lr=self.lr)
         saved = _frozen(model)
+        best = None
         try:
-            for _ in range(self.steps):
-                x = ctx.x_clean[torch.randint(len(ctx.x_clean), (self.batch_size,), generator=g)]
-                out = model(((1 - mask) * x + mask * torch.sigmoid(logit)).to(ctx.device))
-                loss = F.cross_entropy(out, torch.full((len(x),), target, device=ctx.device))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+            for _ in range(self.starts):
+                mask = _patch_mask(ctx, self.size or max(3, h // 8), g)
+                logit = (torch.randn(c, *mask.shape, generator=g) * 0.1).requires_grad_(True)
+                opt = torch.optim.Adam([logit], lr=self.lr)
+                for _ in range(self.steps):
+                    x = ctx.x_clean[torch.randint(len(ctx.x_clean), (self.batch_size,), generator=g)]
+                    out = model(((1 - mask) * x + mask * torch.sigmoid(logit)).to(ctx.device))
+                    loss = F.cross_entropy(out, torch.full((len(x),), target, device=ctx.device))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                with torch.no_grad():
+                    x = ctx.x_clean.to(ctx.device)
+                    final = float(F.cross_entropy(model((1 - mask) * x + mask * torch.sigmoid(logit)),
+                                                  torch.full((len(x),), target, device=ctx.device)))
+                if best is None or final < best[0]:
+                    best = (final, Stamp(torch.sigmoid(logit).detach(), mask))
         finally:
             _restore(model, saved)
-        return Stamp(torch.sigmoid(logit).detach(), mask)
+        return best[1]
 
 
 @register("exemplar")
