@@ -197,14 +197,12 @@ def trigger_gallery(zoo_dir: str | Path, path: str | Path, max_triggers: int = 1
     """Each distinct trigger of the zoo on one clean test image, with its ground-truth footprint."""
     import numpy as np
 
-    from .data import load_dataset
     from .implant import prepare
     from .report.plots import trigger_gallery as draw
     from .zoo.build import Zoo
 
     zoo = Zoo(zoo_dir)
-    cfg = zoo.config()
-    ds = load_dataset(cfg.data.name, **({"data_root": cfg.data.data_root} if cfg.data.data_root else {}), **cfg.data.options)
+    ds = zoo.dataset()
     seen, examples = set(), []
     for job, _, card in zoo.models():
         if not job.trojaned or len(examples) >= max_triggers:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -16,12 +16,21 @@ def _pyplot():
     return plt
 
 
+def save(fig, path: str | Path, **kwargs) -> Path:
+    """Write `fig` to `path` (folders made) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, **kwargs)
+    pyplot().close(fig)
+    return path
+
+
 def roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str,
              baselines: set[str] = frozenset()) -> Path:
     """One ROC curve per tool from (labels, scores); baselines dashed. Returns the PNG's path."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4.5), dpi=110)
     for tool, (labels, scores) in curves.items():
         if len(set(np.asarray(labels).tolist())) < 2:
@@ -33,17 +42,13 @@ def roc_plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path,
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1.01))
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def kind_bars(values: dict[str, dict[str, tuple[float, float, float]]], path: str | Path, title: str, ylabel: str,
               baselines: set[str] = frozenset()) -> Path:
     """Grouped bars: for each trigger kind (x), one bar per tool with its 95% CI. `values[tool][kind] = (v, lo, hi)`."""
-    plt = _pyplot()
+    plt = pyplot()
     tools = list(values)
     kinds = sorted({k for v in values.values() for k in v})
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(kinds) + 0.25 * len(tools) * len(kinds)), 3.6), dpi=110)
@@ -63,17 +68,13 @@ def kind_bars(values: dict[str, dict[str, tuple[float, float, float]]], path: st
     ax.set(title=title, ylabel=ylabel)
     ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def trigger_gallery(examples: list[tuple[str, np.ndarray, np.ndarray | None]], path: str | Path) -> Path:
     """One column per trigger: the triggered image on top, its ground-truth footprint below (if it has one).
     `examples`: (caption, image [H, W, C] in [0, 1], mask [H, W] or None)."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(examples)
     fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.6), dpi=110, squeeze=False)
     for j, (caption, image, mask) in enumerate(examples):
@@ -89,8 +90,4 @@ def trigger_gallery(examples: list[tuple[str, np.ndarray, np.ndarray | None]], p
     axes[0][0].set_ylabel("triggered", fontsize=8)
     axes[1][0].set_ylabel("footprint", fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)

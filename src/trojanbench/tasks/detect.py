@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import load_dataset
 from ..errors import UserError
 from ..implant import prepare
 from ..results import ResultRow, ResultsStore
@@ -55,8 +54,7 @@ def _iou(mask: torch.Tensor, truth: torch.Tensor) -> float:
 
 
 def detection_context(zoo: Zoo, n_clean: int = 200, seed: int = 0, device: str = "cpu"):
-    cfg = zoo.config()
-    ds = load_dataset(cfg.data.name, **({"data_root": cfg.data.data_root} if cfg.data.data_root else {}), **cfg.data.options)
+    ds = zoo.dataset()
     return ds, DetectContext(ds.x_test[:n_clean], ds.y_test[:n_clean], ds.num_classes, torch.device(device), seed)
 
 

@@ -38,7 +38,6 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
 
-from ..data import load_dataset
 from ..errors import UserError
 from ..implant import prepare
 from ..results import ResultRow, ResultsStore
@@ -167,7 +166,7 @@ def run_diagnose_track(zoo_dir: str | Path, results: str | Path, tools: list[str
         models = models[:max_models]
     if not models:
         raise UserError(f"zoo {zoo.root} has no finished trojaned models" + (f" in split {split!r}" if split else ""))
-    ds = load_dataset(cfg.data.name, **({"data_root": cfg.data.data_root} if cfg.data.data_root else {}), **cfg.data.options)
+    ds = zoo.dataset()
     tools_ = {n: ATTRIBUTORS.get(n)(seed=seed) for n in names}
     dev = torch.device(device)
     per_tool: dict[str, list[_ModelResult]] = defaultdict(list)

@@ -19,8 +19,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import load_dataset
-from ..errors import UserError
 from ..implant import prepare
 from ..registry import Registry
 from ..results import ResultRow, ResultsStore
@@ -74,11 +72,8 @@ def run_edit_track(zoo_dir: str | Path, results: str | Path | None, tools: list[
     zoo = Zoo(zoo_dir)
     zoo.plan()
     cfg = zoo.config()
-    ds = load_dataset(cfg.data.name, **({"data_root": cfg.data.data_root} if cfg.data.data_root else {}), **cfg.data.options)
-    models = [(j, f, c) for j, f, c in zoo.models(split=split) if j.trojaned and j.trojan.poison.target is not None]
-    models = models[:max_models] if max_models else models
-    if not models:
-        raise UserError(f"zoo {zoo.root} has no all-to-one trojaned models" + (f" in split {split!r}" if split else ""))
+    ds = zoo.dataset()
+    models = zoo.trojaned(split, max_models)
     idx = draw_budget(ds.y_train, budget, ds.num_classes, seed)
     x_budget, y_budget = ds.x_train[idx], ds.y_train[idx]
     per_tool: dict[str, list[dict]] = defaultdict(list)
@@ -144,7 +139,7 @@ def _aggregate(name: str, recs: list[dict], n_boot: int, seed: int) -> ToolScore
 
 def trace_figure(traces, path: Path) -> Path | None:
     """Layer x position maps of the first patch trojan's trace (spatial layers only)."""
-    from ..report.plots import _pyplot
+    from ..report.plots import pyplot, save
 
     pick = next(((j, t) for j, t in traces if j.trojan.trigger.kind == "patch"), traces[0] if traces else None)
     if pick is None:
@@ -153,7 +148,7 @@ def trace_figure(traces, path: Path) -> Path | None:
     maps = [(n, e) for n, e in trace.effects.items() if e.dim() == 2]
     if not maps:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(maps), figsize=(2.2 * len(maps), 2.6), dpi=110, squeeze=False)
     for ax, (name, e) in zip(axes[0], maps):
         im = ax.imshow(e.numpy(), cmap="magma", vmin=0, vmax=1)
@@ -162,7 +157,4 @@ def trace_figure(traces, path: Path) -> Path | None:
         ax.set_yticks([])
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
     fig.suptitle(f"{job.trojan.trigger.kind} trojan -> {job.trojan.poison.target}", fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)

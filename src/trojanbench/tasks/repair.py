@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import ImageDataset, load_dataset
+from ..data import ImageDataset
 from ..errors import UserError
 from ..implant import prepare
 from ..results import ResultRow, ResultsStore
@@ -109,7 +109,7 @@ def run_repair_track(zoo_dir: str | Path, results: str | Path | None, tools: lis
     if not budgets or any(not 0 < b <= 1 for b in budgets):
         raise UserError(f"budgets must be fractions in (0, 1], got {list(budgets)}")
     cfg = zoo.config()
-    ds = load_dataset(cfg.data.name, **({"data_root": cfg.data.data_root} if cfg.data.data_root else {}), **cfg.data.options)
+    ds = zoo.dataset()
     models = [(j, f, c) for j, f, c in zoo.models(split=split)
               if j.trojaned and (kinds is None or j.trojan.trigger.kind in kinds)]
     if max_models is not None:
@@ -216,11 +216,9 @@ def frontier_plot(scores: dict[float, list[RepairScores]] | list[RepairScores], 
     """A PNG with one panel per budget: mean ASR drop (y) against mean clean-accuracy cost (x) per method,
     95% CIs as error bars, the Pareto frontier drawn through the undominated methods. `group` (such as
     "kind=patch" or "insidious") restricts to that split."""
-    import matplotlib
+    from ..report.plots import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     if isinstance(scores, list):
         by_budget: dict[float, list[RepairScores]] = defaultdict(list)
         for s in scores:
@@ -252,8 +250,4 @@ def frontier_plot(scores: dict[float, list[RepairScores]] | list[RepairScores], 
     handles, labels = axes[0][-1].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 0.83, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=120)

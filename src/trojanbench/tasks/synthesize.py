@@ -13,10 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..data import load_dataset
-from ..errors import UserError
 from ..implant import prepare
 from ..results import ResultRow, ResultsStore
 from ..results.stats import Estimate, bootstrap, mean
@@ -41,11 +38,8 @@ def run_synthesize_track(zoo_dir: str | Path, results: str | Path | None, tools:
     zoo = Zoo(zoo_dir)
     zoo.plan()
     cfg = zoo.config()
-    ds = load_dataset(cfg.data.name, **({"data_root": cfg.data.data_root} if cfg.data.data_root else {}), **cfg.data.options)
-    models = [(j, f, c) for j, f, c in zoo.models(split=split) if j.trojaned and j.trojan.poison.target is not None]
-    models = models[:max_models] if max_models else models
-    if not models:
-        raise UserError(f"zoo {zoo.root} has no all-to-one trojaned models" + (f" in split {split!r}" if split else ""))
+    ds = zoo.dataset()
+    models = zoo.trojaned(split, max_models)
     ctx = DetectContext(ds.x_test[:N_CONTEXT], ds.y_test[:N_CONTEXT], ds.num_classes, seed=seed)
     x_eval, y_eval = ds.x_test[N_CONTEXT:], ds.y_test[N_CONTEXT:]
     per_tool: dict[str, list[dict]] = defaultdict(list)
@@ -108,10 +102,10 @@ def run_synthesize_track(zoo_dir: str | Path, results: str | Path | None, tools:
 
 
 def _panel(panel, path: Path) -> Path:
-    from ..report.plots import _pyplot
+    from ..report.plots import pyplot, save
 
     clean, triggered, stamps, target = panel
-    plt = _pyplot()
+    plt = pyplot()
     cols = [("true trigger", triggered[0], None)] + [(n, s.apply(clean)[0], s.mask) for n, s in stamps.items()]
     fig, axes = plt.subplots(2, len(cols), figsize=(1.7 * len(cols), 3.6), dpi=110, squeeze=False)
     for j, (name, img, mask) in enumerate(cols):
@@ -124,7 +118,4 @@ def _panel(panel, path: Path) -> Path:
             ax.set_yticks([])
     fig.suptitle(f"toward target {target}", fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)

@@ -58,6 +58,22 @@ class Zoo:
     def config(self) -> ZooConfig:
         return ZooConfig.model_validate_json((self.root / "zoo.json").read_text())
 
+    def dataset(self):
+        """The dataset the zoo's config names (with its data root and options), as every task needs it."""
+        from ..data import load_dataset
+
+        data = self.config().data
+        return load_dataset(data.name, **({"data_root": data.data_root} if data.data_root else {}), **data.options)
+
+    def trojaned(self, split: str | None = None, max_models: int | None = None) -> list[tuple[Job, Path, ModelCard]]:
+        """The all-to-one trojaned models (those with a single target label), optionally of one split and capped;
+        a one-line error if there are none."""
+        models = [(j, f, c) for j, f, c in self.models(split=split) if j.trojaned and j.trojan.poison.target is not None]
+        models = models[:max_models] if max_models else models
+        if not models:
+            raise UserError(f"zoo {self.root} has no all-to-one trojaned models" + (f" in split {split!r}" if split else ""))
+        return models
+
     def plan(self) -> list[Job]:
         if not self.exists:
             raise UserError(f"{self.root} is not a zoo (no plan.json); build one with `trojanbench zoo build`")
