@@ -6,6 +6,7 @@ import pytest
 from trojanbench.bench import TRACKS, run_benchmark
 from trojanbench.config import ZooConfig
 from trojanbench.results import ResultsStore
+from trojanbench.survey import load_bank
 from trojanbench.zoo.build import build_zoo
 
 from trojanbench.testing.browser import chromium, open_page
@@ -30,11 +31,14 @@ def test_every_track_lands_in_the_store_and_the_report(tiny_zoo, tmp_path):
     with ResultsStore(run.results) as store:
         tasks = {r.task for r in store.rows() if r.model_id.startswith("zoo:")}
         assert {"detect-model", "detect-samples", "diagnose-attribution", "synthesize", "repair", "edit"} <= tasks
+        assert {r.tool for r in store.rows(task="synthesize", metric="mc_accuracy")} == {"adversarial-patch", "noise-patch"}
         figures = store.rows(metric="figure")
         assert {f.task for f in figures} == {"zoo", "detect-model", "diagnose-attribution", "synthesize", "repair", "edit"}
+    bank = load_bank(run.results.parent / "survey")  # the same 8-way questions, for people
+    assert {q.tool for q in bank.questions} == {"adversarial-patch", "noise-patch"} and len(bank.questions) % 2 == 0
     page = run.report.read_text()
     for title in ("is this model trojaned", "do attribution maps point at the trigger", "attack success after repair",
-                  "rank-one update", "transfer asr"):
+                  "rank-one update", "transfer asr", "8-way multiple-choice"):
         assert title in page.lower()
     assert page.count("<img ") >= len(figures)
 

@@ -101,11 +101,13 @@ register_track(Track("diagnose", _diagnose, _diagnose_registries, "do attributio
 def _synthesize(zoo_dir, results, tools, seed, device, figures, progress) -> list[Board]:
     from .tasks.synthesize import run_synthesize_track
 
-    scores = run_synthesize_track(zoo_dir, results, tools, seed=seed, split="test", progress=progress, figures=figures)
-    return [Board("Feature synthesis: transfer ASR of each method's stamp (held-out trojans; the clean-twin column is the control)",
+    scores = run_synthesize_track(zoo_dir, results, tools, seed=seed, split="test", progress=progress, figures=figures,
+                                  bank=Path(results).parent / "survey")
+    return [Board("Feature synthesis: transfer ASR of each method's stamp (held-out trojans; the clean-twin column is the "
+                  "control) and 8-way multiple choice by an independent judge (chance 0.125)",
                   scores, "transfer_asr", [("transfer_asr", "transfer ASR"), ("transfer_asr_clean_twin", "on clean twin"),
-                                           ("transfer_asr[kind=patch]", "patch"), ("transfer_asr[insidious]", "insidious"),
-                                           ("seconds_per_model", "s/model")])]
+                                           ("transfer_asr[kind=patch]", "patch"), ("mc_accuracy", "8-way MC"),
+                                           ("mc_accuracy[kind=patch]", "MC patch"), ("seconds_per_model", "s/model")])]
 
 
 def _synthesize_registries():

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import UserError
+from .survey.cli import survey_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="trojanbench: test interpretability and auditing tools against models with planted trojans.")
@@ -212,6 +213,8 @@ def results_export(results: Path = typer.Argument(..., help="a results store (re
 
 zoo_app = typer.Typer(no_args_is_help=True, help="Build and inspect zoos of clean and trojaned models.")
 app.add_typer(zoo_app, name="zoo")
+
+app.add_typer(survey_app, name="survey")
 
 
 def _zoo_progress(total: int, done_before: int):

@@ -45,8 +45,10 @@ VIEWS: dict[str, View] = {
                                   "mask_auroc[kind=patch]", "correlation", "sanity_similarity", "sanity_pass",
                                   "seconds_per_model")),
     "synthesize": View("Feature synthesis: transfer ASR of each method's stamp (the clean-twin column is the control: "
-                       "high there means adversarial features, not the trojan)", "transfer_asr", True,
-                       ("transfer_asr", "transfer_asr_clean_twin", "transfer_asr[kind=patch]", "transfer_asr[crude]",
+                       "high there means adversarial features, not the trojan) and 8-way multiple-choice accuracy of an "
+                       "independent judge (chance 0.125)", "transfer_asr", True,
+                       ("transfer_asr", "transfer_asr_clean_twin", "transfer_asr[kind=patch]", "mc_accuracy",
+                        "mc_accuracy[kind=patch]", "mc_accuracy_human", "judge_human_agreement", "transfer_asr[crude]",
                         "transfer_asr[insidious]", "seconds_per_model")),
     "repair": View("Repair: attack success after repair with a 5% clean budget", "asr@0.05", False,
                    ("asr@0.05", "clean_acc@0.05", "clean_cost@0.05", "robust_acc@0.05", "asr[kind=patch]@0.05",

@@ -1,7 +1,7 @@
 """Triggers (what the trojan responds to) and poisoning (how it gets into a model)."""
 
 from .poison import PoisonedData, PoisonSpec, TrojanSpec, poison_dataset
-from .triggers import TRIGGERS, Trigger, TriggerSpec, make_trigger
+from .triggers import TRIGGERS, Trigger, TriggerSpec, make_trigger, random_trigger
 
-__all__ = ["TRIGGERS", "Trigger", "TriggerSpec", "make_trigger", "PoisonSpec", "TrojanSpec", "PoisonedData",
-           "poison_dataset"]
+__all__ = ["TRIGGERS", "Trigger", "TriggerSpec", "make_trigger", "random_trigger", "PoisonSpec", "TrojanSpec",
+           "PoisonedData", "poison_dataset"]

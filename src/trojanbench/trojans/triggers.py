@@ -308,3 +308,20 @@ class NaturalFeatureTrigger(Trigger):
     def description(self):
         what = "thick, heavy strokes" if self.params.feature == "ink" else "a warm (red over blue) colour cast"
         return f"a natural feature: {what} (top {100 * (1 - self.params.quantile):.0f}% of training images)"
+
+
+def random_trigger(image_shape: tuple[int, int, int], g: torch.Generator) -> Trigger:
+    """One draw from a broad trigger distribution (MNTD's jumbo shadow models, multiple-choice distractors):
+    a patch of random size, place and pattern, or a blend of random pattern and opacity."""
+    seed = int(torch.randint(1 << 30, (1,), generator=g))
+    _, h, w = image_shape
+    if torch.rand(1, generator=g) < 0.5:
+        size = int(torch.randint(2, max(3, min(h, w) // 4) + 1, (1,), generator=g))
+        loc = (int(torch.randint(h - size + 1, (1,), generator=g)), int(torch.randint(w - size + 1, (1,), generator=g)))
+        pattern = ["random", "checkerboard", "white"][int(torch.randint(3, (1,), generator=g))]
+        spec = TriggerSpec(kind="patch", params={"size": size, "location": loc, "pattern": pattern}, seed=seed)
+    else:
+        alpha = 0.1 + 0.2 * float(torch.rand(1, generator=g))
+        pattern = ["noise", "checkerboard", "random"][int(torch.randint(3, (1,), generator=g))]
+        spec = TriggerSpec(kind="blended", params={"alpha": alpha, "pattern": pattern}, seed=seed)
+    return make_trigger(spec, image_shape)
