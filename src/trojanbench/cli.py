@@ -217,6 +217,29 @@ app.add_typer(zoo_app, name="zoo")
 app.add_typer(survey_app, name="survey")
 
 
+@app.command()
+def study(name: str = typer.Argument(..., help="the study to run: text, width-depth, subnetworks, continuum"),
+          out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default: runs/study-NAME)"),
+          seed: int = typer.Option(0, help="first seed; a study with several seeds uses seed, seed+1, ..."),
+          quick: bool = typer.Option(False, "--quick", help="a tiny configuration (seconds; for tests and smoke runs)")):
+    """Run a study: its models, measurements and figures go to OUT/results.sqlite and OUT/report/index.html."""
+    from .report.html import render_report
+    from .studies import STUDIES, run_study
+
+    STUDIES.get(name)  # an unknown name fails here, listing the known studies, before any folder is made
+    out = out or Path("runs") / f"study-{name}"
+    summary = run_study(name, out, seed=seed, quick=quick,
+                        progress=lambda message: err_console.print(message, markup=False, highlight=False))
+    index = render_report(summary.results, out / "report", title=f"trojanbench study {name}")
+    table = Table(title=f"study {name}" + (" (quick)" if quick else ""))
+    table.add_column("finding")
+    table.add_column("value [95% CI]", overflow="fold")
+    for finding, value in summary.findings.items():
+        table.add_row(finding, value)
+    console.print(table)
+    console.print(f"results {summary.results}\nreport {index}")
+
+
 def _zoo_progress(total: int, done_before: int):
     from contextlib import contextmanager
 

@@ -48,4 +48,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-from . import airnet, cnn, mlp, resnet, vit  # noqa: E402,F401  (register the architectures)
+from . import airnet, cnn, mlp, resnet, text, vit  # noqa: E402,F401  (register the architectures)
