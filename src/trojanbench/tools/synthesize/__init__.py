@@ -1,4 +1,4 @@
-"""Feature synthesis, first slice: images that should reveal what makes a model predict the trojan's target.
+"""Feature synthesis: images that should reveal what makes a model predict the trojan's target.
 
 Every synthesizer returns a stamp: a pattern [C, H, W] and a mask [H, W] in [0, 1], applied as
 x' = (1 - m) x + m p, so the task can score all of them the same way (transfer ASR: paste the stamp on clean
@@ -10,7 +10,17 @@ images of other classes, count how many go to the target).
 - `exemplar`: the clean image that most excites the target logit, blended in at 30% (dataset exemplars, the
   competitor feature visualisation must beat);
 - baselines `noise-patch` (a random patch at a random place) and `mean-image` (the mean clean image at 30%).
-Not here yet: Fourier/CPPN feature visualisation, TABOR, feature-level adversaries, SNAFUE, the 8-way judge.
+The rest, one module each (imported at the bottom, which registers them):
+- `fourier-fv` (fourier_fv.py): class feature visualisation of the target logit, decorrelated Fourier
+  parametrisation with jitter/scale robustness (Olah et al. 2017), blended in at 30% like `exemplar`;
+- `cppn-fv` (cppn_fv.py): the same, the image drawn by a small CPPN of (x, y, r);
+- `tabor` (tabor.py): TABOR (Guo et al. 2019), Neural Cleanse plus area, smoothness, overlay and
+  trigger-alone regularisers;
+- `feature-adversary` (feature_adversary.py): a robust feature-level adversarial patch (Casper et al. 2022),
+  optimised in the latent of a tiny autoencoder trained on the clean sample;
+- `snafue` (snafue.py): SNAFUE (Casper et al. 2023), the natural patch from the clean sample nearest to an
+  adversarial patch in the model's feature space that works best.
+Not here yet: the 8-way multiple-choice judge.
 """
 
 from __future__ import annotations
@@ -146,3 +156,6 @@ class MeanImage(Synthesizer):
 
     def synthesize(self, model, target, ctx):
         return Stamp(ctx.x_clean.mean(0), torch.full(ctx.image_shape[1:], 0.3))
+
+
+from . import cppn_fv, feature_adversary, fourier_fv, snafue, tabor  # noqa: F401  (register the synthesizers)
