@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ...config import TrainConfig
+from ...trojans import random_trigger
 from ...utils import canonical_json, sha256_bytes
 
 FORMAT = "shadow-zoo/1"  # bump when the trigger distribution or the training recipe changes
@@ -60,24 +61,6 @@ def fresh_copy(template: nn.Module, seed: int) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(True)
     return model.train()
-
-
-def random_trigger(image_shape, g: torch.Generator):
-    """One draw from the jumbo trigger distribution: a patch (random size, place, pattern) or a blend."""
-    from ...trojans import TriggerSpec, make_trigger
-
-    seed = int(torch.randint(1 << 30, (1,), generator=g))
-    _, h, w = image_shape
-    if torch.rand(1, generator=g) < 0.5:
-        size = int(torch.randint(2, max(3, min(h, w) // 4) + 1, (1,), generator=g))
-        loc = (int(torch.randint(h - size + 1, (1,), generator=g)), int(torch.randint(w - size + 1, (1,), generator=g)))
-        pattern = ["random", "checkerboard", "white"][int(torch.randint(3, (1,), generator=g))]
-        spec = TriggerSpec(kind="patch", params={"size": size, "location": loc, "pattern": pattern}, seed=seed)
-    else:
-        alpha = 0.1 + 0.2 * float(torch.rand(1, generator=g))
-        pattern = ["noise", "checkerboard", "random"][int(torch.randint(3, (1,), generator=g))]
-        spec = TriggerSpec(kind="blended", params={"alpha": alpha, "pattern": pattern}, seed=seed)
-    return make_trigger(spec, image_shape)
 
 
 def _jumbo_data(x, y, num_classes: int, cfg: ShadowConfig, g: torch.Generator):
