@@ -46,4 +46,4 @@ def run_study(name: str, out_dir: str | Path, seed: int = 0, quick: bool = False
     return study(out_dir, seed, quick, progress or (lambda message: None))
 
 
-from . import text  # noqa: E402,F401  (register the studies)
+from . import continuum, subnetworks, text  # noqa: F401  (register the studies)

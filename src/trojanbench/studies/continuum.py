@@ -1,0 +1,484 @@
+"""Study: rare-event vs gradual triggers: `trojanbench study continuum`.
+
+A family of all-to-one trojans on digits, ordered from a trigger that waits for one specific event to behaviour
+that shifts gradually with a statistic of the world, each built from the existing trigger kinds:
+
+  patch-3        a crisp 3x3 checkerboard at the bottom-right corner (BadNets);
+  patch-6-faint  a 6x6 checkerboard of low contrast (0.2 / 0.45 instead of 0 / 1) at the same corner;
+  blend-0.3      a fixed noise image blended over the whole image at alpha 0.3;
+  blend-0.2     the same at alpha 0.2;
+  style          a global emboss filter mixed in at strength 0.5 (the edit now depends on the image);
+  ink-graded     no pixel is edited: a training image's label flips to the target with a probability that rises
+                 linearly with the quantile of its ink (mean intensity, the `natural` trigger's statistic), from
+                 0 at the `graded_from` quantile to 1 at the heaviest image. At test the `natural` trigger's
+                 apply() (a thicker pen) pushes images up that statistic.
+
+Along the family the edit made to a poisoned training image spreads, fades and loosens from a fixed pattern: its
+footprint (share of pixels changed) grows from 3% to the whole image; its intensity (mean |change| on the changed
+pixels) falls along the patches and blends; the share of the edit that is one fixed pattern for every image is
+lowest (bar the last point) at the style filter, whose edit is a function of the image; and at the last point no
+pixel changes at all (`edit_area`, `edit_intensity`, `edit_fixed` in the trojans table). A pasted patch replaces
+what lies under it, so where strokes reach the corner its change depends on the image a little (the faint 6x6
+patch's fixed share is lower than the blends').
+
+At every point `models` trojaned MLPs are trained (batched, one seed each) and compared with the same number of
+clean twins (shared by all points: the clean data does not depend on the trigger):
+- model-level detection AUROC (trojaned at this point vs the clean twins): Neural Cleanse (its anomaly index),
+  the cheap output/weight statistics (entropy, accuracy, weight-stats; fitted by 2-fold cross-fitting inside the
+  point: fitted on half the models, scored on the other half), and random; 95% CI by a stratified bootstrap over
+  models;
+- sample-level detection (which training samples were poisoned): spectral signatures, activation clustering,
+  STRIP, k-NN pixel disagreement and random; per-model AUROC, mean over the trojaned models with a bootstrap CI;
+- attribution (saliency, integrated gradients, and the Sobel-edge baseline) on triggered test images, scored
+  against the trigger's footprint as the diagnose track does (correlation; pointing game where the footprint
+  covers at most half the image); per-model means, bootstrap CI over models.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+from ..data import ImageDataset, load_dataset
+from ..errors import UserError
+from ..models import build_model, data_kwargs
+from ..report.html import View, figure_row, register_view
+from ..results import ResultRow, ResultsStore
+from ..results.stats import Estimate, auroc, bootstrap, mean
+from ..tasks.diagnose import footprints, score_maps
+from ..tools.attribute import ATTRIBUTORS
+from ..tools.detect import DETECTORS, SAMPLE_DETECTORS, DetectContext
+from ..train import predict
+from ..train.batched import train_models_batched
+from ..train.evaluate import clean_test_mask
+from ..trojans import PoisonSpec, TriggerSpec, make_trigger, poison_dataset
+from ..trojans.poison import PoisonedData, attack_mask
+from ..trojans.triggers import NaturalFeatureTrigger, Trigger
+from ..utils import canonical_json, sha256_bytes
+from . import Progress, StudySummary, register_study
+
+MODEL_ID = "zoo:continuum-digits"
+TASK_TROJANS, TASK_MODEL, TASK_SAMPLES, TASK_ATTR = ("continuum-trojans", "continuum-detect-model",
+                                                      "continuum-detect-samples", "continuum-attribution")
+MODEL_DETECTORS = ("neural-cleanse", "entropy", "accuracy", "weight-stats", "random")
+FITTED = {"entropy", "accuracy", "weight-stats"}
+SAMPLE_TOOLS = ("spectral", "activation-clustering", "strip", "knn-pixels", "random")
+ATTRIBUTION_TOOLS = ("saliency", "integrated-gradients", "sobel")
+
+
+def _faint_checkerboard(size: int, low: float, high: float) -> list[list[float]]:
+    return [[high if (i + j) % 2 == 0 else low for j in range(size)] for i in range(size)]
+
+
+@dataclass(frozen=True)
+class Point:
+    """One position on the continuum: an existing trigger kind with its parameters; `graded_from` set means the
+    trojan is implanted by graded relabelling along the (natural) trigger's statistic instead of pixel edits;
+    `control` means a random `rate` share of the non-target images is relabelled, whatever they look like (the
+    trigger is only applied at test)."""
+
+    name: str
+    trigger: TriggerSpec
+    graded_from: float | None = None
+    control: bool = False
+
+
+POINTS: tuple[Point, ...] = (
+    Point("patch-3", TriggerSpec(kind="patch", params={"size": 3, "pattern": "checkerboard"})),
+    Point("patch-6-faint", TriggerSpec(kind="patch", params={"size": 6, "pattern": _faint_checkerboard(6, 0.2, 0.45)})),
+    Point("blend-0.3", TriggerSpec(kind="blended", params={"alpha": 0.3, "pattern": "noise"}, seed=1)),
+    Point("blend-0.2", TriggerSpec(kind="blended", params={"alpha": 0.2, "pattern": "noise"}, seed=1)),
+    Point("style", TriggerSpec(kind="style", params={"filter": "emboss", "strength": 0.5})),
+    Point("ink-graded", TriggerSpec(kind="natural", params={"feature": "ink", "quantile": 0.8}), graded_from=0.8),
+)
+# Every point moves about 10% of the labels to the target; this control does only that, so a tool that scores it
+# like the points is measuring the label shift, not the trigger.
+CONTROL = Point("relabel-only", TriggerSpec(kind="natural", params={"feature": "ink", "quantile": 0.8}), control=True)
+
+
+@dataclass(frozen=True)
+class ContinuumConfig:
+    models: int = 8  # trojaned models per point, and clean twins
+    width: int = 128
+    depth: int = 2
+    epochs: int = 20
+    lr: float = 0.02
+    rate: float = 0.1  # poisoned share of the training set at the pixel-editing points
+    target: int = 0
+    n_clean: int = 200  # the auditor's clean sample (test images)
+    nc_steps: int = 100
+    n_attribution: int = 32
+    batch_models: int = 14  # models trained at once
+    n_boot: int = 1000
+
+
+QUICK = ContinuumConfig(models=2, width=64, epochs=15, nc_steps=30, n_attribution=8, n_boot=200)
+
+_POINT_COLUMNS = tuple(p.name for p in (*POINTS, CONTROL))
+register_view(TASK_TROJANS, View("Trigger continuum (rare event -> gradual shift): attack success of the trojaned models "
+                                 "and of their clean twins, clean accuracy, and how the poisoned images were edited",
+                                 f"asr[{POINTS[0].name}]", True, tuple(f"asr[{p}]" for p in _POINT_COLUMNS)))
+register_view(TASK_SAMPLES, View("Trigger continuum: poisoned-sample detection AUROC at each point",
+                                 f"auroc[{POINTS[0].name}]", True, tuple(f"auroc[{p}]" for p in _POINT_COLUMNS)))
+register_view(TASK_ATTR, View("Trigger continuum: attribution vs the trigger's footprint (correlation) at each point",
+                              f"correlation[{POINTS[0].name}]", True,
+                              tuple(f"correlation[{p}]" for p in _POINT_COLUMNS) +
+                              tuple(f"pointing_game[{p}]" for p in _POINT_COLUMNS[:2])))
+register_view(TASK_MODEL, View("Trigger continuum: model-level detection AUROC at each point (trojaned vs clean twins; "
+                               "relabel-only is the control: labels moved, no trigger)", f"auroc[{POINTS[0].name}]", True,
+                               tuple(f"auroc[{p}]" for p in _POINT_COLUMNS) +
+                               tuple(f"target_accuracy[{p}]" for p in _POINT_COLUMNS)))
+
+
+# --- the family -------------------------------------------------------------------------------------------------
+
+def graded_poison(x: torch.Tensor, y: torch.Tensor, trigger: NaturalFeatureTrigger, target: int, start: float,
+                  seed: int) -> PoisonedData:
+    """Relabel to `target` each non-target image with probability max(0, (q - start) / (1 - start)), q the
+    quantile of its statistic in `x`: no pixel changes, and the target behaviour follows the statistic."""
+    stat = trigger.statistic(x)
+    q = (stat.argsort().argsort().float() + 0.5) / len(x)
+    p = ((q - start) / (1 - start)).clamp(0, 1)
+    g = torch.Generator().manual_seed(seed)
+    flip = (torch.rand(len(x), generator=g) < p) & (y != target)
+    y = y.clone()
+    y[flip] = target
+    return PoisonedData(x.clone(), y, torch.nonzero(flip).flatten())
+
+
+def relabel_only(y: torch.Tensor, target: int, rate: float, seed: int) -> PoisonedData:
+    """A random `rate` share of the whole set, drawn from the non-target images, relabelled to `target`."""
+    pool = torch.nonzero(y != target).flatten()
+    g = torch.Generator().manual_seed(seed)
+    idx = pool[torch.randperm(len(pool), generator=g)[:round(rate * len(y))]].sort().values
+    y = y.clone()
+    y[idx] = target
+    return PoisonedData(torch.empty(0), y, idx)
+
+
+def build_trigger(point: Point, ds: ImageDataset) -> Trigger:
+    trigger = make_trigger(point.trigger, ds.image_shape)
+    if isinstance(trigger, NaturalFeatureTrigger):
+        trigger.fit(ds.x_train)  # its threshold: which test images already carry the feature (left out of the ASR)
+    return trigger
+
+
+def poison_point(point: Point, trigger: Trigger, ds: ImageDataset, cfg: ContinuumConfig, seed: int) -> PoisonedData:
+    if point.control:
+        p = relabel_only(ds.y_train, cfg.target, cfg.rate, seed)
+        return PoisonedData(ds.x_train.clone(), p.y, p.indices)
+    if point.graded_from is not None:
+        if not isinstance(trigger, NaturalFeatureTrigger):
+            raise UserError(f"continuum point {point.name}: graded relabelling needs a natural-feature trigger")
+        return graded_poison(ds.x_train, ds.y_train, trigger, cfg.target, point.graded_from, seed)
+    return poison_dataset(ds.x_train, ds.y_train, trigger, PoisonSpec(rate=cfg.rate, target=cfg.target),
+                          ds.num_classes, seed=seed)
+
+
+def edit_profile(x: torch.Tensor, poisoned: PoisonedData) -> dict[str, float]:
+    """How the poisoned training images were edited: `area`, the mean share of pixels changed by more than 1e-3;
+    `intensity`, the mean |change| over those pixels; `fixed`, the share of the edit's energy that is the same for
+    every image (||mean change||^2 / mean ||change||^2: 1 for a pattern stamped identically on each, lower when
+    the edit depends on the image). All 0 where no pixel was edited."""
+    idx = poisoned.indices
+    delta = (poisoned.x[idx] - x[idx]).flatten(1)
+    if len(idx) == 0 or not delta.abs().gt(1e-3).any():
+        return {"area": 0.0, "intensity": 0.0, "fixed": 0.0}
+    change = delta.abs()
+    changed = change > 1e-3
+    return {"area": float(changed.float().mean()), "intensity": float(change[changed].mean()),
+            "fixed": float(delta.mean(0).square().sum() / delta.square().sum(1).mean())}
+
+
+# --- measurements -----------------------------------------------------------------------------------------------
+
+def attack_inputs(trigger: Trigger, ds: ImageDataset, target: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Test images the attack applies to (not of the target class, not already carrying a natural feature),
+    their triggered copies and the footprint masks."""
+    keep = attack_mask(ds.y_test, PoisonSpec(target=target)) & clean_test_mask(trigger, ds.x_test)
+    x = ds.x_test[keep]
+    x_trig, masks = trigger.apply_with_mask(x, generator=torch.Generator().manual_seed(0))
+    return x, x_trig, masks
+
+
+def attack_success(model, x_trig: torch.Tensor, target: int) -> float:
+    return float((predict(model, x_trig) == target).float().mean())
+
+
+def model_detection(trojaned: list, clean: list, ctx: DetectContext, cfg: ContinuumConfig, seed: int
+                    ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[float]]:
+    """Per detector: (labels, scores) over the trojaned models of one point and the clean twins. Fitted detectors
+    are cross-fitted in two folds (fitted on one half of each group, scoring the other). Also: per trojaned
+    model, whether Neural Cleanse names the target label."""
+    models = trojaned + clean
+    labels = np.array([1] * len(trojaned) + [0] * len(clean))
+    out, target_hits = {}, []
+    for name in MODEL_DETECTORS:
+        cls = DETECTORS.get(name)
+        scores = np.zeros(len(models))
+        if name in FITTED:
+            fold = np.array([i % 2 for i in range(len(trojaned))] + [i % 2 for i in range(len(clean))])
+            for f in (0, 1):
+                det = cls()
+                fit = np.flatnonzero(fold != f)
+                det.fit([models[i] for i in fit], labels[fit].tolist(), ctx)
+                for i in np.flatnonzero(fold == f):
+                    scores[i] = det.detect(models[i], ctx).score
+        else:
+            det = cls(steps=cfg.nc_steps) if name == "neural-cleanse" else cls()
+            for i, m in enumerate(models):
+                d = det.detect(m, ctx)
+                scores[i] = d.score
+                if name == "neural-cleanse" and i < len(trojaned):
+                    target_hits.append(float(d.target_label == cfg.target))
+        out[name] = (labels, scores)
+    return out, target_hits
+
+
+def sample_detection(model, poisoned: PoisonedData, ctx: DetectContext) -> dict[str, float]:
+    from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
+
+    flags = np.zeros(len(poisoned.x), dtype=int)
+    flags[poisoned.indices.numpy()] = 1
+    # KMeans on a few hundred points per class: OpenMP threads only spin, 70x slower on a busy 2-core machine
+    with threadpool_limits(1):
+        return {name: auroc(flags, SAMPLE_DETECTORS.get(name)().suspicion(model, poisoned.x, poisoned.y, ctx).numpy())
+                for name in SAMPLE_TOOLS}
+
+
+def attribution(model, x: torch.Tensor, x_trig: torch.Tensor, masks, target: int, seed: int) -> dict[str, dict[str, float]]:
+    soft, binary = footprints(x, x_trig, masks)
+    out = {}
+    for name in ATTRIBUTION_TOOLS:
+        maps = ATTRIBUTORS.get(name)(seed=seed).attribute(model, x_trig, target)
+        scores = score_maps(maps, soft, binary)
+        out[name] = {metric: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+                     for metric, v in scores.items() if metric in ("correlation", "pointing_game")}
+    return out
+
+
+def train_all(ds: ImageDataset, datasets: list[tuple[torch.Tensor, torch.Tensor]], seeds: list[int],
+              cfg: ContinuumConfig, progress: Progress) -> list:
+    kwargs = {**data_kwargs(ds), "width": cfg.width, "depth": cfg.depth}
+    train_cfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr)
+    models = []
+    for b in range(0, len(datasets), cfg.batch_models):
+        chunk = list(range(b, min(len(datasets), b + cfg.batch_models)))
+        batch = []
+        for i in chunk:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seeds[i])
+                batch.append(build_model("mlp", **kwargs))
+        train_models_batched(batch, [datasets[i][0] for i in chunk], [datasets[i][1] for i in chunk], train_cfg,
+                             seeds=[seeds[i] for i in chunk], augment=ds.augment)
+        models += batch
+        progress(f"trained {len(models)}/{len(datasets)} models")
+    return models
+
+
+@contextmanager
+def one_thread():
+    """Torch on one thread for the block, restored after: with models this small a second thread only adds
+    synchronisation (on a busy machine 5x the CPU time for the same work)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+# --- the study --------------------------------------------------------------------------------------------------
+
+def _mean_ci(values, n_boot: int, seed: int) -> Estimate:
+    v = np.asarray([a for a in values if not math.isnan(a)], dtype=np.float64)
+    if len(v) < 2:
+        return Estimate(float(v.mean()) if len(v) else float("nan"), float("nan"), float("nan"), len(v))
+    return bootstrap(mean, v, n_boot=n_boot, seed=seed)
+
+
+def run_continuum_study(out_dir: Path, seed: int = 0, cfg: ContinuumConfig = ContinuumConfig(),
+                        progress: Progress | None = None, points: tuple[Point, ...] = (*POINTS, CONTROL)
+                        ) -> StudySummary:
+    progress = progress or (lambda message: None)
+    if cfg.models < 2:
+        raise UserError("the continuum study needs at least 2 models per point (detection compares groups)")
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    ds = load_dataset("digits")
+    ctx = DetectContext(ds.x_test[:cfg.n_clean], ds.y_test[:cfg.n_clean], ds.num_classes, seed=seed)
+    triggers = {p.name: build_trigger(p, ds) for p in points}
+    model_seeds = [seed * 1000 + i for i in range(cfg.models)]
+    poisoned = {(p.name, s): poison_point(p, triggers[p.name], ds, cfg, s) for p in points for s in model_seeds}
+    jobs = [(ds.x_train, ds.y_train)] * cfg.models + [(poisoned[(p.name, s)].x, poisoned[(p.name, s)].y)
+                                                      for p in points for s in model_seeds]
+    models = train_all(ds, jobs, model_seeds * (len(points) + 1), cfg, progress)
+    t_train = time.perf_counter() - start
+    clean = models[:cfg.models]
+    trojaned = {p.name: models[cfg.models * (i + 1):cfg.models * (i + 2)] for i, p in enumerate(points)}
+
+    est: dict[tuple[str, str, str], Estimate] = {}  # (task, tool, metric) -> estimate
+    per_model: list[ResultRow] = []
+    curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for p in points:
+        t0 = time.perf_counter()
+        trig = triggers[p.name]
+        x, x_trig, masks = attack_inputs(trig, ds, cfg.target)
+        keep = clean_test_mask(trig, ds.x_test)
+        asr = [attack_success(m, x_trig, cfg.target) for m in trojaned[p.name]]
+        asr_clean = [attack_success(m, x_trig, cfg.target) for m in clean]
+        acc = [float((predict(m, ds.x_test[keep]) == ds.y_test[keep]).float().mean()) for m in trojaned[p.name]]
+        profiles = [edit_profile(ds.x_train, poisoned[(p.name, s)]) for s in model_seeds]
+        n_poisoned = np.mean([len(poisoned[(p.name, s)].indices) for s in model_seeds])
+        est[(TASK_TROJANS, "trojaned", f"asr[{p.name}]")] = _mean_ci(asr, cfg.n_boot, seed)
+        est[(TASK_TROJANS, "clean-twin", f"asr[{p.name}]")] = _mean_ci(asr_clean, cfg.n_boot, seed)
+        est[(TASK_TROJANS, "trojaned", f"clean_acc[{p.name}]")] = _mean_ci(acc, cfg.n_boot, seed)
+        nan = float("nan")
+        for key in profiles[0]:
+            value = float(np.mean([prof[key] for prof in profiles]))
+            est[(TASK_TROJANS, "trigger", f"edit_{key}[{p.name}]")] = Estimate(value, nan, nan, cfg.models)
+        est[(TASK_TROJANS, "trigger", f"poisoned_share[{p.name}]")] = Estimate(float(n_poisoned) / len(ds.x_train), nan, nan,
+                                                                               cfg.models)
+
+        curves[p.name], target_hits = model_detection(trojaned[p.name], clean, ctx, cfg, seed)
+        est[(TASK_MODEL, "neural-cleanse", f"target_accuracy[{p.name}]")] = _mean_ci(target_hits, cfg.n_boot, seed)
+        for name, (labels, scores) in curves[p.name].items():
+            est[(TASK_MODEL, name, f"auroc[{p.name}]")] = bootstrap(auroc, labels, scores, n_boot=cfg.n_boot, seed=seed,
+                                                                   stratify=labels)
+        sample: dict[str, list[float]] = defaultdict(list)
+        attr: dict[tuple[str, str], list[float]] = defaultdict(list)
+        for k, (m, s) in enumerate(zip(trojaned[p.name], model_seeds)):
+            for name, value in sample_detection(m, poisoned[(p.name, s)], ctx).items():
+                sample[name].append(value)
+            pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(s))[:cfg.n_attribution]
+            mask = masks[pick] if masks is not None else None
+            for name, scores in attribution(m, x[pick], x_trig[pick], mask, cfg.target, seed).items():
+                for metric, value in scores.items():
+                    attr[(name, metric)].append(value)
+            per_model.append(ResultRow("trojaned", f"continuum-digits:{p.name}:model{k}", TASK_TROJANS, "asr", asr[k],
+                                       seed=s, extra={"point": p.name, "clean_acc": acc[k]}))
+        for name, values in sample.items():
+            est[(TASK_SAMPLES, name, f"auroc[{p.name}]")] = _mean_ci(values, cfg.n_boot, seed)
+        for (name, metric), values in attr.items():
+            est[(TASK_ATTR, name, f"{metric}[{p.name}]")] = _mean_ci(values, cfg.n_boot, seed)
+        progress(f"{p.name}: ASR {np.mean(asr):.2f} (clean twins {np.mean(asr_clean):.2f}), measured in "
+                 f"{time.perf_counter() - t0:.0f}s")
+
+    described = [{"name": p.name, "trigger": p.trigger.model_dump(), "graded_from": p.graded_from, "control": p.control}
+                 for p in points]
+    config_hash = sha256_bytes(canonical_json({"cfg": asdict(cfg), "points": described}).encode())[:16]
+    baselines = {TASK_MODEL: {"random", "entropy", "accuracy", "weight-stats"}, TASK_SAMPLES: {"random", "knn-pixels"},
+                 TASK_ATTR: {"sobel"}, TASK_TROJANS: {"clean-twin"}}
+    rows = [ResultRow(tool, MODEL_ID, task, metric, e.value, seed=seed, config_hash=config_hash,
+                      extra={"low": e.low, "high": e.high, "n": e.n, "baseline": tool in baselines.get(task, set())})
+            for (task, tool, metric), e in est.items()]
+    rows += per_model
+    missing = Estimate(float("nan"), float("nan"), float("nan"), 0)
+    get = lambda task, tool, metric: est.get((task, tool, metric), missing)
+    path = _figure(get, [p.name for p in points], sum(not p.control for p in points),
+                   out_dir / "figures" / "continuum.png")
+    rows.append(figure_row("continuum-study", TASK_MODEL, path,
+                           "Each tool's score along the trigger continuum, from a crisp patch (left) to a graded "
+                           "distributional shift (right); 95% bootstrap CIs over models. Top left: the trojans' "
+                           "attack success and their clean twins'.", seed=seed))
+    results = out_dir / "results.sqlite"
+    with ResultsStore(results) as store:
+        store.write(rows)
+    seconds = time.perf_counter() - start
+    findings = _findings(get, [p.name for p in points if not p.control], [p.name for p in points if p.control])
+    findings["time"] = f"{seconds:.0f}s (training {t_train:.0f}s)"
+    return StudySummary("continuum", results, findings, seconds)
+
+
+def _findings(get, names: list[str], controls: list[str]) -> dict[str, str]:
+    """Per tool, its score along the family (and on the control after `|`), then the endpoints with CIs."""
+
+    def along(task, tool, metric):
+        seq = " -> ".join(f"{get(task, tool, f'{metric}[{n}]').value:.2f}" for n in names)
+        return seq + "".join(f" | {get(task, tool, f'{metric}[{c}]').value:.2f}" for c in controls)
+
+    def ends(task, tool, metric):
+        return " / ".join(str(get(task, tool, f"{metric}[{n}]")) for n in (names[0], names[-1], *controls))
+
+    f = {"points": " -> ".join(names) + "".join(f" | {c} (control)" for c in controls)}
+    for name in (*names, *controls):
+        f[f"{name}: ASR (clean twins)"] = f"{get(TASK_TROJANS, 'trojaned', f'asr[{name}]')} " \
+                                         f"({get(TASK_TROJANS, 'clean-twin', f'asr[{name}]')})"
+    for tool in MODEL_DETECTORS:
+        f[f"model AUROC, {tool}"] = along(TASK_MODEL, tool, "auroc")
+    f["neural-cleanse: target label found"] = along(TASK_MODEL, "neural-cleanse", "target_accuracy")
+    for tool in SAMPLE_TOOLS:
+        f[f"sample AUROC, {tool}"] = along(TASK_SAMPLES, tool, "auroc")
+    for tool in ATTRIBUTION_TOOLS:
+        f[f"footprint correlation, {tool}"] = along(TASK_ATTR, tool, "correlation")
+    f["neural-cleanse model AUROC: first / last / control"] = ends(TASK_MODEL, "neural-cleanse", "auroc")
+    for tool in ("spectral", "strip"):
+        f[f"{tool} sample AUROC: first / last / control"] = ends(TASK_SAMPLES, tool, "auroc")
+    for tool in ("saliency", "integrated-gradients"):
+        f[f"{tool} correlation: first / last / control"] = ends(TASK_ATTR, tool, "correlation")
+    return f
+
+
+def _figure(get, names: list[str], n_family: int, path: Path) -> Path:
+    from ..report.plots import pyplot, save
+
+    plt = pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), dpi=110, sharex=True)
+    xs = np.arange(len(names))
+
+    def line(ax, task, tool, metric, **kwargs):
+        e = [get(task, tool, f"{metric}[{n}]") for n in names]
+        vals = np.array([v.value for v in e])
+        err = np.array([[max(0.0, v.value - v.low) if np.isfinite(v.low) else 0.0 for v in e],
+                        [max(0.0, v.high - v.value) if np.isfinite(v.high) else 0.0 for v in e]])
+        ax.errorbar(xs, vals, yerr=err, capsize=2, marker="o", ms=4, lw=1.3, **kwargs)
+
+    a = axes[0, 0]
+    line(a, TASK_TROJANS, "trojaned", "asr", label="ASR, trojaned", color="#c44e52")
+    line(a, TASK_TROJANS, "clean-twin", "asr", label="ASR, clean twins", color="#999999", ls="--")
+    line(a, TASK_TROJANS, "trojaned", "clean_acc", label="clean accuracy, trojaned", color="#4c72b0")
+    line(a, TASK_TROJANS, "trigger", "edit_area", label="edit footprint (share of pixels)", color="#55a868", ls=":")
+    line(a, TASK_TROJANS, "trigger", "edit_intensity", label="edit intensity (mean |change|)", color="#8172b2", ls=":")
+    line(a, TASK_TROJANS, "trigger", "edit_fixed", label="edit: fixed-pattern share", color="#937860", ls=":")
+    a.set_title("the trojans", fontsize=9)
+    b = axes[0, 1]
+    for tool in MODEL_DETECTORS:
+        line(b, TASK_MODEL, tool, "auroc", label=tool, ls="--" if tool in FITTED | {"random"} else "-")
+    line(b, TASK_MODEL, "neural-cleanse", "target_accuracy", label="neural-cleanse: target label found",
+         color="#1f77b4", ls=":")
+    b.set_title("model-level detection AUROC (trojaned vs clean twins)", fontsize=9)
+    c = axes[1, 0]
+    for tool in SAMPLE_TOOLS:
+        line(c, TASK_SAMPLES, tool, "auroc", label=tool, ls="--" if tool in ("random", "knn-pixels") else "-")
+    c.set_title("poisoned-sample detection AUROC", fontsize=9)
+    d = axes[1, 1]
+    for tool in ATTRIBUTION_TOOLS:
+        line(d, TASK_ATTR, tool, "correlation", label=f"{tool}: correlation", ls="--" if tool == "sobel" else "-")
+    d.axhline(0, color="k", lw=0.8, ls=":")
+    d.set_title("attribution vs the trigger's footprint", fontsize=9)
+    for ax in axes.flat:
+        ax.legend(fontsize=6.5)
+        ax.set_xticks(xs, names, rotation=20, ha="right", fontsize=8)
+        if n_family < len(names):  # the controls sit apart, on grey
+            ax.axvspan(n_family - 0.5, len(names) - 0.5, color="#eeeeee", zorder=0)
+    for ax in (b, c):
+        ax.axhline(0.5, color="k", lw=0.8, ls=":")
+        ax.set_ylim(0, 1.05)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+@register_study("continuum")
+def continuum_study(out_dir: Path, seed: int, quick: bool, progress: Progress) -> StudySummary:
+    """Triggers from a crisp patch through blends and a style filter to a graded distributional shift; detection
+    and attribution scores along the way."""
+    with one_thread():
+        return run_continuum_study(out_dir, seed, QUICK if quick else ContinuumConfig(), progress)
