@@ -193,6 +193,8 @@ def render_report(results: str | Path, out: str | Path, title: str = "trojanbenc
     with ResultsStore(results) as store:
         rows = store.rows()
     tables, figures = collect(rows)
+    if any(t not in VIEWS for t in tables):
+        from .. import studies  # noqa: F401  (studies register their tasks' views when imported)
     if not tables and not figures:
         raise UserError(f"{results} holds no track results yet; run `trojanbench run` first")
     out.mkdir(parents=True, exist_ok=True)
