@@ -47,3 +47,4 @@ def run_study(name: str, out_dir: str | Path, seed: int = 0, quick: bool = False
 
 
 from . import continuum, subnetworks, text  # noqa: F401  (register the studies)
+from . import width_depth  # noqa: F401  (lead: merge into the line above; ruff I001)
