@@ -46,5 +46,4 @@ def run_study(name: str, out_dir: str | Path, seed: int = 0, quick: bool = False
     return study(out_dir, seed, quick, progress or (lambda message: None))
 
 
-from . import continuum, subnetworks, text  # noqa: F401  (register the studies)
-from . import width_depth  # noqa: F401  (lead: merge into the line above; ruff I001)
+from . import continuum, subnetworks, text, width_depth  # noqa: F401  (register the studies)
