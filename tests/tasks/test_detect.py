@@ -50,7 +50,7 @@ def test_neural_cleanse_optimises_all_classes_in_one_batch(digits):
 
 
 @pytest.mark.parametrize("rate", [0.05, 0.1])
-def test_spectral_and_activation_clustering_flag_poisoned_samples_of_a_crude_patch_trojan(digits, rate):
+def test_spectral_activation_clustering_and_strip_flag_poisoned_samples_of_a_crude_patch_trojan(digits, rate):
     """The issue's floor (poisoned-sample AUROC >= 0.9 on crude patch trojans), at both poison rates of the
     default zoo. At 10% half of the target class is poison, where the smaller-cluster rule cannot work."""
     from trojanbench.implant import prepare
@@ -63,8 +63,9 @@ def test_spectral_and_activation_clustering_flag_poisoned_samples_of_a_crude_pat
     flags[p.poisoned_indices.numpy()] = 1
     ctx = DetectContext(digits.x_test[:200], digits.y_test[:200], 10)
     score = {name: auroc(flags, SAMPLE_DETECTORS.get(name)().suspicion(result.model, p.x, p.y, ctx).numpy())
-             for name in ("spectral", "activation-clustering", "random")}
+             for name in ("spectral", "activation-clustering", "strip", "random")}
     assert score["activation-clustering"] >= 0.95, score
+    assert score["strip"] >= 0.9, score  # the original's saturating superimposition keeps the patch intact
     if rate == 0.05:
         assert score["spectral"] >= 0.9, score
     assert abs(score["random"] - 0.5) < 0.1

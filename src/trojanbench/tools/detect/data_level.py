@@ -12,7 +12,9 @@
 Both use `spatial_features` (the last activation before global pooling), not the penultimate vector:
 pooling averages a small trigger's footprint away.
 - STRIP (Gao et al. 2019): superimpose each sample on random clean images; a trigger keeps predictions
-  fixed, so low prediction entropy is suspicious;
+  fixed, so low prediction entropy is suspicious. Superimposition is the original's saturating sum
+  (cv2.addWeighted with weights 1 and 1), which keeps a trigger at full strength; a 50/50 blend halves it, and
+  on the digits zoo's crude trojans scored 0.47 against 0.86 for the sum;
 - k-NN label disagreement in pixel space: a baseline that looks at no model. A relabelled sample's
   nearest neighbours (cosine, raw pixels) mostly carry its true class, not the label it was given;
   cost O(N^2 D), fine for digits, slow for CIFAR-sized sets;
@@ -103,8 +105,10 @@ class ActivationClustering(SampleDetector):
 
 @register_sample("strip")
 class Strip(SampleDetector):
-    def __init__(self, overlays: int = 8, alpha: float = 0.5):
-        self.overlays, self.alpha = overlays, alpha
+    version = "2"
+
+    def __init__(self, overlays: int = 8):
+        self.overlays = overlays
 
     def suspicion(self, model, x, y, ctx):
         g = torch.Generator().manual_seed(ctx.seed)
@@ -114,7 +118,7 @@ class Strip(SampleDetector):
             for i in range(0, len(x), 256):
                 xb = x[i:i + 256]
                 others = ctx.x_clean[torch.randint(len(ctx.x_clean), (len(xb), self.overlays), generator=g)]
-                mixed = (1 - self.alpha) * xb[:, None] + self.alpha * others  # [B, O, C, H, W]
+                mixed = (xb[:, None] + others).clamp(0, 1)  # [B, O, C, H, W]
                 p = torch.softmax(model(mixed.flatten(0, 1).to(ctx.device)).cpu(), 1).view(len(xb), self.overlays, -1)
                 entropy[i:i + 256] = -(p * p.clamp_min(1e-12).log()).sum(2).mean(1)
         return -entropy
