@@ -5,8 +5,8 @@ the 8-way multiple-choice accuracy of the independent judge, per method and per 
 
 ZOO_DIR defaults to a zoo built from benchmarks/synth-zoo.toml under $TROJANBENCH_CACHE (built on first use,
 about 2 minutes). No synthesizer or judge is fitted on the zoo, so every trojan is scored (both splits).
-Writes benchmarks/results/synthesize_digits.json and the survey question bank beside it
-(benchmarks/results/synthesize_digits-bank/), which `trojanbench survey serve` can show to people.
+Writes benchmarks/results/synthesize_digits.json, and the survey question bank (about 12 MB of PNGs) to
+runs/synthesize_digits-bank/, which `trojanbench survey serve` can show to people.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main() -> None:
         build_zoo(cfg, zoo)  # resumable: finished models are kept
     built = time.perf_counter() - start
     out = Path(args.out)
-    bank = out.with_name(out.stem + "-bank")
+    bank = Path("runs") / (out.stem + "-bank")
     shutil.rmtree(bank, ignore_errors=True)
     with tempfile.TemporaryDirectory() as tmp:
         scores = run_synthesize_track(zoo, Path(tmp) / "r.sqlite", tools=args.tools.split(",") if args.tools else None,
