@@ -39,7 +39,6 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -62,7 +61,7 @@ from ..train.evaluate import clean_test_mask
 from ..trojans import PoisonSpec, TriggerSpec, make_trigger, poison_dataset
 from ..trojans.poison import PoisonedData, attack_mask
 from ..trojans.triggers import NaturalFeatureTrigger, Trigger
-from ..utils import canonical_json, sha256_bytes
+from ..utils import canonical_json, one_thread, sha256_bytes
 from . import Progress, StudySummary, register_study
 
 MODEL_ID = "zoo:continuum-digits"
@@ -282,18 +281,6 @@ def train_all(ds: ImageDataset, datasets: list[tuple[torch.Tensor, torch.Tensor]
         models += batch
         progress(f"trained {len(models)}/{len(datasets)} models")
     return models
-
-
-@contextmanager
-def one_thread():
-    """Torch on one thread for the block, restored after: with models this small a second thread only adds
-    synchronisation (on a busy machine 5x the CPU time for the same work)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 # --- the study --------------------------------------------------------------------------------------------------

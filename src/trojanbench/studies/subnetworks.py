@@ -56,7 +56,7 @@ from ..results import ResultRow, ResultsStore
 from ..results.stats import Estimate, bootstrap, mean
 from ..train import predict, train_model
 from ..train.single import lr_factor
-from ..utils import canonical_json, sha256_bytes
+from ..utils import canonical_json, one_thread, sha256_bytes
 from . import Progress, StudySummary, register_study
 
 MODEL_ID = "zoo:subnetworks-digits"
@@ -275,18 +275,6 @@ def finetune_masked(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.T
     finally:
         model.train(was_training)
     return {n: p.detach() for n, p in pruned().items()}
-
-
-@contextmanager
-def one_thread():
-    """Torch on one thread for the block, restored after: with models this small a second thread only adds
-    synchronisation (on a busy machine 5x the CPU time for the same work)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 # --- the study --------------------------------------------------------------------------------------------------
