@@ -92,10 +92,6 @@ def test_serve_blocks_until_ctrl_c_and_keeps_answers(tiny_bank, tmp_path):
 
 
 def test_main_cli_prints_one_line_errors(tiny_bank, tmp_path):
-    from trojanbench.cli import app
-
-    if not any(g.name == "survey" for g in app.registered_groups):
-        pytest.skip("trojanbench.cli does not mount survey_app yet (app.add_typer(survey_app, name='survey'))")
     r = subprocess.run([sys.executable, "-m", "trojanbench.cli", "survey", "serve", "--bank", str(tmp_path / "nope"),
                         "--results", str(tmp_path / "r.sqlite")], capture_output=True, text=True, timeout=120, check=False)
     lines = [line for line in r.stderr.splitlines() if line.strip()]
