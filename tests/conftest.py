@@ -19,3 +19,28 @@ def digits():
 def _isolated_cache(tmp_path, monkeypatch):
     """Never touch the user's cache from a test."""
     monkeypatch.setenv("TROJANBENCH_CACHE", str(tmp_path / "cache"))
+
+
+TINY_ZOO = dict(name="tiny-all", models_per_arch=8, test_fraction=0.5,
+                archs=[{"arch": "cnn", "kwargs": {"width": 8, "depth": 2}}],
+                trojans={"kinds": ["patch", "blended"], "targets": [2, 7], "rates": [0.1]},
+                train={"epochs": 8}, gate={"min_asr": 0.5, "max_clean_drop": 0.2, "retries": 0})
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory):
+    """A zoo of 8 tiny digits CNNs (4 clean, 2 patch and 2 blended trojans, half held out), built once per session and
+    shared by the pytest-xdist workers (the first one builds it under a file lock)."""
+    from filelock import FileLock
+
+    from trojanbench.config import ZooConfig
+    from trojanbench.zoo.build import build_zoo
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # shared by every worker of this session
+    out = root / "tiny-zoo"
+    with FileLock(str(root / "tiny-zoo.lock")):
+        if not (out / "done").is_file():
+            build_zoo(ZooConfig(**TINY_ZOO), out, batch_models=8)
+            (out / "done").write_text("ok")
+    return out

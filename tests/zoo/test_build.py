@@ -138,21 +138,17 @@ def test_ray_executor_gives_the_same_models_as_in_process(built, tmp_path):
     pytest.importorskip("ray", reason="ray is part of the test extra; install it to run this test")
     out, _ = built
     build_zoo(tiny_zoo(), tmp_path / "ray", executor="ray", jobs=2, batch_models=3)
-    local = {j.id: c for j, _, c in Zoo(out).models()}
-    remote = {j.id: c for j, _, c in Zoo(tmp_path / "ray").models()}
-    assert local.keys() == remote.keys()
-    for job_id, card in local.items():
-        for metric, value in card.metrics.items():
-            assert abs(remote[job_id].metrics[metric] - value) <= 0.02, (job_id, metric)
+    local = {j.id: c.weights_sha256 for j, _, c in Zoo(out).models()}
+    remote = {j.id: c.weights_sha256 for j, _, c in Zoo(tmp_path / "ray").models()}
+    assert remote == local  # bit-identical weights, insidious ones included
 
 
-def test_pool_executor_matches_too(built, tmp_path):
+def test_pool_executor_gives_the_same_weights_in_other_chunks(built, tmp_path):
     out, _ = built
-    build_zoo(tiny_zoo(), tmp_path / "pool", executor="pool", jobs=2, batch_models=3)
-    local = {j.id: c.metrics for j, _, c in Zoo(out).models()}
-    pooled = {j.id: c.metrics for j, _, c in Zoo(tmp_path / "pool").models()}
-    assert local.keys() == pooled.keys()
-    assert all(abs(pooled[k]["clean_accuracy"] - v["clean_accuracy"]) <= 0.02 for k, v in local.items())
+    build_zoo(tiny_zoo(), tmp_path / "pool", executor="pool", jobs=2, batch_models=2)
+    local = {j.id: c.weights_sha256 for j, _, c in Zoo(out).models()}
+    pooled = {j.id: c.weights_sha256 for j, _, c in Zoo(tmp_path / "pool").models()}
+    assert pooled == local  # other processes, other chunks (2 instead of 3), the same bits
 
 
 def test_import_a_model_trained_elsewhere(built, tmp_path):

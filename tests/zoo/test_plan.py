@@ -40,3 +40,27 @@ def test_builtin_and_bad_configs(tmp_path):
         load_zoo_config(tmp_path / "typo.toml")
     with pytest.raises(UserError, match="unknown trigger"):
         expand(ZooConfig(trojans={"kinds": ["laser"]}))
+
+
+@pytest.mark.parametrize("name", ["digits-bench", "digits-zoo", "digits-dev", "digits-eval2", "cifar10-zoo"])
+def test_a_trojan_and_its_clean_twin_are_on_one_side_of_the_split(name):
+    cfg = load_zoo_config(name)
+    jobs = expand(cfg)
+    by_id = {j.id: j for j in jobs}
+    twins = [j for j in jobs if j.twin]
+    assert twins and all(by_id[j.twin].split == j.split for j in twins)
+    for group in ([j for j in jobs if not j.trojaned], [j for j in jobs if j.trojaned]):
+        assert sum(j.split == "test" for j in group) == round(len(group) * cfg.test_fraction)
+    # ids hash the job, never its split
+    assert [j.id for j in expand(cfg.model_copy(update={"test_fraction": 0.5}))] == [j.id for j in jobs]
+
+
+@pytest.mark.parametrize("clean_fraction", [0.25, 0.5, 0.75])
+def test_models_without_a_twin_are_split_on_their_own(clean_fraction):
+    cfg = ZooConfig(models_per_arch=20, clean_fraction=clean_fraction, test_fraction=0.25,
+                    trojans={"insidious_fraction": 0.0})
+    jobs = expand(cfg)
+    by_id = {j.id: j for j in jobs}
+    assert all(by_id[j.twin].split == j.split for j in jobs if j.twin)
+    for group in ([j for j in jobs if not j.trojaned], [j for j in jobs if j.trojaned]):
+        assert abs(sum(j.split == "test" for j in group) - len(group) * 0.25) <= 1

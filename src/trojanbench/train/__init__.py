@@ -1,6 +1,16 @@
-"""Training and evaluation: one plain, fast loop over tensors (and, later, many models at once)."""
+"""Training and evaluation: one plain, fast loop over tensors (`train_model`), and the many-models trainer
+every zoo executor goes through (`train.batched.train_models_batched`)."""
 
 from .evaluate import attack_success_rate, clean_accuracy, predict
 from .single import train_model
 
-__all__ = ["train_model", "predict", "clean_accuracy", "attack_success_rate"]
+# The trainer format version: bump it whenever a change in this package changes the weights that training
+# produces for the same job (seeds, batch order, augmentation draws, kernels, optimiser arithmetic). It is
+# part of every zoo's cache key and is written to zoo.json and each model card, so a zoo built by another
+# trainer is refused instead of silently reused or mixed with new models.
+#   1: (unversioned) one augmentation generator shared by a whole batched chunk
+#   2: each model draws its batch order and augmentation from its own seed; the batched trainer computes
+#      convolutions without oneDNN so a model's weights do not depend on the chunk it was trained in
+TRAINER_VERSION = 2
+
+__all__ = ["TRAINER_VERSION", "attack_success_rate", "clean_accuracy", "predict", "train_model"]

@@ -2,21 +2,42 @@
 `functional_call`, each model on its own (poisoned) data, its own batch order and its own initialisation.
 
 SGD is elementwise, so one optimizer over the stacked parameters is exactly K independent optimizers.
-BatchNorm buffers are stacked too, so running statistics stay per model. `train_model` in `single.py`
-is the reference loop; `benchmarks/zoo_throughput.py` checks both give models of the same quality.
+BatchNorm buffers are stacked too, so running statistics stay per model.
+
+This is the one trainer of every zoo executor, and a model's weights do not depend on the chunk it is trained
+in: trained alone (K = 1) or beside any other models (any K, any position), its weights are bit-identical on
+CPU at a fixed torch thread count (`benchmarks/zoo_determinism.py`, `tests/train/test_batched_identity.py`).
+What makes it so:
+- randomness: model k's batch order and augmentation come from a generator seeded by its own seed, drawn in
+  the same order as `train_model` draws them; `vmap` runs with randomness="error", so a random op inside a
+  model (dropout) fails loudly instead of drawing from a stream shared by the chunk;
+- arithmetic: under `vmap` a convolution over K stacked models becomes one grouped convolution (groups = K).
+  oneDNN computes groups = 1 with other kernels than groups > 1, so with it a model trained alone differs
+  from the same model trained in a chunk (max weight difference 0.01 after one epoch on digits). We train with
+  oneDNN off, where ATen computes a grouped convolution as one ordinary convolution per group: the same
+  arithmetic whatever K is. On the digits CNN at one thread this costs 1.17x the CPU time of oneDNN's grouped
+  kernels and 1.79x that of the plain loop; with two threads on a loaded 2-core machine ATen's kernels cost far
+  more CPU time than with one, one more reason the zoo trains each chunk with one thread. Linear layers (bmm),
+  BatchNorm (per-channel reductions), pooling, the loss and the optimiser were measured identical across K.
+Not identical: `train_model` (the plain loop: oneDNN, channels-last) makes the same random draws with other
+rounding, so its models match this trainer's in quality, not in bits. Not covered: CUDA (cuDNN picks
+algorithms per shape and was not measured), other torch versions or CPUs, and other thread counts than the
+one a card records (1 and 2 threads gave identical weights here, which other counts and CPUs need not; the
+plain loop's CNN weights already differ between 1 and 2 threads).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
 from ..config import TrainConfig
-from .augment import augment_batch
+from .augment import AugmentDraw, apply_augment, draw_augment
 from .single import lr_factor
 
 
@@ -42,14 +63,17 @@ def train_models_batched(models: list[nn.Module], xs: list[torch.Tensor], ys: li
     base = copy.deepcopy(models[0]).to("meta")
 
     x_all, y_all = torch.stack(xs).to(device), torch.stack(ys).to(device)  # [K, N, ...], [K, N]
+    # one generator per model, seeded by that model's seed alone and drawn in the same order as `train_model`
+    # (each epoch's permutation, then each batch's augmentation): batch order and augmentation do not depend
+    # on which models share the chunk
     gens = [torch.Generator().manual_seed(s) for s in seeds]
-    aug_gen = torch.Generator().manual_seed(seeds[0] * 1_000_003 + k_models)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
     def model_loss(p, b, x, y):
         return loss_fn(functional_call(base, (p, b), (x,)), y)
 
-    batched_loss = torch.vmap(model_loss, randomness="different")
+    # no random op may run inside a model: its draws would come from one stream shared by the whole chunk
+    batched_loss = torch.vmap(model_loss, randomness="error")
     decay = [v for v in trainable.values() if v.dim() > 2]
     no_decay = [v for v in trainable.values() if v.dim() <= 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -66,32 +90,49 @@ def train_models_batched(models: list[nn.Module], xs: list[torch.Tensor], ys: li
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total, step = cfg.epochs * steps_per_epoch, 0
     rows = torch.arange(k_models, device=device).view(-1, 1)
-    for epoch in range(cfg.epochs):
-        perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)  # [K, N]
-        running = torch.zeros(k_models)
-        for i in range(0, n, cfg.batch_size):
-            idx = perms[:, i:i + cfg.batch_size]
-            xb, yb = x_all[rows, idx], y_all[rows, idx]  # [K, B, ...]
-            if augment:
-                xb = augment_batch(xb.flatten(0, 1), generator=aug_gen, **augment).view_as(xb)
-            losses = batched_loss(params, buffers, xb, yb)
-            loss = losses.sum()
-            if pull is not None:
-                w, refs = pull
-                dist = sum(((trainable[name] - refs[name]) ** 2).flatten(1).sum(1) for name in trainable)
-                loss = loss + (w * dist).sum()
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * lr_factor(step, total, cfg.warmup)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            running += losses.detach().cpu()
-            step += 1
-        if progress is not None:
-            progress(epoch, float(running.mean()) / steps_per_epoch)
+    with _per_model_arithmetic(device):
+        for epoch in range(cfg.epochs):
+            perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)  # [K, N]
+            running = torch.zeros(k_models)
+            for i in range(0, n, cfg.batch_size):
+                idx = perms[:, i:i + cfg.batch_size]
+                xb, yb = x_all[rows, idx], y_all[rows, idx]  # [K, B, ...]
+                if augment:  # each model's choices from its own generator, applied in one gather
+                    draw = AugmentDraw.cat([draw_augment(idx.shape[1], generator=g, **augment) for g in gens])
+                    xb = apply_augment(xb.flatten(0, 1), draw).view_as(xb)
+                losses = batched_loss(params, buffers, xb, yb)
+                loss = losses.sum()
+                if pull is not None:
+                    w, refs = pull
+                    dist = sum(((trainable[name] - refs[name]) ** 2).flatten(1).sum(1) for name in trainable)
+                    loss = loss + (w * dist).sum()
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr * lr_factor(step, total, cfg.warmup)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                running += losses.detach().cpu()
+                step += 1
+            if progress is not None:
+                progress(epoch, float(running.mean()) / steps_per_epoch)
 
     with torch.no_grad():
         for k, m in enumerate(models):
             m.load_state_dict({name: v[k] for name, v in {**params, **buffers}.items()})
             m.eval()
     return models
+
+
+@contextmanager
+def _per_model_arithmetic(device: torch.device):
+    """On CPU, oneDNN off: ATen then runs a grouped convolution group by group with the groups = 1 kernels.
+    (Only the `enabled` switch: `torch.backends.mkldnn.flags` would also reset its TF32 and determinism flags.)"""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before

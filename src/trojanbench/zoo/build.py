@@ -1,13 +1,17 @@
 """Build a zoo: plan, run chunks through an executor, gate, store; resumable at any moment.
 
 Layout of a zoo folder:
-    zoo.json            the config it was built from (a second build must match it)
+    zoo.json            the config it was built from and the trainer version that built it (a second build
+                        must match both)
     plan.json           every job (id, architecture, seed, trojan, split, twin)
     jobs/<id>.json      each job's record: state (pending/done/failed/rejected), attempts, errors, history
     models/<id>/        each finished model (model.safetensors + card.json [+ poisoned.json])
+    damaged/<id>-<time>/  finished models found damaged later, moved aside before their job was retrained
     log.jsonl           one line per training attempt started and per result, for auditing
-Only the driver writes here. A model folder counts as done only with a valid card (written last,
-atomically), so a build killed with SIGKILL at any point resumes without retraining finished jobs.
+    .build.lock         held (flock) by the one process building or importing into the zoo
+Only the driver holding the lock writes here. A model folder counts as done only with a valid card (written
+last, atomically) whose weights and poisoned indices still match their hashes, so a build killed with SIGKILL
+at any point resumes without retraining finished jobs, and a model damaged later is retrained.
 """
 
 from __future__ import annotations
@@ -18,17 +22,35 @@ import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..config import ZooConfig
 from ..errors import UserError
-from ..utils import atomic_write_text
+from ..train import TRAINER_VERSION
+from ..utils import atomic_write_text, canonical_json, sha256_bytes
 from .executors import EXECUTORS
+from .lock import ZooLock
 from .plan import Job, expand
-from .store import CARD, ModelCard, load_card, save_model_bytes
+from .store import CARD, ModelCard, check_files, load_card, save_model_bytes
 from .worker import ChunkItem, ChunkTask, JobResult
 
-STATES = ("pending", "done", "failed", "rejected")
+# "damaged": the record says done but the model folder no longer verifies (never written to a record: a build
+# moves the folder aside and trains the job again)
+STATES = ("pending", "done", "failed", "rejected", "damaged")
+
+
+def cache_key(cfg: ZooConfig) -> str:
+    """The identity of the zoo `cfg` builds: its config and the trainer version. A zoo cached under another key
+    (another config, or built by other training code) is never reused."""
+    return sha256_bytes(canonical_json({"config": cfg.model_dump(), "trainer_version": TRAINER_VERSION}).encode())[:12]
+
+
+def cache_folder(cfg: ZooConfig) -> Path:
+    """Where the benchmark keeps the zoo of `cfg`: $TROJANBENCH_CACHE/zoos/<name>-<cache_key>."""
+    from ..data.cifar10 import cache_dir
+
+    return cache_dir() / "zoos" / f"{cfg.name}-{cache_key(cfg)}"
 
 
 @dataclass
@@ -55,8 +77,17 @@ class Zoo:
     def exists(self) -> bool:
         return (self.root / "plan.json").is_file()
 
+    def _zoo_json(self) -> dict:
+        return json.loads((self.root / "zoo.json").read_text())
+
     def config(self) -> ZooConfig:
-        return ZooConfig.model_validate_json((self.root / "zoo.json").read_text())
+        body = self._zoo_json()
+        body.pop("trainer_version", None)
+        return ZooConfig.model_validate(body)
+
+    def trainer_version(self) -> int:
+        """The trainer version that built this zoo (1 for zoos from before versions were recorded)."""
+        return int(self._zoo_json().get("trainer_version", 1))
 
     def dataset(self):
         """The dataset the zoo's config names (with its data root and options), as every task needs it."""
@@ -80,33 +111,53 @@ class Zoo:
         return [Job.model_validate(j) for j in json.loads((self.root / "plan.json").read_text())]
 
     def record(self, job_id: str) -> JobRecord:
+        """The job's record, with its state checked against the disk: a job whose model landed before the build
+        died counts as done; a done job whose model no longer verifies is "damaged", the reason last in errors."""
         path = self.root / "jobs" / f"{job_id}.json"
         rec = JobRecord(**json.loads(path.read_text())) if path.is_file() else JobRecord(job_id)
-        if rec.state != "done" and self._valid_model(job_id):
+        card, problem = self.check_model(job_id)
+        if rec.state == "done" and card is None:
+            rec.state = "damaged"
+            rec.errors = (rec.errors or []) + [f"damaged: {problem or 'its model folder is missing'}"]
+        elif rec.state != "done" and card is not None:
             rec.state, rec.model_id = "done", None  # the model landed but the build died before its record did
         return rec
 
-    def _valid_model(self, job_id: str) -> ModelCard | None:
+    def check_model(self, job_id: str) -> tuple[ModelCard | None, str | None]:
+        """(card, None) for a finished model whose card, weights and poisoned indices all verify; (None, what is
+        wrong) for a damaged one; (None, None) when there is no card (no model, or a write cut short)."""
         folder = self.root / "models" / job_id
         if not (folder / CARD).is_file():
-            return None
+            return None, None
         try:
-            return load_card(folder)
-        except UserError:
-            return None
+            card = load_card(folder)
+        except UserError as e:
+            return None, str(e)
+        problem = check_files(folder, card)
+        return (None, problem) if problem else (card, None)
+
+    def _valid_model(self, job_id: str) -> ModelCard | None:
+        return self.check_model(job_id)[0]
 
     def models(self, split: str | None = None) -> list[tuple[Job, Path, ModelCard]]:
-        """Every finished model (optionally of one zoo split) with its job and card."""
-        out = []
+        """Every finished model (optionally of one zoo split) with its job and card, each verified against its
+        hashes. A damaged model is an error (one line), never silently left out of what is scored."""
+        out, damaged = [], []
         for job in self.plan():
             if split and job.split != split:
                 continue
-            card = self._valid_model(job.id)
+            card, problem = self.check_model(job.id)
             if card is not None:
                 out.append((job, self.root / "models" / job.id, card))
+            elif problem:
+                damaged.append(f"{job.id}: {problem}")
+        if damaged:
+            raise UserError(f"zoo {self.root} has {len(damaged)} damaged model(s) ({damaged[0]}); "
+                            f"`trojanbench zoo build` with its config and --out {self.root} retrains them")
         return out
 
     def status(self) -> dict[str, list[JobRecord]]:
+        """Every job's record by state (STATES), each model verified against its hashes."""
         by_state: dict[str, list[JobRecord]] = {s: [] for s in STATES}
         for job in self.plan():
             rec = self.record(job.id)
@@ -115,20 +166,24 @@ class Zoo:
 
     # -- writing -------------------------------------------------------------------------------------------
     def init(self, cfg: ZooConfig) -> list[Job]:
+        """Create the zoo (or check that the one here was built from `cfg` by this trainer). Hold the lock."""
         self.root.mkdir(parents=True, exist_ok=True)
         jobs = expand(cfg)
-        cfg_json = cfg.model_dump_json(indent=1)
+        body = {**json.loads(cfg.model_dump_json()), "trainer_version": TRAINER_VERSION}
         for stray in self.root.glob("**/.*.tmp"):  # temp files of writes cut short by a kill
             if stray.is_dir():
                 shutil.rmtree(stray, ignore_errors=True)
             else:
                 stray.unlink(missing_ok=True)
         if self.exists:
-            old = json.loads((self.root / "zoo.json").read_text())
-            if old != json.loads(cfg_json):
+            built_from = {k: v for k, v in self._zoo_json().items() if k != "trainer_version"}
+            if built_from != json.loads(cfg.model_dump_json()):
                 raise UserError(f"{self.root} holds a zoo built from another config; use another --out or delete it")
+            if self.trainer_version() != TRAINER_VERSION:
+                raise UserError(f"{self.root} was built by trainer version {self.trainer_version()}, this is version "
+                                f"{TRAINER_VERSION} (its models would not match new ones); use another --out or delete it")
             return self.plan()
-        atomic_write_text(self.root / "zoo.json", cfg_json)
+        atomic_write_text(self.root / "zoo.json", json.dumps(body, indent=1))
         atomic_write_text(self.root / "plan.json", json.dumps([j.model_dump() for j in jobs], indent=1))
         return jobs
 
@@ -143,21 +198,59 @@ class Zoo:
 
 
 def build_zoo(cfg: ZooConfig, out: str | Path, executor: str = "batched", jobs: int = 2, address: str | None = None,
-              batch_models: int = 16, device: str = "cpu", progress=None) -> dict[str, int]:
-    """Build (or finish building) the zoo in `out`. Returns the count of jobs per state."""
+              batch_models: int = 16, device: str = "cpu", progress=None, threads: int = 1,
+              lock_timeout: float | None = None) -> dict[str, int]:
+    """Build (or finish building, or repair) the zoo in `out`. Returns the count of jobs per state.
+
+    One process builds a zoo at a time: a second one waits for the first (saying so on stderr), or with
+    `lock_timeout` seconds spent (0: at once) stops with a one-line UserError. Damaged models (weights or
+    poisoned indices that no longer match their card, or a missing folder) are moved to `damaged/` and their
+    jobs retrained with the seed of the attempt that built them, which gives the same weights again at the
+    same thread count. `threads`: torch threads per training chunk, whatever the executor (one by default, so
+    a zoo's weights do not depend on the machine's core count; use the pool or Ray executor for more cores);
+    the count used is on every card."""
     run = EXECUTORS.get(executor)
     zoo = Zoo(out)
-    plan = zoo.init(cfg)
+    with ZooLock(zoo.root, timeout=lock_timeout):
+        plan = zoo.init(cfg)
+        records = {j.id: zoo.record(j.id) for j in plan}
+        for rec in records.values():
+            if rec.state == "damaged":
+                _set_aside(zoo, rec)
+            if rec.state == "done" and rec.model_id is None:  # the model landed, then the build died before its record
+                rec.model_id = zoo._valid_model(rec.id).id
+                zoo.log(event="recovered", job=rec.id, model=rec.model_id)
+                zoo.write_record(rec)
+            if rec.state == "failed" and not rec.id.startswith("imported-"):  # a new build: a fresh set of retries
+                rec.state = "pending"
+                rec.attempts = 0
+        _train_pending(zoo, cfg, plan, records, run, jobs, address, batch_models, device, threads, progress)
+    return dict(Counter(r.state for r in records.values()))
+
+
+def _set_aside(zoo: Zoo, rec: JobRecord) -> None:
+    """Move a damaged model out of models/ and send its job back to pending, to be trained with the seed of the
+    attempt that built it (`_chunks` derives the seed from the attempt count)."""
+    folder = zoo.root / "models" / rec.id
+    if folder.exists():
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        (zoo.root / "damaged").mkdir(exist_ok=True)
+        os.replace(folder, zoo.root / "damaged" / f"{rec.id}-{stamp}")
+    zoo.log(event="damaged", job=rec.id, problem=(rec.errors or [""])[-1])
+    if rec.id.startswith("imported-"):  # trained elsewhere: nothing here can train it again
+        rec.state = "failed"
+        rec.errors = (rec.errors or []) + ["an imported model is damaged: import it again"]
+    else:
+        last = (rec.history or [{}])[-1]
+        # the attempt that built it: the last in its history, unless the record was written before it landed
+        rec.attempts = last["attempt"] if last and last.get("rejected") is None else rec.attempts
+        rec.state, rec.model_id = "pending", None
+    zoo.write_record(rec)
+
+
+def _train_pending(zoo: Zoo, cfg: ZooConfig, plan: list[Job], records: dict[str, JobRecord], run, jobs: int,
+                   address: str | None, batch_models: int, device: str, threads: int, progress) -> None:
     by_id = {j.id: j for j in plan}
-    records = {j.id: zoo.record(j.id) for j in plan}
-    for rec in records.values():
-        if rec.state == "done" and rec.model_id is None:  # the model landed, then the build died before its record
-            rec.model_id = zoo._valid_model(rec.id).id
-            zoo.log(event="recovered", job=rec.id, model=rec.model_id)
-            zoo.write_record(rec)
-        if rec.state == "failed":  # a new build gives failed jobs a fresh set of retries
-            rec.state = "pending"
-            rec.attempts = 0
     twin_acc: dict[str, float] = {}
 
     def twin_accuracy(job: Job) -> float | None:
@@ -178,7 +271,7 @@ def build_zoo(cfg: ZooConfig, out: str | Path, executor: str = "batched", jobs: 
                 todo = [j for j in phase if records[j.id].state == "pending"]
                 if not todo:
                     break
-                tasks = _chunks(todo, records, zoo, cfg, batch_models, device)
+                tasks = _chunks(todo, records, zoo, cfg, batch_models, device, threads)
                 for results in run(tasks, jobs=jobs, address=address):
                     for res in results:
                         finished = _land(zoo, by_id[res.job_id], records[res.job_id], res, cfg, twin_accuracy)
@@ -187,10 +280,10 @@ def build_zoo(cfg: ZooConfig, out: str | Path, executor: str = "batched", jobs: 
     finally:
         if bar_ctx:
             bar_ctx.__exit__(None, None, None)
-    return dict(Counter(r.state for r in records.values()))
 
 
-def _chunks(todo: list[Job], records, zoo: Zoo, cfg: ZooConfig, batch_models: int, device: str) -> list[ChunkTask]:
+def _chunks(todo: list[Job], records, zoo: Zoo, cfg: ZooConfig, batch_models: int, device: str,
+            threads: int | None = None) -> list[ChunkTask]:
     groups: dict[tuple, list[Job]] = {}
     for j in todo:
         insidious = bool(j.trojan and j.trojan.insidious)
@@ -217,7 +310,7 @@ def _chunks(todo: list[Job], records, zoo: Zoo, cfg: ZooConfig, batch_models: in
                 items.append(ChunkItem(j, seed, attempt, twin))
                 zoo.log(event="start", job=j.id, attempt=attempt, seed=seed)
             if items:
-                tasks.append(ChunkTask(cfg.data, train, items, cfg.insidious, device=device))
+                tasks.append(ChunkTask(cfg.data, train, items, cfg.insidious, device=device, threads=threads))
     return tasks
 
 
@@ -261,18 +354,20 @@ def import_model(zoo_dir: str | Path, model_dir: str | Path, split: str = "test"
     if split not in ("train", "test"):
         raise UserError(f"split must be train or test, not {split!r}")
     zoo = Zoo(zoo_dir)
-    plan = zoo.plan()
+    zoo.plan()  # a clear error if it is not a zoo, before the lock creates anything
     _, card = load_model(model_dir)  # verifies every hash and that the weights fit the architecture
     job = Job(id=f"imported-{card.id}", arch=card.arch, arch_kwargs=card.arch_kwargs, seed=card.seed,
               trojan=TrojanSpec(**card.trojan) if card.trojan else None, split=split)
-    if any(j.id == job.id for j in plan):
-        raise UserError(f"{model_dir} is already in {zoo_dir}")
-    dst = zoo.root / "models" / job.id
-    tmp = zoo.root / "models" / f".{job.id}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(model_dir, tmp)
-    os.replace(tmp, dst)
-    atomic_write_text(zoo.root / "plan.json", json.dumps([j.model_dump() for j in plan + [job]], indent=1))
-    zoo.write_record(JobRecord(job.id, state="done", attempts=0, model_id=card.id))
-    zoo.log(event="import", job=job.id, source=str(model_dir))
+    with ZooLock(zoo.root):
+        plan = zoo.plan()
+        if any(j.id == job.id for j in plan):
+            raise UserError(f"{model_dir} is already in {zoo_dir}")
+        dst = zoo.root / "models" / job.id
+        tmp = zoo.root / "models" / f".{job.id}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(model_dir, tmp)
+        os.replace(tmp, dst)
+        atomic_write_text(zoo.root / "plan.json", json.dumps([j.model_dump() for j in plan + [job]], indent=1))
+        zoo.write_record(JobRecord(job.id, state="done", attempts=0, model_id=card.id))
+        zoo.log(event="import", job=job.id, source=str(model_dir))
     return job.id

@@ -3,14 +3,18 @@
 - `batched` (default): in this process, each chunk trained many-models-at-once.
 - `pool`: a process pool of `jobs` workers, each with its share of the cores.
 - `ray`: Ray tasks, on a local Ray started here (`jobs` CPUs) or an existing cluster (`address`).
-- `serial`: in this process, one model at a time with the plain loop (the reference).
+- `serial`: in this process, one model at a time (chunks of one) through the same trainer.
+All of them run `train_chunk`, whose weights for a job do not depend on the chunk, so at one torch thread count
+they give bit-identical models. `build_zoo` sets every task's thread count (one by default); for tasks without
+one, the pool gives each worker its share of the cores and Ray one thread per task.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from typing import Iterable, Iterator
+from dataclasses import replace
 
 from ..errors import UserError
 from ..registry import Registry
@@ -32,8 +36,8 @@ def run_batched(tasks: Iterable[ChunkTask], jobs: int = 1, address: str | None =
 @EXECUTORS.register("serial")
 def run_serial(tasks: Iterable[ChunkTask], jobs: int = 1, address: str | None = None) -> Iterator[list[JobResult]]:
     for task in tasks:
-        task.batched = False
-        yield train_chunk(task)
+        for item in task.items:
+            yield train_chunk(replace(task, items=[item]))
 
 
 @EXECUTORS.register("pool")
@@ -43,7 +47,7 @@ def run_pool(tasks: Iterable[ChunkTask], jobs: int = 2, address: str | None = No
     tasks = list(tasks)
     threads = max(1, cpu_count() // max(1, jobs))
     for t in tasks:
-        t.threads = threads
+        t.threads = t.threads or threads
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         pending = {pool.submit(train_chunk, t) for t in tasks}
         while pending:
@@ -66,7 +70,7 @@ def run_ray(tasks: Iterable[ChunkTask], jobs: int = 2, address: str | None = Non
         remote = ray.remote(num_cpus=1)(train_chunk)
         tasks = list(tasks)
         for t in tasks:
-            t.threads = 1
+            t.threads = t.threads or 1
         pending = [remote.remote(t) for t in tasks]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)

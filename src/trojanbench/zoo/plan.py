@@ -2,7 +2,8 @@
 
 Models come in pairs: seed s gives a clean model and (for the trojaned share) a trojaned twin with the
 same architecture and seed, so every trojan has a clean twin for the quality gate and for insidious
-training. Trojan settings are drawn from the config with a generator seeded by the zoo's seed.
+training. Trojan settings are drawn from the config with a generator seeded by the zoo's seed. The zoo's
+train/test split keeps each twin pair on one side (`split_test`).
 """
 
 from __future__ import annotations
@@ -96,13 +97,37 @@ def expand(cfg: ZooConfig) -> list[Job]:
             if trojan.insidious and twin is None:
                 raise UserError("insidious trojans need a clean twin: raise clean_fraction so clean models >= trojaned")
             jobs.append(Job(id=_job_id(body, cfg), twin=twin, **{**body, "trojan": trojan}))
-    # the zoo's own train/test split, stratified by clean vs trojaned
-    split_rng = random.Random(cfg.seed + 1)
-    for group in ([j for j in jobs if not j.trojaned], [j for j in jobs if j.trojaned]):
-        n_test = round(len(group) * cfg.test_fraction)
-        for j in split_rng.sample(group, n_test):
-            j.split = "test"
+    split_test(jobs, cfg.test_fraction, random.Random(cfg.seed + 1))
     ids = [j.id for j in jobs]
     if len(set(ids)) != len(ids):
         raise UserError("the zoo config gives two identical jobs; vary seeds or settings")
     return jobs
+
+
+def split_test(jobs: list[Job], test_fraction: float, rng: random.Random) -> None:
+    """Mark the zoo's held-out models (`split = "test"`), in place. A trojan and its clean twin are one unit and
+    always land on the same side, so no learned detector is scored on a model whose twin it was trained on.
+    Models without a twin are units of their own. The number of held-out pairs is chosen so that the held-out
+    share of clean models and of trojaned models are each as close to `test_fraction` as the units allow.
+    Ids are untouched: they hash the job body, never its split."""
+    by_id = {j.id: j for j in jobs}
+    pairs = [(by_id[j.twin], j) for j in jobs if j.trojaned and j.twin in by_id]
+    paired = {j.id for pair in pairs for j in pair}
+    clean_alone = [j for j in jobs if not j.trojaned and j.id not in paired]
+    trojaned_alone = [j for j in jobs if j.trojaned and j.id not in paired]
+    n_clean, n_trojaned = sum(not j.trojaned for j in jobs), sum(j.trojaned for j in jobs)
+    want_clean, want_trojaned = round(n_clean * test_fraction), round(n_trojaned * test_fraction)
+
+    def fill(n_pairs: int) -> tuple[int, int, int]:
+        a = min(max(want_clean - n_pairs, 0), len(clean_alone))
+        b = min(max(want_trojaned - n_pairs, 0), len(trojaned_alone))
+        return abs(n_pairs + a - want_clean) + abs(n_pairs + b - want_trojaned), a, b
+
+    # the fewest misses; among equals the most pairs (a held-out trojan then keeps its twin beside it)
+    n_pairs = min(range(len(pairs) + 1), key=lambda p: (fill(p)[0], -p))
+    _, a, b = fill(n_pairs)
+    for pair in rng.sample(pairs, n_pairs):
+        for j in pair:
+            j.split = "test"
+    for j in rng.sample(clean_alone, a) + rng.sample(trojaned_alone, b):
+        j.split = "test"

@@ -11,6 +11,7 @@ We never unpickle: a pickle (or a torch.save zip) named model.safetensors is ref
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from ..errors import UserError
-from ..utils import atomic_write_bytes, atomic_write_text, canonical_json, library_versions, sha256_bytes
+from ..utils import atomic_write_bytes, atomic_write_text, canonical_json, library_versions, sha256_bytes, sha256_file
 
 WEIGHTS, CARD, POISON = "model.safetensors", "card.json", "poisoned.json"
 FORMAT_VERSION = 1
@@ -85,12 +86,18 @@ def read_weights(path: Path, data: bytes | None = None) -> dict[str, torch.Tenso
         raise UserError(f"{path} is a damaged safetensors file ({str(e).splitlines()[0][:120]})") from None
 
 
+def weights_bytes(model: nn.Module) -> bytes:
+    """A model's state as safetensors bytes that depend on its values alone, so equal weights give an equal
+    sha256. One metadata entry only: safetensors writes its metadata map in no fixed order (two entries came out
+    in either order from one run to the next), while its tensors are written in a fixed, sorted order."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return st_save(state, metadata={"format": "pt"})
+
+
 def save_model(out_dir: str | Path, model: nn.Module, card: ModelCard,
                poisoned_indices: torch.Tensor | None = None) -> ModelCard:
     """Write weights, poisoned indices, then the card (the commit marker). Returns the final card."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    weights = st_save(state, metadata={"format": "pt", "arch": card.arch})
-    return save_model_bytes(out_dir, card, weights, poisoned_indices)
+    return save_model_bytes(out_dir, card, weights_bytes(model), poisoned_indices)
 
 
 def save_model_bytes(out_dir: str | Path, card: ModelCard, weights: bytes, poisoned_indices=None) -> ModelCard:
@@ -124,6 +131,41 @@ def load_card(model_dir: str | Path, verify: bool = True) -> ModelCard:
     if verify and card.id != card.content_hash()[:16]:
         raise UserError(f"{d / CARD} was modified after it was written (its id does not match its content)")
     return card
+
+
+_HASHES: dict[str, tuple[tuple[int, int, int], str]] = {}
+
+
+def cached_sha256(path: Path) -> str | None:
+    """sha256 of a file, or None if it is missing; remembered in this process by (size, mtime, inode), so
+    checking a zoo of a thousand models again costs a thousand `stat`s, and a file changed since is re-read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    stamp, key = (st.st_size, st.st_mtime_ns, st.st_ino), str(Path(path).resolve())
+    hit = _HASHES.get(key)
+    if hit is None or hit[0] != stamp:
+        hit = (stamp, sha256_file(path))
+        _HASHES[key] = hit
+    return hit[1]
+
+
+def check_files(model_dir: str | Path, card: ModelCard) -> str | None:
+    """What is wrong with a model folder's weights and poisoned-indices file against its (verified) card, in
+    one line, or None when both match their hashes. Cheaper than `load_model`: hashes are cached, nothing is
+    parsed."""
+    d = Path(model_dir)
+    digest = cached_sha256(d / WEIGHTS)
+    if digest is None:
+        return f"{WEIGHTS} is missing"
+    if digest != card.weights_sha256:
+        return f"{WEIGHTS} does not match its card (sha256 differs): changed or truncated after it was written"
+    if card.poisoned_indices_file:
+        digest = cached_sha256(d / card.poisoned_indices_file)
+        if digest != card.poisoned_sha256:
+            return f"{card.poisoned_indices_file} is missing or does not match its card"
+    return None
 
 
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:

@@ -1,6 +1,11 @@
 """The unit of work every executor runs: train one chunk of jobs (same architecture) and return the
 results as plain data (card dict + safetensors bytes), so the driver alone writes the store -- the same
-code path in-process, in a process pool, or on a Ray cluster without a shared disk."""
+code path in-process, in a process pool, or on a Ray cluster without a shared disk.
+
+Every chunk, of one model or many, goes through the one zoo trainer (`train_models_batched`), whose weights
+for a job do not depend on the chunk (see its docstring), so a job gets the same weights from every executor
+at a fixed thread count. Each card records the trainer version, the torch thread count and the device.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +16,14 @@ from dataclasses import dataclass, field
 
 import torch
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
 from ..config import DataConfig, InsidiousConfig, TrainConfig
 from ..data import load_dataset
 from ..implant import finish, prepare
-from ..train import train_model
+from ..train import TRAINER_VERSION
 from ..train.batched import train_models_batched
 from .plan import Job
+from .store import weights_bytes
 
 
 @dataclass
@@ -35,9 +40,8 @@ class ChunkTask:
     train: TrainConfig
     items: list[ChunkItem]
     insidious: InsidiousConfig = field(default_factory=InsidiousConfig)
-    batched: bool = True
     device: str = "cpu"
-    threads: int | None = None
+    threads: int | None = None  # torch threads while training this chunk (None: leave the process's setting)
 
 
 @dataclass
@@ -60,8 +64,16 @@ def _dataset(data_json: str):
 
 
 def train_chunk(task: ChunkTask) -> list[JobResult]:
+    before = torch.get_num_threads()
     if task.threads:
         torch.set_num_threads(task.threads)
+    try:
+        return _train_chunk(task)
+    finally:  # in-process executors must not leave their thread count behind
+        torch.set_num_threads(before)
+
+
+def _train_chunk(task: ChunkTask) -> list[JobResult]:
     ds = _dataset(task.data.model_dump_json())
     opts = {**({"data_root": task.data.data_root} if task.data.data_root else {}), **task.data.options}
     prepared, results = [], {}
@@ -73,6 +85,7 @@ def train_chunk(task: ChunkTask) -> list[JobResult]:
             prepared.append((item, p))
         except Exception as e:  # one bad job must not sink the chunk
             results[item.job.id] = JobResult(item.job.id, item.attempt, item.seed, False, _describe(e))
+    threads = torch.get_num_threads()
     start = time.perf_counter()
     try:
         if prepared:
@@ -83,12 +96,11 @@ def train_chunk(task: ChunkTask) -> list[JobResult]:
     seconds = (time.perf_counter() - start) / max(1, len(prepared))
     for item, p in prepared:
         try:
-            done = finish(p, ds, task.train, seconds, opts, extra={"job_id": item.job.id, "split": item.job.split,
-                                                                   "attempt": item.attempt})
-            state = {k: v.detach().cpu().contiguous() for k, v in done.model.state_dict().items()}
+            done = finish(p, ds, task.train, seconds, opts, extra={
+                "job_id": item.job.id, "split": item.job.split, "attempt": item.attempt,
+                "trainer_version": TRAINER_VERSION, "torch_threads": threads, "device": task.device})
             results[item.job.id] = JobResult(
-                item.job.id, item.attempt, item.seed, True, card=done.card.model_dump(),
-                weights=st_save(state, metadata={"format": "pt", "arch": item.job.arch}),
+                item.job.id, item.attempt, item.seed, True, card=done.card.model_dump(), weights=weights_bytes(done.model),
                 poisoned=None if p.poisoned_indices is None else p.poisoned_indices.tolist(), seconds=seconds)
         except Exception as e:
             results[item.job.id] = JobResult(item.job.id, item.attempt, item.seed, False, _describe(e))
@@ -96,15 +108,10 @@ def train_chunk(task: ChunkTask) -> list[JobResult]:
 
 
 def _train(task: ChunkTask, prepared, ds) -> None:
-    cfg, device = task.train, torch.device(task.device)
     pull = [st_load(i.twin_weights) if i.twin_weights is not None else None for i, _ in prepared]
-    if task.batched and (len(prepared) > 1 or any(r is not None for r in pull)):
-        train_models_batched([p.model for _, p in prepared], [p.x for _, p in prepared], [p.y for _, p in prepared],
-                             cfg, seeds=[p.seed for _, p in prepared], augment=ds.augment, device=device,
-                             pull_to=pull, pull_weight=task.insidious.pull_weight)
-    else:  # the reference: the plain per-model loop
-        for _, p in prepared:
-            train_model(p.model, p.x, p.y, cfg, seed=p.seed, augment=ds.augment, device=device)
+    train_models_batched([p.model for _, p in prepared], [p.x for _, p in prepared], [p.y for _, p in prepared],
+                         task.train, seeds=[p.seed for _, p in prepared], augment=ds.augment,
+                         device=torch.device(task.device), pull_to=pull, pull_weight=task.insidious.pull_weight)
 
 
 def _describe(e: Exception) -> str:
