@@ -1,25 +1,37 @@
-"""Causal tracing + one rank-one edit on a patch trojan in each architecture (digits): where the trace points,
-which layer it names, and what one edit of that layer does to ASR and clean accuracy -- reported whether or
-not the edit works.
+"""Causal tracing and every registered editor on one patch trojan per architecture (digits: CNN, MLP, ViT,
+ResNet-18): which layer the trace names, what each editor and control does to ASR and clean accuracy, and
+the same edits at every layer in turn (is the traced layer a good choice? the mean over layers is what a
+uniformly drawn layer gets on average) -- reported whether or not the edits work.
 
-    .venv/bin/python benchmarks/edit_archs.py
+    .venv/bin/python benchmarks/edit_archs.py [--archs cnn,mlp] [--threads 1]
 
-Writes benchmarks/results/edit_archs.json.
+Every editor gets the same `EditInputs`, as the edit task builds them: the 5% clean budget stamped with the
+trigger and its true labels, the budget as the clean twins, the budget itself. Writes
+benchmarks/results/edit_archs.json (with commit, date, cores and torch threads).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import platform
 import time
+from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from edit_tune import git_state
 
 from trojanbench.config import default_train_config
 from trojanbench.data import load_dataset
 from trojanbench.implant import implant, prepare
 from trojanbench.tasks.repair import draw_budget
-from trojanbench.tools.edit import rank_one_edit
+from trojanbench.tools.edit import EDITORS, EditInputs
+from trojanbench.tools.edit.finetune import FineTuneLayer
+from trojanbench.tools.edit.projection import TriggerKeyProjection
+from trojanbench.tools.edit.rome import Rome
 from trojanbench.tools.locate import causal_trace
 from trojanbench.train.evaluate import clean_accuracy, predict
 from trojanbench.trojans import PoisonSpec, TriggerSpec, TrojanSpec
@@ -27,40 +39,78 @@ from trojanbench.utils import library_versions
 
 ARCHS = {"cnn": {"width": 16, "depth": 3}, "mlp": {"width": 256}, "resnet18": {"width": 16}, "vit": {"dim": 64, "depth": 3}}
 EPOCHS = {"cnn": 25, "mlp": 25, "resnet18": 12, "vit": 40}
+PER_LAYER = {"rome": Rome, "trigger-key-projection": TriggerKeyProjection, "finetune-layer": FineTuneLayer}
+
+
+def _r(v: float) -> float:
+    return round(float(v), 4)
+
+
+def one_arch(ds, arch: str, spec: TrojanSpec, x_budget, y_budget) -> dict:
+    start = time.perf_counter()
+    cfg = default_train_config(arch).model_copy(update={"epochs": EPOCHS[arch]})
+    model = implant(ds, arch, ARCHS[arch], spec, cfg, seed=0).model
+    trigger = prepare(ds, arch, ARCHS[arch], spec, seed=0).trigger
+    train_s = time.perf_counter() - start
+    xc = ds.x_test[ds.y_test != spec.poison.target]
+    x_trig_test = trigger.apply(xc)
+
+    def measure(m) -> dict:
+        return {"asr": _r((predict(m, x_trig_test) == spec.poison.target).float().mean()),
+                "clean_acc": _r(clean_accuracy(m, ds.x_test, ds.y_test))}
+
+    start = time.perf_counter()
+    trace = causal_trace(model, trigger.apply(xc[:32]), xc[:32], target=spec.poison.target)
+    trace_s = time.perf_counter() - start
+    inputs = EditInputs(trace.best, trigger.apply(x_budget), y_budget, x_budget, x_budget, y_budget, seed=0)
+    out = {"traced_layer": trace.best, "trace_peak": {k: round(v, 3) for k, v in trace.peak.items()},
+           "before": measure(model), "train_seconds": round(train_s, 1), "trace_seconds": round(trace_s, 2),
+           "editors": {}, "per_layer": {}}
+    for name in EDITORS.names():
+        editor = EDITORS.get(name)()
+        start = time.perf_counter()
+        edited = editor.edit(model, inputs)
+        out["editors"][name] = {"layer": editor.layer_for(model, inputs), **measure(edited),
+                                "seconds": round(time.perf_counter() - start, 2)}
+        print(arch, name, out["editors"][name], flush=True)
+    for name, cls in PER_LAYER.items():  # every layer in turn: is the traced one a good choice?
+        rows = {}
+        for layer in trace.effects:
+            start = time.perf_counter()
+            rows[layer] = {**measure(cls().edit(model, replace(inputs, layer=layer))),
+                           "seconds": round(time.perf_counter() - start, 2)}
+        n = len(rows)
+        out["per_layer"][name] = {"layers": rows, "mean_over_layers": {
+            "asr": _r(sum(r["asr"] for r in rows.values()) / n), "clean_acc": _r(sum(r["clean_acc"] for r in rows.values()) / n)},
+            "best_layer": min(rows, key=lambda k: (rows[k]["asr"], -rows[k]["clean_acc"]))}
+        print(arch, name, "per layer", {k: (v["asr"], v["clean_acc"]) for k, v in rows.items()}, flush=True)
+    return out
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--archs", default=",".join(ARCHS))
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
     ds = load_dataset("digits")
     spec = TrojanSpec(trigger=TriggerSpec(kind="patch"), poison=PoisonSpec(target=3, rate=0.1))
-    budget = ds.x_train[draw_budget(ds.y_train, 0.05, ds.num_classes)]
-    out = {}
-    for arch, kwargs in ARCHS.items():
-        start = time.perf_counter()
-        cfg = default_train_config(arch).model_copy(update={"epochs": EPOCHS[arch]})
-        model = implant(ds, arch, kwargs, spec, cfg, seed=0).model
-        trigger = prepare(ds, arch, kwargs, spec, seed=0).trigger
-        xc = ds.x_test[ds.y_test != 3]
-        asr = lambda m: float((predict(m, trigger.apply(xc)) == 3).float().mean())  # noqa: E731
-        trace = causal_trace(model, trigger.apply(xc[:32]), xc[:32], target=3)
-        layer = trace.best
-        edited = rank_one_edit(model, layer, trigger.apply(budget), budget, budget)
-        out[arch] = {"layer": layer, "trace_peak": {k: round(v, 3) for k, v in trace.peak.items()},
-                     "asr_before": asr(model), "asr_after": asr(edited),
-                     "clean_before": clean_accuracy(model, ds.x_test, ds.y_test),
-                     "clean_after": clean_accuracy(edited, ds.x_test, ds.y_test),
-                     "per_layer_edit": {}, "seconds": 0.0}
-        for name in trace.effects:  # every layer, to show whether the trace's choice is a good one
-            e = rank_one_edit(model, name, trigger.apply(budget), budget, budget)
-            out[arch]["per_layer_edit"][name] = {"asr": asr(e), "clean": clean_accuracy(e, ds.x_test, ds.y_test)}
-        out[arch]["seconds"] = round(time.perf_counter() - start, 1)
-        print(arch, {k: v for k, v in out[arch].items() if k != "per_layer_edit"}, flush=True)
-    result = {"trigger": "3x3 checkerboard patch, bottom-right, 10% poison, target 3", "budget": "5% of the training set",
-              "archs": out, "versions": library_versions()}
+    idx = draw_budget(ds.y_train, 0.05, ds.num_classes)
     path = Path(__file__).parent / "results" / "edit_archs.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    start = time.perf_counter()
+    archs = {arch: one_arch(ds, arch, spec, ds.x_train[idx], ds.y_train[idx]) for arch in a.archs.split(",")}
+    old = json.loads(path.read_text()) if path.exists() else {}
+    keep = {k: v for k, v in old.get("archs", {}).items() if k not in archs and "editors" in v}
+    result = {"trigger": "3x3 checkerboard patch, bottom-right, 10% poison, target 3",
+              "budget": "5% of the training set (class-balanced, seed 0); every editor gets the same EditInputs",
+              **git_state(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {a.threads}, no GPU (shared, loaded)",
+              "wall_seconds": round(time.perf_counter() - start, 1), "archs": {**keep, **archs},
+              "versions": library_versions()}
+    path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    torch.manual_seed(0)
     main()

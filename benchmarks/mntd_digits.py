@@ -1,103 +1,254 @@
-"""MNTD on the digits zoos: held-out model-detection AUROC (all / crude / insidious trojans, bootstrap 95% CIs)
-against the number of shadow models, beside the entropy baseline, and the cold cost of the default shadow zoo.
+"""MNTD (Xu et al. 2021, `mntd` and its one-class variant `mntd-oc`) and `output-stats-meta` (the detector
+registered as "mntd" before) on the digits zoos: held-out model-detection AUROC with bootstrap 95% CIs.
 
-    .venv/bin/python benchmarks/mntd_digits.py [--zoo DIR ...] [--sizes 0,64,128,256] [--threads 1] [--no-cold]
+    .venv/bin/python benchmarks/mntd_digits.py                       # dev + bench zoos, the defaults
+    .venv/bin/python benchmarks/mntd_digits.py --sweep               # also the dev-zoo study behind the defaults
+    .venv/bin/python benchmarks/mntd_digits.py --cold                # only: time a cold build of the default MNTD
 
-Default zoo: digits-bench as `trojanbench run` caches it under $TROJANBENCH_CACHE/zoos (run that once first).
-One shadow zoo of the largest size is trained (and cached) per zoo; a curve point with n shadow models uses its
-first n (half clean, half trojaned). Writes benchmarks/results/mntd_digits.json.
+Zoos: `--dev` (default /work/zoos/digits-dev, else the cached `digits-dev`) is where MNTD's scale-downs were
+chosen (`--sweep`: shadow recipe x number of shadows, scored on every model of the dev zoo, which MNTD may use
+since it never reads a zoo label, and on its held-out split); `--bench` (default: `digits-bench` as `trojanbench
+run` caches it) is scored with those defaults and nothing is chosen from it. MNTD and MNTD-OC are built from
+their own shadow models only; output-stats-meta (and the learned baselines) are fitted on each zoo's training
+split, as the detect track does. Writes benchmarks/results/mntd_digits.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import tempfile
 import time
+from dataclasses import asdict, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from trojanbench.data import load_dataset
 from trojanbench.results.stats import auroc, bootstrap
 from trojanbench.tasks.detect import detection_context
 from trojanbench.tools.detect import DETECTORS
-from trojanbench.tools.detect.mntd import DEFAULT_SHADOWS, MNTD
-from trojanbench.tools.detect.shadow import shadow_zoo
+from trojanbench.tools.detect.jumbo import JumboConfig, shadow_states, shadow_trojan
+from trojanbench.tools.detect.mntd import DEFAULT_SHADOWS, MNTD, MetaConfig, MNTDOneClass
+from trojanbench.tools.detect.shadow import fresh_copy
 from trojanbench.utils import library_versions
 from trojanbench.zoo.build import Zoo
 from trojanbench.zoo.store import load_model
 
+OUT = Path(__file__).parent / "results" / "mntd_digits.json"
+PAPER = {"shadows_train_per_kind": 2048, "shadows_val_per_kind": 256, "shadow_epochs": 100,
+         "shadow_optimizer": "Adam lr 1e-3, batch 100, no augmentation", "defender_data": "2% of the training set",
+         "queries": 10, "hidden": 20, "meta_epochs": 10, "meta_optimizer": "Adam lr 1e-3, one shadow per step",
+         "query_tuning": True, "outputs": "raw logits, concatenated"}
+# Shadow recipes compared on the dev zoo (`--sweep`): the paper's Adam (lr 1e-3, no augmentation) with batch 32
+# and 30 epochs (at batch 100 it needs 60 epochs for 96% accuracy, twice the cost), and SGD as the audited CNNs
+# are trained (momentum, weight decay, 1-pixel shifts; the default).
+RECIPES = {
+    "adam-b32-e30": JumboConfig(epochs=30, batch_size=32, optimizer="adamw", lr=1e-3, weight_decay=0.0, translate=0),
+    "sgd-b32-e30-t1": JumboConfig(epochs=30, batch_size=32, optimizer="sgd", lr=0.05, weight_decay=5e-4, translate=1),
+}
+SWEEP_COUNTS = [16, 32, 64, 128]
+BASELINES = ["entropy", "final-layer-outlier", "weight-stats", "random"]
 
-def default_zoo() -> Path:
+
+def provenance(threads: int) -> dict:
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=False,
+                              cwd=Path(__file__).parent).stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty_tree": bool(git("status", "--porcelain")),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"), "cores": os.cpu_count(),
+            "torch_threads": threads, "load_average_at_start": os.getloadavg(), "versions": library_versions()}
+
+
+def cached_zoo(name: str) -> Path:
     from trojanbench.bench import zoo_cache_dir
     from trojanbench.zoo.plan import load_zoo_config
 
-    path = zoo_cache_dir(load_zoo_config("digits-bench"))
-    if not path.is_dir():
-        raise SystemExit(f"{path} does not exist: run `trojanbench run --track detect` once, or pass --zoo")
-    return path
+    return zoo_cache_dir(load_zoo_config(name))
 
 
-def scores(labels, values, crude, seed=0) -> dict:
-    labels, values = np.asarray(labels), np.asarray(values)
-    out = {}
-    groups = {"all": np.ones(len(labels), bool), "crude": (labels == 0) | crude, "insidious": (labels == 0) | ~crude}
-    for name, keep in groups.items():
-        est = bootstrap(auroc, labels[keep], values[keep], n_boot=1000, seed=seed, stratify=labels[keep])
-        out[name] = [round(est.value, 3), round(est.low, 3), round(est.high, 3)]
+def estimate(labels, scores, keep=None) -> list[float]:
+    labels, scores = np.asarray(labels), np.asarray(scores)
+    if keep is not None:
+        labels, scores = labels[keep], scores[keep]
+    est = bootstrap(auroc, labels, scores, n_boot=1000, seed=0, stratify=labels)
+    return [round(est.value, 3), round(est.low, 3), round(est.high, 3)]
+
+
+def aurocs(jobs, scores) -> dict:
+    labels = np.array([int(j.trojaned) for j in jobs])
+    crude = np.array([j.trojaned and not j.trojan.insidious for j in jobs])
+    out = {"all": estimate(labels, scores), "crude": estimate(labels, scores, (labels == 0) | crude),
+           "insidious": estimate(labels, scores, (labels == 0) | (labels == 1) & ~crude)}
+    for kind in sorted({j.trojan.trigger.kind for j in jobs if j.trojaned}):
+        keep = np.array([not j.trojaned or j.trojan.trigger.kind == kind for j in jobs])
+        out[f"kind={kind}"] = round(auroc(labels[keep], np.asarray(scores)[keep]), 3)
     return out
+
+
+def run_mntd(det, models, ctx) -> tuple[list[float], dict]:
+    """Scores of a shadow-trained detector; the first call builds (or loads) the meta-classifier and is timed apart."""
+    cpu, start = time.process_time(), time.perf_counter()
+    scores = [det.detect(models[0], ctx).score]
+    build = {"wall_seconds": round(time.perf_counter() - start, 1), "cpu_seconds": round(time.process_time() - cpu, 1),
+             **{k: v for k, v in asdict(det.builds[-1]).items() if k in ("shadows_trained", "meta_cached", "val_auroc")}}
+    per_model = []
+    for m in models[1:]:
+        t = time.perf_counter()
+        scores.append(det.detect(m, ctx).score)
+        per_model.append(time.perf_counter() - t)
+    build["seconds_per_model_after_build"] = round(float(np.median(per_model)), 4)
+    return scores, build
+
+
+def load_split(zoo: Zoo, split: str | None):
+    rows = zoo.models(split=split)
+    return [j for j, _, _ in rows], [load_model(f)[0] for _, f, _ in rows]
+
+
+def score_zoo(zoo_dir: Path, sweep: bool) -> dict:
+    zoo = Zoo(zoo_dir)
+    _, ctx = detection_context(zoo)
+    test_jobs, test_models = load_split(zoo, "test")
+    train_jobs, train_models = load_split(zoo, "train")
+    entry = {"path": str(zoo_dir), "test_models": len(test_jobs), "test_trojaned": sum(j.trojaned for j in test_jobs),
+             "test_crude_trojaned": sum(j.trojaned and not j.trojan.insidious for j in test_jobs),
+             "train_models": len(train_jobs), "detectors": {}}
+    for name in ["mntd", "mntd-oc"]:
+        det = DETECTORS.get(name)()
+        scores, build = run_mntd(det, test_models, ctx)
+        entry["detectors"][name] = {"held_out": aurocs(test_jobs, scores), "build": build}
+        # MNTD never reads a label, so every model of the zoo is a fair test set for it
+        all_scores = scores + [det.detect(m, ctx).score for m in train_models]
+        entry["detectors"][name]["all_models"] = aurocs(test_jobs + train_jobs, all_scores)
+        print(zoo.config().name, name, entry["detectors"][name], flush=True)
+    for name in ["output-stats-meta", *[b for b in BASELINES if b in DETECTORS.names()]]:
+        det = DETECTORS.get(name)()
+        start = time.perf_counter()
+        if det.learned:
+            det.fit(train_models, [int(j.trojaned) for j in train_jobs], ctx)
+        fit = time.perf_counter() - start
+        scores = [det.detect(m, ctx).score for m in test_models]
+        entry["detectors"][name] = {"held_out": aurocs(test_jobs, scores), "fit_seconds": round(fit, 1),
+                                    "learned": det.learned}
+        print(zoo.config().name, name, entry["detectors"][name], flush=True)
+    if sweep:
+        entry["sweep"] = dev_sweep(test_jobs, test_models, train_jobs, train_models, ctx)
+    return entry
+
+
+def dev_sweep(test_jobs, test_models, train_jobs, train_models, ctx) -> dict:
+    """Shadow recipe x shadow count (5 meta-classifier seeds at 32 and 128 per kind, 1 elsewhere), and at the
+    defaults MNTD without query tuning and MNTD-OC: AUROC over every dev model (MNTD reads no label) and over
+    the held-out split."""
+    out = {}
+    jobs, models = test_jobs + train_jobs, test_models + train_models
+    variants = [(f"{recipe}/{n}", MNTD, replace(cfg, train=n, val=32), MetaConfig(), range(5 if n in (32, 128) else 1))
+                for recipe, cfg in RECIPES.items() for n in SWEEP_COUNTS]
+    variants += [("default/no-query-tuning", MNTD, DEFAULT_SHADOWS, MetaConfig(query_tuning=False), range(5)),
+                 ("default/mntd-oc", MNTDOneClass, DEFAULT_SHADOWS, MetaConfig(), range(5))]
+    for name, cls, shadows, meta, seeds in variants:
+        runs = []
+        for seed in seeds:
+            det = cls(shadows=shadows, meta=meta)
+            scores, build = run_mntd(det, models, replace(ctx, seed=seed))
+            runs.append({"seed": seed, "all_models": aurocs(jobs, scores)["all"][0],
+                         "held_out": aurocs(test_jobs, scores[:len(test_jobs)])["all"][0],
+                         "best_val_auroc": round(max(build["val_auroc"]), 3) if build["val_auroc"] else None,
+                         "build_cpu_seconds": build["cpu_seconds"]})
+        all_models = [r["all_models"] for r in runs]
+        out[name] = {"all_models_mean": round(float(np.mean(all_models)), 3),
+                     "all_models_sd": round(float(np.std(all_models)), 3), "runs": runs}
+        print("sweep", name, out[name], flush=True)
+    for recipe, cfg in RECIPES.items():
+        out[f"{recipe}/shadow_quality"] = shadow_quality(test_models[0], ctx, cfg)
+    return out
+
+
+def shadow_quality(template, ctx, cfg: JumboConfig, n: int = 16) -> dict:
+    """Clean accuracy of the first n benign and n jumbo shadows on the digits test images the auditor does not
+    hold, and the jumbo shadows' attack success rate there (non-target images, stamped)."""
+    ds = load_dataset("digits")
+    x, y = ds.x_test[len(ctx.x_clean):], ds.y_test[len(ctx.x_clean):]
+    base = fresh_copy(template, 0).eval()
+    acc, asr = [], []
+    for kind in ("benign", "jumbo"):
+        states, _ = shadow_states(template, ctx.x_clean, ctx.y_clean, ctx.num_classes, cfg, kind, n)
+        for i, state in enumerate(states):
+            base.load_state_dict(state)
+            with torch.no_grad():
+                acc.append(float((base(x).argmax(1) == y).float().mean()))
+                if kind == "jumbo":
+                    trojan = shadow_trojan(cfg, kind, i, tuple(x.shape[1:]), ctx.num_classes)
+                    keep = y != trojan.target
+                    asr.append(float((base(trojan.apply(x[keep])).argmax(1) == trojan.target).float().mean()))
+    return {"shadows": 2 * n, "clean_accuracy": round(float(np.mean(acc)), 3),
+            "jumbo_attack_success_rate": round(float(np.mean(asr)), 3),
+            "jumbo_asr_below_0.5": int(np.sum(np.array(asr) < 0.5))}
+
+
+def cold_build(zoo_dir: Path) -> dict:
+    """The default MNTD built from nothing (a fresh cache): the one-off cost a first run pays."""
+    zoo = Zoo(zoo_dir)
+    _, ctx = detection_context(zoo)
+    model = load_model(zoo.models(split="test")[0][1])[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        det = MNTD(cache=tmp)
+        cpu, start = time.process_time(), time.perf_counter()
+        det.detect(model, ctx)
+        return {"shadows_trained": det.builds[-1].shadows_trained, "wall_seconds": round(time.perf_counter() - start, 1),
+                "cpu_seconds": round(time.process_time() - cpu, 1), "load_average_after": os.getloadavg(),
+                "note": "wall time on a machine shared with other jobs; cpu_seconds is the work done by this process"}
+
+
+def previous_cold(out: str) -> dict:
+    """Earlier cold-build measurements (one per thread count)."""
+    cold = json.loads(Path(out).read_text()).get("cold_build", {}) if Path(out).is_file() else {}
+    return {k: v for k, v in cold.items() if k.startswith("threads=")}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--zoo", action="append", default=None)
-    ap.add_argument("--sizes", default="0,64,128,256")
+    ap.add_argument("--dev", default=None, help="the dev zoo (default /work/zoos/digits-dev or the cached one)")
+    ap.add_argument("--bench", default=None, help="the scored zoo (default: digits-bench as `trojanbench run` caches it)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--no-cold", action="store_true", help="skip timing a cold build of the default shadow zoo")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "mntd_digits.json"))
+    ap.add_argument("--sweep", action="store_true", help="also the dev-zoo study behind the defaults")
+    ap.add_argument("--cold", action="store_true", help="only time a cold build of the default MNTD (merged into --out)")
+    ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    sizes = [int(s) for s in args.sizes.split(",")]
-    result = {"sizes": sizes, "shadow_config": DEFAULT_SHADOWS.__dict__, "zoos": {}, "torch_threads": args.threads,
-              "versions": library_versions()}
-    for zoo_dir in args.zoo or [default_zoo()]:
-        zoo = Zoo(zoo_dir)
-        _, ctx = detection_context(zoo)
-        train = [(j, load_model(f)[0]) for j, f, _ in zoo.models(split="train")]
-        test = [(j, load_model(f)[0]) for j, f, _ in zoo.models(split="test")]
-        labels = [int(j.trojaned) for j, _ in test]
-        crude = np.array([j.trojaned and not j.trojan.insidious for j, _ in test])
-        det = MNTD()
-        (x_shadow, y_shadow), _ = det._split(ctx)
-        entry = {"train_models": len(train), "test_models": len(test), "test_trojaned": sum(labels),
-                 "test_crude_trojaned": int(crude.sum()), "curve": {}}
-        if not args.no_cold and "cold_build_seconds" not in result:
-            with tempfile.TemporaryDirectory() as tmp:  # the default shadow zoo from nothing, as a first run pays it
-                start = time.perf_counter()
-                shadow_zoo(train[0][1], x_shadow, y_shadow, ctx.num_classes, DEFAULT_SHADOWS, tmp)
-                result["cold_build_seconds"] = round(time.perf_counter() - start, 1)
-        start = time.perf_counter()
-        biggest = type(DEFAULT_SHADOWS)(**{**DEFAULT_SHADOWS.__dict__, "models": max(sizes)})
-        shadows, shadow_labels, cached = shadow_zoo(train[0][1], x_shadow, y_shadow, ctx.num_classes, biggest) \
-            if max(sizes) else ([], [], True)
-        entry["largest_shadow_zoo_seconds"] = round(time.perf_counter() - start, 1)
-        entry["largest_shadow_zoo_cached"] = cached
-        for n in sizes:
-            start = time.perf_counter()
-            det.fit_with_shadows([m for _, m in train], [int(j.trojaned) for j, _ in train], shadows[:n],
-                                 shadow_labels[:n], ctx)
-            fit = time.perf_counter() - start
-            values = [det.detect(m, ctx).score for _, m in test]
-            entry["curve"][n] = {**scores(labels, values, crude), "fit_seconds": round(fit, 2)}
-            print(zoo.config().name, n, entry["curve"][n], flush=True)
-        base = DETECTORS.get("entropy")()
-        base.fit([m for _, m in train], [int(j.trojaned) for j, _ in train], ctx)
-        entry["entropy_baseline"] = scores(labels, [base.detect(m, ctx).score for _, m in test], crude)
-        result["zoos"][zoo.config().name] = entry
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    dev = Path(args.dev) if args.dev else next((p for p in [Path("/work/zoos/digits-dev"), cached_zoo("digits-dev")]
+                                                if (p / "models").is_dir()), None)
+    bench = Path(args.bench) if args.bench else cached_zoo("digits-bench")
+    zoos = [("digits-dev", dev), ("digits-bench", bench)]
+    for name, path in zoos[:1] if args.cold else zoos:
+        if path is None or not (path / "models").is_dir():
+            raise SystemExit(f"zoo {name} not found at {path}: build it (`trojanbench zoo build --config {name}`)")
+    if args.cold:
+        start = provenance(args.threads)
+        update = {"cold_build": {**previous_cold(args.out), f"threads={args.threads}": {**start, **cold_build(dev)}}}
+    else:
+        update = {**provenance(args.threads), "paper": PAPER,
+                  "ours": {"shadows": asdict(DEFAULT_SHADOWS), "meta": asdict(MetaConfig())}, "zoos": {}}
+        for name, path in zoos:
+            update["zoos"][name] = score_zoo(path, args.sweep and name == "digits-dev")
+    out = Path(args.out)
+    previous = json.loads(out.read_text()) if out.is_file() else {}  # read late: a --cold run may finish meanwhile
+    if args.cold:
+        result = {**previous, **update}
+    else:  # kept from earlier runs until rerun: the cold build and the dev study
+        result = {**update, **({"cold_build": previous["cold_build"]} if "cold_build" in previous else {})}
+        for name, entry in result["zoos"].items():
+            if "sweep" not in entry and "sweep" in previous.get("zoos", {}).get(name, {}):
+                entry["sweep"] = previous["zoos"][name]["sweep"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,20 @@ def test_resnet18_is_the_preactivation_resnet18():
     assert 11_000_000 < count_parameters(model) < 11_300_000
 
 
+def test_resnet18_calls_each_relu_module_once_and_keeps_its_state_dict():
+    """One nn.ReLU module per call site (captum's DeepLIFT and guided backprop only see modules); ReLU has no
+    state, so the state dict is the one of the functional-ReLU version and stored models load unchanged."""
+    model = build_model("resnet18", **kwargs(1, 16), width=8).eval()
+    relus = [m for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+    calls = []
+    handles = [r.register_forward_hook(lambda mod, inp, out: calls.append(mod)) for r in relus]
+    model(torch.rand(2, 1, 16, 16))
+    for h in handles:
+        h.remove()
+    assert len(relus) == 17 and len(calls) == 17 and {id(m) for m in calls} == {id(r) for r in relus}  # 8 blocks x 2 + head
+    assert not any("relu" in k for k in model.state_dict())
+
+
 def test_registry_errors():
     assert {"mlp", "cnn", "resnet18", "vit", "airnet"} <= set(MODELS.names())
     with pytest.raises(UserError, match="unknown architecture 'vgg'"):

@@ -1,5 +1,7 @@
 """Attributors on a patch-trojaned digits CNN: every registered method returns sane maps and leaves the model as
-it found it; the trigger is found; the randomized-model sanity check tells model-dependent maps from edge maps."""
+it found it; the trigger is found; the randomized-model sanity check tells model-dependent maps from edge maps;
+every tool declares its paper and fidelity; the clean reference sample reaches every attributor; on a ResNet-18
+DeepLIFT and guided backprop do not collapse onto plain gradients."""
 
 import numpy as np
 import pytest
@@ -9,8 +11,10 @@ from torch import nn
 from trojanbench.config import TrainConfig
 from trojanbench.errors import UserError
 from trojanbench.implant import implant, prepare
+from trojanbench.models import build_model, data_kwargs
 from trojanbench.tasks.diagnose import footprints, rank_similarity, run_diagnose_track, score_maps
-from trojanbench.tools.attribute import ATTRIBUTORS, attribution_copy, randomized_copy
+from trojanbench.tools.attribute import ATTRIBUTORS, attribution_copy, randomized_copy, reference_sample
+from trojanbench.tools.attribute.baselines import STATISTICS
 from trojanbench.trojans import PoisonSpec, TriggerSpec, TrojanSpec
 
 SPEC = TrojanSpec(trigger=TriggerSpec(kind="patch"), poison=PoisonSpec(target=3, rate=0.1))  # 3x3 checkerboard, bottom right
@@ -37,13 +41,18 @@ def _hooks(model):
                for m in model.modules())
 
 
-def test_every_attributor_returns_nonnegative_finite_maps_and_leaves_the_model_alone(patched):
+def _tool(name, digits, **kwargs):
+    """An attributor as the diagnose task sets it up: with the clean reference sample (clean training images)."""
+    return ATTRIBUTORS.get(name)(**kwargs).fit_reference(reference_sample(digits.x_train))
+
+
+def test_every_attributor_returns_nonnegative_finite_maps_and_leaves_the_model_alone(patched, digits):
     model, _, x_trig, _ = patched
     model.train()  # a model handed over in training mode stays in training mode
     before, grads, training = _state(model)
     x = x_trig[:6]
     for name in ATTRIBUTORS.names():
-        tool = ATTRIBUTORS.get(name)()
+        tool = _tool(name, digits)
         maps = tool.attribute(model, x, 3)
         assert maps.shape == (6, 16, 16), name
         assert torch.isfinite(maps).all() and (maps >= 0).all(), name
@@ -53,9 +62,37 @@ def test_every_attributor_returns_nonnegative_finite_maps_and_leaves_the_model_a
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert grads == grads_after and training == training_after and _hooks(model) == 0
     model.eval()
-    assert len(ATTRIBUTORS.names()) >= 17
-    assert {"sobel", "random", "centre"} <= {n for n in ATTRIBUTORS.names() if ATTRIBUTORS.get(n).is_baseline}
-    assert not any(ATTRIBUTORS.get(n).uses_model for n in ("sobel", "random", "centre"))
+    assert len(ATTRIBUTORS.names()) >= 18
+    assert {"sobel", "random", "centre", "pixel-anomaly"} <= {n for n in ATTRIBUTORS.names() if ATTRIBUTORS.get(n).is_baseline}
+    assert not any(ATTRIBUTORS.get(n).uses_model for n in ("sobel", "random", "centre", "pixel-anomaly"))
+
+
+def test_every_attributor_declares_its_paper_and_fidelity():
+    for name in ATTRIBUTORS.names():
+        cls = ATTRIBUTORS.get(name)
+        if cls.is_baseline:
+            assert cls.fidelity.startswith("baseline: ") and cls.paper == "", name
+        else:
+            assert cls.fidelity == "faithful" or cls.fidelity.startswith("adapted: "), name
+            assert cls.paper and "(20" in cls.paper, name  # authors (year). title. venue
+
+
+def test_methods_that_need_the_clean_reference_say_so_and_read_it(patched, digits):
+    model, x, x_trig, mask = patched
+    for name in ("pixel-anomaly", "gradient-shap"):
+        with pytest.raises(UserError, match="needs a clean reference sample"):
+            ATTRIBUTORS.get(name)().attribute(model, x_trig[:2], 3)
+    with pytest.raises(UserError, match="reference images are"):
+        _tool("pixel-anomaly", digits).attribute(model, torch.rand(2, 3, 16, 16), 3)
+    with pytest.raises(UserError, match="statistic must be one of"):
+        ATTRIBUTORS.get("pixel-anomaly")(statistic="mode")
+    soft, binary = footprints(x, x_trig, mask)
+    for statistic in STATISTICS:  # the patch sits where clean digits are blank: a model-free map finds it
+        maps = _tool("pixel-anomaly", digits, statistic=statistic).attribute(model, x_trig, 3)
+        assert float(np.nanmean(score_maps(maps, soft, binary)["pointing_game"])) >= 0.9, statistic
+    shap = _tool("gradient-shap", digits)  # references from the clean sample: another sample, other maps
+    other = ATTRIBUTORS.get("gradient-shap")().fit_reference(digits.x_train[200:400])
+    assert not torch.allclose(shap.attribute(model, x_trig[:4], 3), other.attribute(model, x_trig[:4], 3))
 
 
 def test_attribution_points_at_the_patch_where_the_edge_detector_points_beside_it(patched):
@@ -107,6 +144,23 @@ def test_metrics_on_known_maps():
     a = torch.rand(3, 16, 16)
     assert rank_similarity(a, a * 2 + 1) == pytest.approx([1, 1, 1])
     assert rank_similarity(torch.zeros(1, 4, 4), torch.zeros(1, 4, 4)) == pytest.approx([1.0])
+
+
+def test_on_a_resnet_deeplift_and_guided_backprop_do_not_collapse_onto_plain_gradients(digits):
+    """captum overrides the backward pass of ReLU *modules* only: with functional ReLUs DeepLIFT equals input x
+    gradient and guided backprop equals saliency map for map. The ResNet has one nn.ReLU per call site."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", **data_kwargs(digits), width=4).eval()
+    x = digits.x_test[:2]
+    maps = {n: ATTRIBUTORS.get(n)().attribute(model, x, 3)
+            for n in ("deeplift", "input-x-gradient", "guided-backprop", "deconvolution", "saliency")}
+
+    def differ(a, b):
+        return float((maps[a] - maps[b]).abs().max() / maps[b].abs().max())
+
+    assert differ("deeplift", "input-x-gradient") > 0.1
+    assert differ("guided-backprop", "saliency") > 0.1 and differ("deconvolution", "saliency") > 0.1
+    assert _hooks(model) == 0
 
 
 def test_attribution_copy_handles_inplace_and_reused_relus(digits):

@@ -1,15 +1,19 @@
 """Feature synthesis on a patch-trojaned CNN: the adversarial patch transfers to other classes far more on the
 trojaned model than on a clean one (it finds the trojan, not just any adversarial feature); every synthesizer
-returns a valid stamp and leaves the model as it was."""
+returns a valid stamp and leaves the model as it was; the random-prior baseline draws whole triggers from the
+zoo's prior; every synthesizer says which paper it follows and how faithfully."""
 
 import pytest
 import torch
 
+from trojanbench.errors import UserError
 from trojanbench.implant import implant
 from trojanbench.tools.detect import DetectContext
-from trojanbench.tools.synthesize import SYNTHESIZERS
+from trojanbench.tools.synthesize import SYNTHESIZERS, TriggerStamp
+from trojanbench.tools.synthesize.random_prior import trigger_prior
 from trojanbench.train.evaluate import predict
-from trojanbench.trojans import PoisonSpec, TriggerSpec, TrojanSpec
+from trojanbench.trojans import PoisonSpec, TriggerSpec, TrojanSpec, make_trigger
+from trojanbench.zoo.plan import load_zoo_config
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +34,7 @@ def test_adversarial_patch_finds_the_trojan_not_just_an_adversarial_feature(mode
     ctx = DetectContext(digits.x_test[:200], digits.y_test[:200], 10)
     on_trojan = _transfer(trojaned, SYNTHESIZERS.get("adversarial-patch")().synthesize(trojaned, 3, ctx), digits)
     on_clean = _transfer(clean, SYNTHESIZERS.get("adversarial-patch")().synthesize(clean, 3, ctx), digits)
-    noise = _transfer(trojaned, SYNTHESIZERS.get("noise-patch")().synthesize(trojaned, 3, ctx), digits)
-    assert on_trojan >= 0.6 and on_trojan > on_clean + 0.3 and noise < 0.2, (on_trojan, on_clean, noise)
+    assert on_trojan >= 0.6 and on_trojan > on_clean + 0.3, (on_trojan, on_clean)
 
 
 @pytest.mark.parametrize("name", ["trigger-inversion", "adversarial-patch", "exemplar", "noise-patch", "mean-image"])
@@ -45,3 +48,42 @@ def test_every_synthesizer_returns_a_valid_stamp_and_leaves_the_model_alone(mode
     assert 0 <= float(stamp.mask.min()) and float(stamp.mask.max()) <= 1 and torch.isfinite(stamp.pattern).all()
     assert all(torch.equal(before[k], v) for k, v in trojaned.state_dict().items())
     assert [p.requires_grad for p in trojaned.parameters()] == grads
+
+
+def test_random_prior_draws_whole_triggers_from_the_zoo_prior(models, digits):
+    trojaned, clean = models
+    prior = trigger_prior(load_zoo_config("digits-bench"))
+    assert {p.kind for p in prior} == {"patch", "blended", "warp", "style", "natural"} and len(prior) == 9
+    ctx = DetectContext(digits.x_test[:64], digits.y_test[:64], 10, prior=prior)
+    before = {k: v.clone() for k, v in trojaned.state_dict().items()}
+    draw = SYNTHESIZERS.get("random-prior")().synthesize(trojaned, 3, ctx)
+    again = SYNTHESIZERS.get("random-prior")().synthesize(trojaned, 3, ctx)
+    assert isinstance(draw, TriggerStamp) and torch.equal(draw.apply(digits.x_test[:8]), again.apply(digits.x_test[:8]))
+    assert all(torch.equal(before[k], v) for k, v in trojaned.state_dict().items())
+    kinds = {SYNTHESIZERS.get("random-prior")().synthesize(m, t, DetectContext(ctx.x_clean, ctx.y_clean, 10, seed=s,
+                                                                                prior=prior)).trigger.kind
+             for s in range(6) for t in range(5) for m in (trojaned, clean)}
+    assert kinds == {"patch", "blended", "warp", "style", "natural"}  # every kind of the prior comes up
+    with pytest.raises(UserError, match="prior"):
+        SYNTHESIZERS.get("random-prior")().synthesize(trojaned, 3, DetectContext(ctx.x_clean, ctx.y_clean, 10))
+
+
+def test_a_trigger_stamp_applies_any_trigger_deterministically(digits):
+    x = digits.x_test[:16]
+    moving = make_trigger(TriggerSpec(kind="patch", params={"location": "random"}, seed=3), (1, 16, 16))
+    stamp = TriggerStamp(moving, placement_seed=5)
+    assert torch.equal(stamp.apply(x), stamp.apply(x)) and stamp.mask is None
+    assert not torch.equal(stamp.apply(x), TriggerStamp(moving, placement_seed=6).apply(x))
+    corner = make_trigger(TriggerSpec(kind="patch"), (1, 16, 16))
+    assert torch.equal(TriggerStamp(corner).mask, corner.mask())
+    warp = make_trigger(TriggerSpec(kind="warp", seed=1), (1, 16, 16))
+    assert torch.equal(TriggerStamp(warp).apply(x), warp.apply(x)) and TriggerStamp(warp).mask is None
+
+
+@pytest.mark.parametrize("name", SYNTHESIZERS.names())
+def test_every_synthesizer_says_what_it_follows(name):
+    cls = SYNTHESIZERS.get(name)
+    if cls.is_baseline:
+        assert cls.fidelity.startswith("baseline: ") and cls.paper == ""
+    else:
+        assert cls.paper and (cls.fidelity == "faithful" or cls.fidelity.startswith("adapted: ")), (cls.paper, cls.fidelity)

@@ -1,4 +1,10 @@
-"""Pre-activation ResNet-18 for 32x32 inputs (He et al. 2016), as in BackdoorBench."""
+"""Pre-activation ResNet-18 for 32x32 inputs (He et al. 2016), as in BackdoorBench.
+
+Every ReLU is its own nn.ReLU module, one per call site, not a functional `F.relu`: attribution methods that
+override the backward pass of activation modules (captum's DeepLIFT, guided backprop, deconvolution) and tools
+that hook activations (attention distillation, quantization) only see modules. ReLU has no parameters or buffers,
+so state dicts are the same as with functional calls and stored models load unchanged.
+"""
 
 from torch import nn
 from torch.nn import functional as F
@@ -9,15 +15,17 @@ from . import Normalize, register
 class PreActBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int):
         super().__init__()
-        self.bn1, self.conv1 = nn.BatchNorm2d(c_in), nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn2, self.conv2 = nn.BatchNorm2d(c_out), nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn1, self.relu1 = nn.BatchNorm2d(c_in), nn.ReLU()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn2, self.relu2 = nn.BatchNorm2d(c_out), nn.ReLU()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
         self.shortcut = nn.Conv2d(c_in, c_out, 1, stride, bias=False) if stride != 1 or c_in != c_out else None
 
     def forward(self, x):
-        out = F.relu(self.bn1(x))
+        out = self.relu1(self.bn1(x))
         skip = self.shortcut(out) if self.shortcut is not None else x
         out = self.conv1(out)
-        out = self.conv2(F.relu(self.bn2(out)))
+        out = self.conv2(self.relu2(self.bn2(out)))
         return out + skip
 
 
@@ -33,12 +41,12 @@ class PreActResNet(nn.Module):
                 layers.append(PreActBlock(c_in, c_out, 2 if (j == 0 and i > 0) else 1))
                 c_in = c_out
         self.layers = nn.Sequential(*layers)
-        self.bn = nn.BatchNorm2d(c_in)
+        self.bn, self.relu = nn.BatchNorm2d(c_in), nn.ReLU()
         self.head = nn.Linear(c_in, num_classes)
 
     def forward(self, x):
         out = self.layers(self.stem(self.normalize(x)))
-        out = F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1).flatten(1)
+        out = F.adaptive_avg_pool2d(self.relu(self.bn(out)), 1).flatten(1)
         return self.head(out)
 
 

@@ -1,1 +1,39 @@
-"""Tool families, each a registry of small classes with one verb (see DESIGN.md)."""
+"""Tool families, each a registry of small classes with one verb (see DESIGN.md).
+
+Every tool class declares, besides its verb:
+- `version`: bumped when its behaviour changes (stored on every result row);
+- `is_baseline`: a cheap reference the other tools of its board must beat;
+- `paper`: the citation of the method it implements ("" for the project's own baselines);
+- `fidelity`: "faithful" when it is a faithful port of that paper, otherwise "adapted: <what differs>"; for
+  baselines "baseline: <what it is>". A paper's name goes on a tool only when the port is faithful;
+- `modalities`: the inputs it supports ("image", "text").
+`trojanbench tools list` and the report show `paper` and `fidelity` for every registered tool.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+FAMILIES = ("detect", "detect-samples", "attribute", "synthesize", "repair", "edit")
+
+
+class ToolInfo:
+    """The metadata every tool declares (class attributes; see the module docstring)."""
+
+    version: ClassVar[str] = "1"
+    is_baseline: ClassVar[bool] = False
+    paper: ClassVar[str] = ""
+    fidelity: ClassVar[str] = ""
+    modalities: ClassVar[tuple[str, ...]] = ("image",)
+
+
+def tool_registries() -> dict[str, object]:
+    """Every tool family's registry, by family name (imports the families, which registers their tools)."""
+    from .attribute import ATTRIBUTORS
+    from .detect import DETECTORS, SAMPLE_DETECTORS
+    from .edit import EDITORS
+    from .repair import REPAIRERS
+    from .synthesize import SYNTHESIZERS
+
+    return {"detect": DETECTORS, "detect-samples": SAMPLE_DETECTORS, "attribute": ATTRIBUTORS,
+            "synthesize": SYNTHESIZERS, "repair": REPAIRERS, "edit": EDITORS}

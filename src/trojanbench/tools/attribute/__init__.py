@@ -7,9 +7,20 @@ pixel that pushes the logit strongly either way counts as relevant; maps at a co
 are upsampled bilinearly to H x W.
 
 The model given is never changed: model-using methods work on a private copy (`attribution_copy`) in eval
-mode with in-place ReLUs swapped for fresh non-in-place ones (captum's DeepLIFT and guided backprop
-override the gradients of ReLU *modules*; functional `F.relu` calls, as in the ResNet, get plain
-gradients there). Baselines (`uses_model = False`, `is_baseline = True`) look only at the image.
+mode with in-place ReLUs swapped for fresh non-in-place ones. captum's DeepLIFT, guided backprop and
+deconvolution override the backward pass of activation *modules* only (guided backprop and deconvolution: nn.ReLU
+only; DeepLIFT: ReLU, ELU, LeakyReLU, Sigmoid, Tanh, Softplus, max-pooling, Softmax): a functional `F.relu`
+gets plain gradients, so a network without such modules makes DeepLIFT collapse onto input x gradient and guided
+backprop / deconvolution onto saliency. The CNN, MLP and ResNet-18 use one nn.ReLU module per call site; the
+ViT and airnet use GELU, which captum has no rule for, so on them those methods do collapse (see
+docs/diagnose.md). Baselines (`uses_model = False`, `is_baseline = True`) look only at the image (and the clean
+reference sample).
+
+Clean reference sample (fair access): before attributing on a model's inputs, the task hands every attributor,
+baseline or not, the same clean images through `fit_reference(x_clean)` [N, C, H, W] in [0, 1] (clean images
+of the zoo's dataset, never the images being explained). The default keeps them in `self.reference`; a method
+that needs them (`needs_reference = True`: the pixel-anomaly baseline, GradientSHAP's background) reads them
+with `self.reference_for(x)` and says so in one line if they are missing.
 
 Register a new one with `@register("name")`; the diagnose task (`trojanbench.tasks.diagnose`) scores it
 beside the baselines. See docs/diagnose.md.
@@ -27,16 +38,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...errors import UserError
 from ...registry import Registry
+from .. import ToolInfo
 
 
-class Attributor(ABC):
-    version: ClassVar[str] = "1"
-    is_baseline: ClassVar[bool] = False
+class Attributor(ToolInfo, ABC):
     uses_model: ClassVar[bool] = True  # False: the map is a function of the image alone
+    needs_reference: ClassVar[bool] = False  # True: `attribute` needs `fit_reference` first
 
     def __init__(self, seed: int = 0):
         self.seed = seed
+        self.reference: torch.Tensor | None = None
+
+    def fit_reference(self, x_clean: torch.Tensor) -> Attributor:
+        """Keep the clean reference sample [N, C, H, W] (pixels in [0, 1]) that every attributor of a board gets;
+        returns self."""
+        if not torch.is_tensor(x_clean) or x_clean.dim() != 4 or len(x_clean) == 0:
+            raise UserError(f"{type(self).__name__}.fit_reference needs clean images [N, C, H, W] with N >= 1, "
+                            f"got {tuple(x_clean.shape) if torch.is_tensor(x_clean) else type(x_clean).__name__}")
+        self.reference = x_clean.detach().float().cpu().clone()
+        return self
+
+    def reference_for(self, x: torch.Tensor) -> torch.Tensor:
+        """The clean reference sample, checked against the images `x` to explain (same C, H, W)."""
+        if self.reference is None:
+            raise UserError(f"{type(self).__name__} needs a clean reference sample: call fit_reference(x_clean) "
+                            "before attribute()")
+        if tuple(self.reference.shape[1:]) != tuple(x.shape[1:]):
+            raise UserError(f"{type(self).__name__}: reference images are {tuple(self.reference.shape[1:])}, "
+                            f"the images to explain {tuple(x.shape[1:])}")
+        return self.reference
 
     @abstractmethod
     def attribute(self, model: nn.Module, x: torch.Tensor, target: int | torch.Tensor) -> torch.Tensor:
@@ -45,6 +77,16 @@ class Attributor(ABC):
 
 ATTRIBUTORS: Registry[type[Attributor]] = Registry("attributor")
 register = ATTRIBUTORS.register
+
+REFERENCE_SIZE = 200  # clean images in the reference sample (as many as the detectors' clean sample)
+
+
+def reference_sample(x_clean: torch.Tensor, n: int = REFERENCE_SIZE, seed: int = 0) -> torch.Tensor:
+    """The clean reference sample a task hands to every attributor (`fit_reference`): `n` images drawn without
+    replacement from `x_clean` (the dataset's clean training images: disjoint from the test images explained),
+    deterministic in `seed`."""
+    idx = torch.randperm(len(x_clean), generator=torch.Generator().manual_seed(seed))[:n]
+    return x_clean[idx]
 
 
 def reduce_channels(a: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

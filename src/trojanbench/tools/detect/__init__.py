@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ...registry import Registry
+from .. import ToolInfo
 
 
 @dataclass
@@ -30,6 +30,9 @@ class DetectContext:
     num_classes: int
     device: torch.device = torch.device("cpu")
     seed: int = 0
+    # the zoo's trigger prior (TriggerSpecs, one per kind x variant of its config), for baselines that draw from
+    # it (the `random-prior` synthesizer); None where the zoo's config is unknown
+    prior: list | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -43,9 +46,7 @@ class Detection:
     mask: torch.Tensor | None = None  # a reverse-engineered trigger footprint [H, W] in [0, 1], if any
 
 
-class Detector(ABC):
-    version: ClassVar[str] = "1"
-    is_baseline: ClassVar[bool] = False
+class Detector(ToolInfo, ABC):
 
     def fit(self, models: list[nn.Module], labels: list[int], ctx: DetectContext) -> None:
         """Learned detectors train here on the zoo's training split (label 1 = trojaned)."""
@@ -58,9 +59,7 @@ class Detector(ABC):
     def detect(self, model: nn.Module, ctx: DetectContext) -> Detection: ...
 
 
-class SampleDetector(ABC):
-    version: ClassVar[str] = "1"
-    is_baseline: ClassVar[bool] = False
+class SampleDetector(ToolInfo, ABC):
 
     @abstractmethod
     def suspicion(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: DetectContext) -> torch.Tensor: ...

@@ -1,9 +1,13 @@
-"""Shadow models for learned detectors (MNTD's jumbo learning, Xu et al. 2021): many copies of the audited
-architecture trained from scratch on the auditor's clean sample, half of them clean and half trojaned with a
-random trigger (a patch of random size, place and pattern, or a blended pattern at random opacity), a random
-target and a random poison rate. All of them train at once with the batched trainer, and the result is cached
-on disk (one safetensors file, keyed by a hash of the architecture, the data and the settings), so a benchmark
-run pays for it once.
+"""Shadow models: copies of the audited architecture that a detector trains itself, from a fresh initialisation,
+on the auditor's own clean sample. Two recipes live on this machinery:
+
+- `jumbo.py`: MNTD's benign and jumbo shadow models as the paper trains them (used by `mntd`, `mntd-oc`);
+- `shadow_zoo` below: the recipe of the `output-stats-meta` detector (half clean, half trojaned with a random
+  trigger from `trojans.random_trigger` that replaces a random share of the sample; all trained at once with the
+  batched trainer).
+
+Both are cached on disk under $TROJANBENCH_CACHE/shadows as safetensors files keyed by a hash of everything that
+determines them, written atomically, so a benchmark run pays for them once and a damaged file is rebuilt.
 """
 
 from __future__ import annotations
@@ -20,9 +24,103 @@ from torch import nn
 
 from ...config import TrainConfig
 from ...trojans import random_trigger
-from ...utils import canonical_json, sha256_bytes
+from ...utils import canonical_json, one_thread, sha256_bytes
 
 FORMAT = "shadow-zoo/1"  # bump when the trigger distribution or the training recipe changes
+
+
+def cache_root(cache: str | Path | None = None) -> Path:
+    """Where shadow zoos are kept: `cache`, or $TROJANBENCH_CACHE/shadows."""
+    if cache is not None:
+        return Path(cache)
+    from ...data.cifar10 import cache_dir
+
+    return cache_dir() / "shadows"
+
+
+def architecture_key(model: nn.Module) -> str:
+    """What makes two models the same architecture for us: the module tree and every tensor's name and shape."""
+    shapes = [(k, list(v.shape), str(v.dtype)) for k, v in model.state_dict().items()]
+    return sha256_bytes(canonical_json({"repr": repr(model), "tensors": shapes}).encode())[:16]
+
+
+def data_key(x: torch.Tensor, y: torch.Tensor) -> str:
+    return sha256_bytes(x.detach().cpu().contiguous().numpy().tobytes() + y.detach().cpu().contiguous().numpy().tobytes())
+
+
+def shadow_key(template: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: ShadowConfig) -> str:
+    from ...train import TRAINER_VERSION
+
+    return sha256_bytes(canonical_json({"format": FORMAT, "trainer_version": TRAINER_VERSION,
+                                        "arch": architecture_key(template), "data": data_key(x, y),
+                                        "classes": num_classes, "cfg": asdict(cfg)}).encode())[:20]
+
+
+def fresh_copy(template: nn.Module, seed: int) -> nn.Module:
+    """The template's architecture with freshly initialised parameters, so nothing of the template's weights is
+    left: every module that knows how to reset itself does; parameters held directly by a module that does not
+    (a ViT's class token and position table) are redrawn from N(0, 0.02^2). Fixed buffers (input normalisation)
+    are kept: they are part of the architecture, not learned."""
+    model = copy.deepcopy(template).cpu()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for m in model.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+                else:
+                    for p in m.parameters(recurse=False):
+                        p.normal_(0.0, 0.02)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model.train()
+
+
+def fixed_buffers_key(template: nn.Module) -> str:
+    """A hash of what a fresh copy keeps from the template (its fixed buffers, e.g. input normalisation)."""
+    state = fresh_copy(template, 0).state_dict()
+    params = {name for name, _ in template.named_parameters()}
+    blob = b"".join(v.detach().cpu().contiguous().numpy().tobytes() for k, v in sorted(state.items()) if k not in params)
+    return sha256_bytes(blob)[:16]
+
+
+def save_states(path: Path, states: list[dict[str, torch.Tensor]], extra: dict[str, torch.Tensor] | None = None,
+                fmt: str = FORMAT) -> None:
+    """Many state dicts in one safetensors file ("i/name" keys), written atomically: a concurrent or killed run
+    never leaves half a file under the key."""
+    flat = {f"{i}/{k}": v.detach().cpu().contiguous() for i, s in enumerate(states) for k, v in s.items()}
+    flat.update(extra or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(flat, tmp, metadata={"format": fmt})
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def load_states(path: Path) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None:
+    """(state dicts, extra tensors) from `save_states`, or None if the file is missing or damaged (then the
+    caller rebuilds it: a damaged file, e.g. from a full disk, is never trusted)."""
+    if not path.is_file():
+        return None
+    try:
+        flat = load_file(str(path))
+    except Exception:  # noqa: BLE001
+        return None
+    states: dict[int, dict[str, torch.Tensor]] = {}
+    extra = {}
+    for key, v in flat.items():
+        head, _, name = key.partition("/")
+        if head.isdigit() and name:
+            states.setdefault(int(head), {})[name] = v
+        else:
+            extra[key] = v
+    return [states[i] for i in range(len(states))], extra
+
+
+# --- the `output-stats-meta` recipe ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -35,32 +133,6 @@ class ShadowConfig:
     max_rate: float = 0.3
     translate: int = 1  # pixels of random shift while training; 0 turns augmentation off
     seed: int = 0
-
-
-def architecture_key(model: nn.Module) -> str:
-    """What makes two models the same architecture for us: the module tree and every tensor's name and shape."""
-    shapes = [(k, list(v.shape), str(v.dtype)) for k, v in model.state_dict().items()]
-    return sha256_bytes(canonical_json({"repr": repr(model), "tensors": shapes}).encode())[:16]
-
-
-def shadow_key(template: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: ShadowConfig) -> str:
-    data = sha256_bytes(x.detach().cpu().contiguous().numpy().tobytes() + y.detach().cpu().numpy().tobytes())
-    return sha256_bytes(canonical_json({"format": FORMAT, "arch": architecture_key(template), "data": data,
-                                        "classes": num_classes, "cfg": asdict(cfg)}).encode())[:20]
-
-
-def fresh_copy(template: nn.Module, seed: int) -> nn.Module:
-    """The template's architecture with freshly initialised parameters (every module that knows how to reset
-    itself; fixed buffers such as input normalisation are kept)."""
-    model = copy.deepcopy(template).cpu()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for m in model.modules():
-            if hasattr(m, "reset_parameters"):
-                m.reset_parameters()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return model.train()
 
 
 def _jumbo_data(x, y, num_classes: int, cfg: ShadowConfig, g: torch.Generator):
@@ -91,43 +163,27 @@ def train_shadow_zoo(template: nn.Module, x: torch.Tensor, y: torch.Tensor, num_
         ys.append(yi)
         labels.append(i % 2)
     train = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, augment=cfg.translate > 0)
-    train_models_batched(models, xs, ys, train, seeds=[cfg.seed * 1_000_003 + i for i in range(cfg.models)],
-                         augment={"translate": cfg.translate, "flip": False}, device=device)
+    with one_thread():  # bit-identical shadows at any caller thread count, like the zoo's chunk trainer
+        train_models_batched(models, xs, ys, train, seeds=[cfg.seed * 1_000_003 + i for i in range(cfg.models)],
+                             augment={"translate": cfg.translate, "flip": False}, device=device)
     return [m.cpu().eval() for m in models], labels
 
 
 def shadow_zoo(template: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: ShadowConfig,
                cache: str | Path | None = None, device: torch.device | str = "cpu"
                ) -> tuple[list[nn.Module], list[int], bool]:
-    """The shadow zoo for `template`'s architecture, trained once and cached under `cache` (default
-    $TROJANBENCH_CACHE/shadows). Returns (models, labels, whether it came from the cache)."""
-    if cache is None:
-        from ...data.cifar10 import cache_dir
-
-        cache = cache_dir() / "shadows"
-    path = Path(cache) / f"{shadow_key(template, x, y, num_classes, cfg)}.safetensors"
-    if path.is_file():
-        try:
-            state = load_file(str(path))
-        except Exception:  # noqa: BLE001  a damaged file (e.g. a full disk) is rebuilt, never trusted
-            state = None
-        if state is not None:
-            labels = state.pop("__labels__").tolist()
-            models = []
-            for i in range(len(labels)):
-                m = copy.deepcopy(template).cpu()
-                m.load_state_dict({k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(f"{i}/")})
-                models.append(m.eval())
-            return [m.to(device) for m in models], labels, True
+    """The `output-stats-meta` shadow zoo for `template`'s architecture, trained once and cached under `cache`
+    (default $TROJANBENCH_CACHE/shadows). Returns (models, labels, whether it came from the cache)."""
+    path = cache_root(cache) / f"{shadow_key(template, x, y, num_classes, cfg)}.safetensors"
+    stored = load_states(path)
+    if stored is not None and "__labels__" in stored[1]:
+        states, extra = stored
+        models = []
+        for state in states:
+            m = copy.deepcopy(template).cpu()
+            m.load_state_dict(state)
+            models.append(m.eval())
+        return [m.to(device) for m in models], extra["__labels__"].tolist(), True
     models, labels = train_shadow_zoo(template, x, y, num_classes, cfg, device)
-    state = {f"{i}/{k}": v.detach().cpu().contiguous() for i, m in enumerate(models) for k, v in m.state_dict().items()}
-    state["__labels__"] = torch.tensor(labels)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"format": FORMAT})
-        os.replace(tmp, path)  # atomic: a concurrent or killed run never leaves half a file under the key
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    save_states(path, [m.state_dict() for m in models], {"__labels__": torch.tensor(labels)})
     return [m.to(device) for m in models], labels, False

@@ -4,9 +4,11 @@
   clean, correctly labelled training images, return a repaired model. The input model is never changed
   (repairers work on a deep copy, or build a fresh model).
 
-`is_baseline` marks plain fine-tuning (the reference every method must beat on the same data budget) and the
-two anchors, do-nothing and retrain-from-scratch. Register a new one with `@register("name")`; the repair
-task scores it beside them (see docs/repair.md).
+`is_baseline` marks the fine-tuning references every method must beat on the same data budget (plain
+`finetune`, and `finetune-matched` with the strongest method's steps, schedule, augmentation and learning rate)
+and the two anchors, do-nothing and retrain-from-scratch. Every repairer declares `paper` and `fidelity` (see
+`trojanbench.tools`). Register a new one with `@register("name")`; the repair task scores it beside them (see
+docs/repair.md).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ from torch import nn
 from ...registry import Registry
 from ...train.augment import augment_batch
 from ...train.single import lr_factor
+from .. import ToolInfo
 
 
 @dataclass
@@ -39,9 +41,7 @@ class RepairContext:
     seed: int = 0
 
 
-class Repairer(ABC):
-    version: ClassVar[str] = "1"
-    is_baseline: ClassVar[bool] = False  # fine-tuning and the anchors
+class Repairer(ToolInfo, ABC):
 
     @abstractmethod
     def repair(self, model: nn.Module, x_clean: torch.Tensor, y_clean: torch.Tensor, ctx: RepairContext) -> nn.Module:
@@ -50,6 +50,24 @@ class Repairer(ABC):
 
 REPAIRERS: Registry[type[Repairer]] = Registry("repairer")
 register = REPAIRERS.register
+
+
+# The training budget of the strongest repairers (self-distillation and the KD student: 250 SGD steps of 64
+# strongly augmented views plus 64 mixup blends, peak lr 0.05, warm-up then linear decay). The matched fine-tuning
+# reference gets all of it by construction (`finetune-matched`), the retrain anchor its steps and lr, so they
+# differ from those methods in what they start from and learn from, not in budget.
+STRONG_STEPS = 250
+STRONG_LR = 0.05
+
+
+def fresh_model(ctx: RepairContext, seed: int, **overrides) -> nn.Module:
+    """A freshly initialised model of the context's architecture (kwargs overridden by `overrides`), drawn from
+    `seed` without touching the global RNG."""
+    from ...models import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(ctx.arch, **{**ctx.arch_kwargs, **overrides})
 
 
 def working_copy(model: nn.Module, ctx: RepairContext) -> nn.Module:
@@ -74,14 +92,40 @@ def strong_augment(x: torch.Tensor, ctx: RepairContext, g: torch.Generator, degr
     return x.clamp(0, 1)
 
 
+def mixup(x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mixup (Zhang et al. 2018) between images of the batch with a uniform weight per image: (lam * x +
+    (1 - lam) * x[perm], lam [N], perm [N])."""
+    lam = torch.rand(len(x), generator=g).to(x)
+    perm = torch.randperm(len(x), generator=g).to(x.device)
+    return lam.view(-1, 1, 1, 1) * x + (1 - lam.view(-1, 1, 1, 1)) * x[perm], lam, perm
+
+
+def strong_views(xb: torch.Tensor, yb: torch.Tensor, g: torch.Generator, ctx: RepairContext, *, mix: bool = True,
+                 soft_targets: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The strongest methods' views of a batch: strongly augmented views, followed (`mix`) by one mixup blend of
+    each. Targets: `yb` for the views only (distillation labels the blends with the teacher), or with
+    `soft_targets` class probabilities for every image, the blends' mixed as their images are."""
+    v = strong_augment(xb, ctx, g)
+    if not mix:
+        return v, yb
+    blends, lam, perm = mixup(v, g)
+    if not soft_targets:
+        return torch.cat([v, blends]), yb
+    onehot = F.one_hot(yb, ctx.num_classes).to(v)
+    lam = lam.view(-1, 1)
+    return torch.cat([v, blends]), torch.cat([onehot, lam * onehot + (1 - lam) * onehot[perm]])
+
+
 def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RepairContext, *, steps: int, lr: float,
         batch_size: int = 64, weight_decay: float = 5e-4, warmup: float = 0.1, loss: Callable | None = None,
         views: Callable | None = None, after_step: Callable[[], None] | None = None, seed_offset: int = 0) -> nn.Module:
     """Train `model` in place for `steps` SGD steps (Nesterov momentum, warm-up then linear decay) on
     augmented views of (x, y) and return it in eval mode.
 
-    `loss(model, xb, yb) -> Tensor` replaces cross-entropy (distillation losses); `views(xb, g)` replaces the
-    default augmentation; `after_step()` runs after each step (keeps pruned weights at zero)."""
+    `loss(model, xb, yb) -> Tensor` replaces cross-entropy (distillation losses); `views(xb, yb, g) -> (xb, yb)`
+    replaces the default augmentation (and may add images, e.g. mixtures, with their targets: class indices or
+    class probabilities [N, K], both of which cross-entropy takes); `after_step()` runs after each step (keeps
+    pruned weights at zero)."""
     g = torch.Generator().manual_seed(ctx.seed * 7919 + seed_offset)
     model.to(ctx.device).to(memory_format=torch.channels_last).train()  # ~1.5x faster convolutions on CPU
     x, y = x.to(ctx.device), y.to(ctx.device)
@@ -89,12 +133,12 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RepairContext, 
     groups = [{"params": [p for p in params if p.dim() > 1], "weight_decay": weight_decay},
               {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0}]
     opt = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
-    views = views or (lambda xb, gen: augment_batch(xb, generator=gen, **ctx.augment))
+    views = views or (lambda xb, yb, gen: (augment_batch(xb, generator=gen, **ctx.augment), yb))
     loss = loss or (lambda m, xb, yb: F.cross_entropy(m(xb), yb))
     for step in range(steps):
         idx = torch.randint(0, len(x), (min(batch_size, max(len(x), batch_size)),), generator=g).to(ctx.device)
-        xb = views(x[idx], g).contiguous(memory_format=torch.channels_last)
-        value = loss(model, xb, y[idx])
+        xb, yb = views(x[idx], y[idx], g)
+        value = loss(model, xb.contiguous(memory_format=torch.channels_last), yb)
         for group in opt.param_groups:
             group["lr"] = lr * lr_factor(step, steps, warmup)
         opt.zero_grad(set_to_none=True)

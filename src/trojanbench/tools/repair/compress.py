@@ -41,6 +41,10 @@ class MagnitudePrune(Repairer):
     model's own."""
 
     sparsity = 0.5
+    paper = ("Han, Pool, Tran & Dally (2015). Learning both Weights and Connections for Efficient Neural Networks. "
+             "NeurIPS")
+    fidelity = ("adapted: one-shot global magnitude threshold with BatchNorm statistics re-estimated, no retraining "
+                "(Han et al. prune iteratively with per-layer thresholds and retrain)")
 
     def repair(self, model, x_clean, y_clean, ctx):
         m = working_copy(model, ctx)
@@ -89,6 +93,10 @@ class Quantize(Repairer):
     (it folds into the convolution at deployment)."""
 
     weight_bits = 8
+    paper = ("Krishnamoorthi (2018). Quantizing deep convolutional networks for efficient inference: A whitepaper. "
+             "arXiv:1806.08342")
+    fidelity = ("adapted: simulated (fake) quantization in float, BatchNorm not folded, activations quantized at ReLU "
+                "modules only, scale from the maximum on the clean budget")
 
     def repair(self, model, x_clean, y_clean, ctx):
         m = working_copy(model, ctx)

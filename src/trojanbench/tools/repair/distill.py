@@ -1,9 +1,10 @@
 """Distillation: knowledge distillation into a half-width student, self-distillation into a fresh model of
-the same architecture, and neural attention distillation (NAD).
+the same architecture, and attention distillation from a fine-tuned teacher (after NAD).
 
 The students of KD and self-distillation never see a trigger and never start from the trojaned weights:
 they learn only the teacher's soft labels on strongly augmented views (and mixtures) of the clean budget.
-NAD keeps the trojaned weights and pulls their intermediate attention maps toward a fine-tuned teacher's.
+Attention distillation keeps the trojaned weights and pulls their intermediate attention maps toward a
+fine-tuned teacher's.
 """
 
 from __future__ import annotations
@@ -12,32 +13,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...models import build_model
-from . import RepairContext, Repairer, fit, register, steps_for, strong_augment, working_copy
+from . import STRONG_LR, STRONG_STEPS, RepairContext, Repairer, fit, fresh_model, register, steps_for, strong_views, working_copy
 from .finetune import FineTune
-
-
-def _mix(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Mixup between images of the batch with a uniform weight (the teacher labels the mixture, so no label
-    is needed)."""
-    lam = torch.rand(len(x), generator=g).to(x).view(-1, 1, 1, 1)
-    perm = torch.randperm(len(x), generator=g).to(x.device)
-    return lam * x + (1 - lam) * x[perm]
 
 
 def distill_into(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RepairContext, *,
                  steps: int, lr: float, temperature: float, hard_weight: float, mixup: bool,
                  batch_size: int = 64) -> nn.Module:
     """Train `student` on the teacher's softened outputs (KL at `temperature`, scaled by T^2) plus
-    `hard_weight` x cross-entropy on the true labels of the unmixed views."""
+    `hard_weight` x cross-entropy on the true labels of the unmixed views. The mixup blends carry no label: the
+    teacher labels them."""
     teacher = teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     t = temperature
 
-    def views(xb, g):
-        v = strong_augment(xb, ctx, g)
-        return torch.cat([v, _mix(v, g)]) if mixup else v
+    def views(xb, yb, g):
+        return strong_views(xb, yb, g, ctx, mix=mixup)
 
     def loss(m, xb, yb):
         with torch.no_grad():
@@ -54,19 +46,16 @@ def distill_into(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: tor
 class _Distill(Repairer):
     width_factor = 1.0
 
-    def __init__(self, steps: int = 250, lr: float = 0.05, temperature: float = 4.0, hard_weight: float = 0.5,
-                 mixup: bool = True):
+    def __init__(self, steps: int = STRONG_STEPS, lr: float = STRONG_LR, temperature: float = 4.0,
+                 hard_weight: float = 0.5, mixup: bool = True):
         self.steps, self.lr, self.t, self.hard, self.mixup = steps, lr, temperature, hard_weight, mixup
 
     def student(self, ctx: RepairContext) -> nn.Module:
-        kwargs = dict(ctx.arch_kwargs)
-        if self.width_factor != 1.0:
-            if "width" not in kwargs:
-                kwargs["width"] = _default_width(ctx.arch)
-            kwargs["width"] = max(1, int(kwargs["width"] * self.width_factor)) if isinstance(kwargs["width"], int) \
-                else kwargs["width"] * self.width_factor
-        torch.manual_seed(ctx.seed)
-        return build_model(ctx.arch, **kwargs)
+        if self.width_factor == 1.0:
+            return fresh_model(ctx, ctx.seed)
+        width = ctx.arch_kwargs.get("width", None) or _default_width(ctx.arch)
+        width = max(1, int(width * self.width_factor)) if isinstance(width, int) else width * self.width_factor
+        return fresh_model(ctx, ctx.seed, width=width)
 
     def repair(self, model, x_clean, y_clean, ctx):
         teacher = working_copy(model, ctx)
@@ -92,16 +81,25 @@ def _default_width(arch: str):
 class SelfDistill(_Distill):
     """Same architecture, fresh initialisation, the trojaned model's soft labels on the clean budget only."""
 
+    paper = ("Furlanello, Lipton, Tschannen, Itti & Anandkumar (2018). Born-Again Neural Networks. ICML "
+             "(distillation loss: Hinton, Vinyals & Dean 2015)")
+    fidelity = ("adapted: a born-again student (same architecture, fresh init) trained on strongly augmented views "
+                "and mixup blends of the small clean budget, not on the full training set")
+
 
 @register("kd-student")
 class KDStudent(_Distill):
     """Knowledge distillation into a student of the same family at half the width."""
 
     width_factor = 0.5
+    paper = "Hinton, Vinyals & Dean (2015). Distilling the Knowledge in a Neural Network. arXiv:1503.02531"
+    fidelity = ("adapted: Hinton et al.'s loss (T = 4, T^2-scaled, plus 0.5 x hard-label CE), but the transfer set is "
+                "strongly augmented views and mixup blends of the small clean budget")
 
 
 def _attention(a: torch.Tensor, p: float = 2.0) -> torch.Tensor:
-    """NAD's attention map: channel mean of |activation|^p, flattened and L2-normalised per sample."""
+    """NAD's attention map (attention transfer, Zagoruyko & Komodakis 2017): channel mean of |activation|^p,
+    flattened and L2-normalised per sample."""
     return F.normalize(a.abs().pow(p).mean(1).flatten(1), dim=1)
 
 
@@ -124,11 +122,21 @@ def attention_layers(model: nn.Module, x: torch.Tensor, k: int = 3) -> list[nn.M
     return unique[-k:]
 
 
-@register("nad")
-class NAD(Repairer):
-    """Neural attention distillation (Li et al., 2021): fine-tune a teacher on the clean budget, then train
-    the trojaned model with cross-entropy plus `beta` x the distance between its attention maps and the
-    teacher's at the last `layers` feature-map activations."""
+@register("attention-distill")
+class AttentionDistill(Repairer):
+    """Attention distillation after NAD (Li et al., 2021): fine-tune a teacher on the clean budget (as
+    `finetune`), then train the trojaned model with cross-entropy plus `beta` x the squared distance, summed over
+    pixels, between its attention maps and the teacher's at the last `layers` feature-map activations (ReLU-like
+    modules), at the reference's lr with warm-up and linear decay.
+
+    Not NAD as published (so not under its name): NAD (the authors' code, bboylyg/NAD) distils at the outputs of
+    the residual groups with a mean squared error and per-group weights (beta 5000 on the last group in the
+    released config), trains 20 epochs at lr 0.1 then 0.01, from a teacher fine-tuned for 5-10 epochs."""
+
+    paper = ("Li, Lyu, Koren, Lyu, Li & Ma (2021). Neural Attention Distillation: Erasing Backdoor Triggers from "
+             "Deep Neural Networks. ICLR")
+    fidelity = ("adapted: NAD's attention loss at the last 3 ReLU feature maps (NAD: residual-group outputs), summed "
+                "squared distance with beta 50 (NAD: MSE, beta 5000), lr 0.01 for 30 epochs (NAD: 0.1 then 0.01, 20)")
 
     def __init__(self, teacher_epochs: int = 20, epochs: int = 30, lr: float = 0.01, beta: float = 50.0,
                  layers: int = 3):

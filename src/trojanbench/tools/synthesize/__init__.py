@@ -1,39 +1,47 @@
 """Feature synthesis: images that should reveal what makes a model predict the trojan's target.
 
-Every synthesizer returns a stamp: a pattern [C, H, W] and a mask [H, W] in [0, 1], applied as
-x' = (1 - m) x + m p, so the task can score all of them the same way (transfer ASR: paste the stamp on clean
-images of other classes, count how many go to the target).
+Every synthesizer returns what it found as something with `apply(x)` (the images with it applied), so the task
+can score all of them the same way (transfer ASR: apply it to clean images of other classes, count how many go
+to the target; multiple choice: show the judge the probes with it applied):
+- a `Stamp`: a pattern [C, H, W] and a mask [H, W] in [0, 1], applied as x' = (1 - m) x + m p (every optimised
+  method);
+- a `TriggerStamp`: any trigger of `trojanbench.trojans` (a blend, a warp, a style, ...), which cannot be written
+  as a stamp; its `mask` is the trigger's footprint, or None for global triggers.
 
+Registered here:
 - `trigger-inversion`: Neural Cleanse's mask + pattern optimisation for the target class alone;
-- `adversarial-patch`: a universal patch (Brown et al. 2017) of the trojan-patch size, optimised on clean
+- `adversarial-patch`: a universal patch (after Brown et al. 2017) of the trojan-patch size, optimised on clean
   images toward the target at a few random places, the best place kept;
 - `exemplar`: the clean image that most excites the target logit, blended in at 30% (dataset exemplars, the
   competitor feature visualisation must beat);
-- baselines `noise-patch` (a random patch at a random place) and `mean-image` (the mean clean image at 30%).
+- baselines `noise-patch` (a random patch at a random place), `mean-image` (the mean clean image at 30%) and
+  `random-prior` (random_prior.py: a trigger drawn from the zoo's trigger prior, independent of the model).
 The rest, one module each (imported at the bottom, which registers them):
 - `fourier-fv` (fourier_fv.py): class feature visualisation of the target logit, decorrelated Fourier
-  parametrisation with jitter/scale robustness (Olah et al. 2017), blended in at 30% like `exemplar`;
-- `cppn-fv` (cppn_fv.py): the same, the image drawn by a small CPPN of (x, y, r);
-- `tabor` (tabor.py): TABOR (Guo et al. 2019), Neural Cleanse plus area, smoothness, overlay and
-  trigger-alone regularisers;
-- `feature-adversary` (feature_adversary.py): a robust feature-level adversarial patch (Casper et al. 2022),
+  parametrisation with jitter/scale robustness (after Olah et al. 2017), blended in at 30% like `exemplar`;
+- `cppn-fv` (cppn_fv.py): the same, the image drawn by a small CPPN of (x, y, r) (after Mordvintsev et al. 2018);
+- `regularised-inversion` (tabor.py; registered as `tabor` before): Neural Cleanse plus TABOR's area,
+  smoothness, overlay and trigger-alone regularisers, with a growing area weight;
+- `feature-adversary` (feature_adversary.py): a feature-level adversarial patch (after Casper et al. 2022),
   optimised in the latent of a tiny autoencoder trained on the clean sample;
-- `snafue` (snafue.py): SNAFUE (Casper et al. 2023), the natural patch from the clean sample nearest to an
-  adversarial patch in the model's feature space that works best.
-Not here yet: the 8-way multiple-choice judge.
+- `natural-patch-search` (snafue.py; registered as `snafue` before): SNAFUE's idea (Casper et al. 2023), the
+  natural patch from the clean sample nearest to an adversarial patch in the model's feature space that works
+  best.
+Each class says how closely it follows its paper in `paper` and `fidelity` (see `trojanbench.tools.ToolInfo`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...registry import Registry
+from ...trojans.triggers import Trigger
+from .. import ToolInfo
 from ..detect import DetectContext
 
 
@@ -46,12 +54,31 @@ class Stamp:
         return (1 - self.mask) * x + self.mask * self.pattern
 
 
-class Synthesizer(ABC):
-    version: ClassVar[str] = "1"
-    is_baseline: ClassVar[bool] = False
+@dataclass
+class TriggerStamp:
+    """A whole trigger as a synthesizer's answer. `apply` is deterministic: a trigger at a random place per image
+    takes its places from a generator seeded with `placement_seed` on every call (never the trigger's own
+    generator, whose state would change from call to call)."""
+
+    trigger: Trigger
+    placement_seed: int = 1
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trigger.apply(x, generator=torch.Generator().manual_seed(self.placement_seed))
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        """The trigger's footprint [H, W], or None for global or moving triggers (nothing to draw)."""
+        return self.trigger.mask()
+
+
+Synthesis = Stamp | TriggerStamp
+
+
+class Synthesizer(ToolInfo, ABC):
 
     @abstractmethod
-    def synthesize(self, model: nn.Module, target: int, ctx: DetectContext) -> Stamp: ...
+    def synthesize(self, model: nn.Module, target: int, ctx: DetectContext) -> Synthesis: ...
 
 
 SYNTHESIZERS: Registry[type[Synthesizer]] = Registry("synthesizer")
@@ -82,6 +109,10 @@ def _restore(model: nn.Module, saved) -> None:
 
 @register("trigger-inversion")
 class TriggerInversion(Synthesizer):
+    paper = "Wang et al., Neural Cleanse: Identifying and Mitigating Backdoor Attacks in Neural Networks, IEEE S&P 2019"
+    fidelity = ("adapted: Neural Cleanse's per-label mask and pattern search (the detector's own implementation) run "
+                "for the given target label only, 150 steps; no anomaly index, since the target is known")
+
     def __init__(self, steps: int = 150):
         self.steps = steps
 
@@ -96,6 +127,10 @@ class TriggerInversion(Synthesizer):
 class AdversarialPatch(Synthesizer):
     """Optimised at `starts` random places; the place whose patch ends with the lowest loss wins (where a patch
     goes matters as much as what it shows)."""
+
+    paper = "Brown et al., Adversarial Patch, arXiv:1712.09665, 2017"
+    fidelity = ("adapted: a universal targeted square patch of the trojan-patch size, optimised at one fixed place per "
+                "start (the best of 4 starts kept) rather than over Brown's random places, scales and rotations")
 
     def __init__(self, size: int | None = None, steps: int = 120, lr: float = 0.1, batch_size: int = 32, starts: int = 4):
         self.size, self.steps, self.lr, self.batch_size, self.starts = size, steps, lr, batch_size, starts
@@ -130,6 +165,10 @@ class AdversarialPatch(Synthesizer):
 
 @register("exemplar")
 class Exemplar(Synthesizer):
+    paper = "Olah et al., Feature Visualization, Distill 2017 (dataset examples)"
+    fidelity = ("adapted: the one image of the auditor's clean sample that most excites the target logit, blended "
+                "over the whole image at 30% so that it can be scored like a stamp")
+
     def __init__(self, alpha: float = 0.3):
         self.alpha = alpha
 
@@ -143,6 +182,7 @@ class Exemplar(Synthesizer):
 @register("noise-patch")
 class NoisePatch(Synthesizer):
     is_baseline = True
+    fidelity = "baseline: a uniform-noise square patch (side max(3, H/8)) at a random place"
 
     def synthesize(self, model, target, ctx):
         g = torch.Generator().manual_seed(ctx.seed + target)
@@ -153,9 +193,10 @@ class NoisePatch(Synthesizer):
 @register("mean-image")
 class MeanImage(Synthesizer):
     is_baseline = True
+    fidelity = "baseline: the mean image of the auditor's clean sample blended over the whole image at 30%"
 
     def synthesize(self, model, target, ctx):
         return Stamp(ctx.x_clean.mean(0), torch.full(ctx.image_shape[1:], 0.3))
 
 
-from . import cppn_fv, feature_adversary, fourier_fv, snafue, tabor  # noqa: F401  (register the synthesizers)
+from . import cppn_fv, feature_adversary, fourier_fv, random_prior, snafue, tabor  # noqa: F401  (register them)

@@ -69,6 +69,11 @@ def _paste(x: torch.Tensor, patch: torch.Tensor, rows: torch.Tensor, cols: torch
 
 @register("feature-adversary")
 class FeatureAdversary(Synthesizer):
+    paper = "Casper et al., Robust Feature-Level Adversaries are Interpretability Tools, NeurIPS 2022"
+    fidelity = ("adapted: the latent of a tiny autoencoder trained on the auditor's clean sample (Casper: an internal "
+                "layer of a pretrained BigGAN), cross-entropy toward the target at random places and 0.9-1.1 scales, "
+                "without the paper's total-variation and disguise terms")
+
     def __init__(self, size: int | None = None, steps: int = 200, lr: float = 0.05, batch_size: int = 32,
                  ae_steps: int = 200, places: int = 8):
         self.size, self.steps, self.lr, self.batch_size, self.ae_steps, self.places = size, steps, lr, batch_size, ae_steps, places

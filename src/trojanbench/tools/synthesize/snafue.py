@@ -1,5 +1,7 @@
-"""SNAFUE (Casper et al. 2023, "Red Teaming Deep Neural Networks with Feature Synthesis Tools"): search for
-natural adversarial features. A synthetic adversarial patch says what the model responds to; the method then
+"""`natural-patch-search` (registered as `snafue` until the fidelity review of issue 15), after SNAFUE (Casper et
+al. 2023, "Red Teaming Deep Neural Networks with Feature Synthesis Tools"; Casper, Hariharan & Hadfield-Menell
+2022, "Debugging Deep Neural Networks with Automated Copy/Paste Attacks"): search for natural adversarial
+features. A synthetic adversarial patch says what the model responds to; the method then
 looks for natural image patches that the model treats the same way, and returns one that works, so what an
 auditor is shown is a real piece of the data, not an optimised pattern.
 
@@ -11,6 +13,13 @@ auditor is shown is a real piece of the data, not an optimised pattern.
 4. the `k` natural patches nearest to the adversarial one (cosine similarity) are pasted on all the clean images
    of other classes, and the one that sends the most of them to the target is returned.
 The stamp is that natural patch at the adversarial patch's place.
+
+Why not under SNAFUE's name: SNAFUE (the authors' `cp_attack.py`) starts from several feature-level adversarial
+patches made by perturbing a pretrained generator, embeds each patch *on its own* in the network's pooled
+features, weights the features by a mask of the neurons the synthetic patches excite consistently, searches a
+corpus of tens of thousands of natural patches by mean squared cosine similarity, and keeps those that fool the
+network most. Here: one pixel-level adversarial patch, patches embedded on carrier images, no neuron mask, and a
+bank cut from the auditor's 200 clean images.
 """
 
 from __future__ import annotations
@@ -23,8 +32,13 @@ from ..detect import penultimate
 from . import AdversarialPatch, Stamp, Synthesizer, register
 
 
-@register("snafue")
-class Snafue(Synthesizer):
+@register("natural-patch-search")
+class NaturalPatchSearch(Synthesizer):
+    paper = "Casper et al., Red Teaming Deep Neural Networks with Feature Synthesis Tools, NeurIPS 2023 (SNAFUE)"
+    fidelity = ("adapted: SNAFUE's nearest-natural-patch search, from one pixel-level adversarial patch (SNAFUE: "
+                "several generator-made feature-level patches), patches embedded on carrier images without SNAFUE's "
+                "neuron mask, a bank cut from the auditor's 200 clean images (SNAFUE: a large natural-image corpus)")
+
     def __init__(self, bank: int = 1024, carriers: int = 16, k: int = 16, patch_steps: int = 120, starts: int = 4):
         self.bank, self.carriers, self.k, self.patch_steps, self.starts = bank, carriers, k, patch_steps, starts
 

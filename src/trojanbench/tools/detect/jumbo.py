@@ -1,0 +1,172 @@
+"""MNTD's shadow models, trained as the authors train them (Xu et al., S&P 2021; `train_basic_benign.py`,
+`train_basic_jumbo.py` and `random_troj_setting('jumbo')` / `troj_gen_func` in `model_lib/` of
+github.com/AI-secure/Meta-Nerual-Trojan-Detection):
+
+- *benign shadows*: fresh copies of the audited architecture trained on the defender's small clean set;
+- *jumbo shadows*: the same on that set plus stamped copies of a random share of it, relabelled to a random
+  target, each with its own trojan drawn from the jumbo distribution: patch side s uniform over {2, 3, 4, 5,
+  image side}; a patch (s < side) at a uniformly random place with transparency alpha ~ U(0.2, 0.6), made
+  opaque (alpha = 1) above 0.5; a whole-image blend (s = side) with alpha ~ U(0.05, 0.2); the pattern a random
+  binary mask with a random number of ones in [1, s^2) on one-channel images (the authors' MNIST), or uniform
+  in [-e, 1 + e] clipped to [0, 1] with e ~ U(0, 1), per channel, on colour images (their CIFAR-10); injection
+  rate p ~ U(0.05, 0.5): p * n stamped copies of distinct images (of any class) are *added* to the n clean ones.
+
+Nothing here sees an audited model's weights or a zoo's labels: the template only lends its architecture (and
+its fixed input normalisation), `shadow.fresh_copy` re-initialises every parameter. Every shadow has its own
+seeds (initialisation, batch order, trojan), so shadow i is the same whatever the number built; shadows are
+cached in chunks of `CHUNK` under $TROJANBENCH_CACHE/shadows, so a killed build resumes where it stopped and a
+larger zoo reuses a smaller one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...config import TrainConfig
+from ...utils import canonical_json, sha256_bytes
+from .shadow import architecture_key, cache_root, data_key, fixed_buffers_key, fresh_copy, load_states, save_states
+
+FORMAT = "mntd-shadows/1"  # bump when the jumbo distribution or the training recipe changes
+CHUNK = 16
+KINDS = ("benign", "jumbo", "benign-val", "jumbo-val")
+
+
+@dataclass(frozen=True)
+class JumboTrojan:
+    """One draw from the jumbo distribution: `pattern` [C, h, w] blended at (`row`, `col`) with `alpha`."""
+
+    row: int
+    col: int
+    pattern: torch.Tensor
+    alpha: float
+    target: int
+    rate: float
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        h, w = self.pattern.shape[1:]
+        region = x[:, :, self.row:self.row + h, self.col:self.col + w]
+        x[:, :, self.row:self.row + h, self.col:self.col + w] = self.alpha * self.pattern + (1 - self.alpha) * region
+        return x
+
+
+def sample_jumbo_trojan(image_shape: tuple[int, int, int], num_classes: int, rng: np.random.Generator) -> JumboTrojan:
+    """The authors' `random_troj_setting('jumbo')` for any image shape (their MAX_SIZE is the image side)."""
+    c, h, w = image_shape
+    side = min(h, w)
+    s = int(rng.choice([2, 3, 4, 5, side]))
+    if s < side:
+        alpha = float(rng.uniform(0.2, 0.6))
+        alpha = 1.0 if alpha > 0.5 else alpha
+        ph = pw = s
+        row, col = int(rng.integers(h - s)), int(rng.integers(w - s))
+    else:
+        alpha = float(rng.uniform(0.05, 0.2))
+        ph, pw, row, col = h, w, 0, 0
+    if c == 1:
+        flat = np.zeros(ph * pw, dtype=np.float32)
+        flat[rng.choice(ph * pw, int(rng.integers(1, ph * pw)), replace=False)] = 1.0
+        pattern = flat.reshape(1, ph, pw)
+    else:
+        eps = rng.uniform(0, 1)
+        pattern = np.clip(rng.uniform(-eps, 1 + eps, size=(c, ph, pw)), 0, 1).astype(np.float32)
+    return JumboTrojan(row, col, torch.from_numpy(pattern), alpha, int(rng.integers(num_classes)),
+                       float(rng.uniform(0.05, 0.5)))
+
+
+def jumbo_dataset(x: torch.Tensor, y: torch.Tensor, trojan: JumboTrojan, rng: np.random.Generator):
+    """The clean set plus stamped, relabelled copies of `trojan.rate` of it (the authors' `BackdoorDataset`)."""
+    chosen = torch.from_numpy(rng.choice(len(x), int(len(x) * trojan.rate), replace=False))
+    return torch.cat([x, trojan.apply(x[chosen])]), torch.cat([y, torch.full((len(chosen),), trojan.target)])
+
+
+@dataclass(frozen=True)
+class JumboConfig:
+    """How many shadows and how each trains. The paper (MNIST, CIFAR-10): 2,048 benign + 2,048 jumbo shadows to
+    meta-train on, 256 + 256 held out to pick the meta-training epoch, each trained 100 epochs with Adam (lr
+    1e-3, batch 100, no augmentation) on the defender's 2% of the training set. The defaults here and why: see
+    `mntd.py`."""
+
+    train: int = 128  # per kind (benign, jumbo), meta-training
+    val: int = 32  # per kind, held out to pick the meta-training epoch
+    epochs: int = 30
+    batch_size: int = 32
+    optimizer: str = "sgd"  # "adamw" with weight_decay 0 is the paper's Adam
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    translate: int = 1  # pixels of random shift while training (the authors: none)
+    seed: int = 0
+
+    def recipe(self) -> dict:
+        """Everything that determines one shadow besides its kind and index (the counts do not)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("train", "val")}
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
+                           weight_decay=self.weight_decay, warmup=0.0, augment=self.translate > 0)
+
+
+def _seeds(cfg: JumboConfig, kind: str, index: int) -> tuple[int, int, int]:
+    """(initialisation, batch order, trojan) seeds of one shadow."""
+    init, order, trojan = np.random.SeedSequence([cfg.seed, KINDS.index(kind), index]).generate_state(3)
+    return int(init), int(order), int(trojan)
+
+
+def shadow_trojan(cfg: JumboConfig, kind: str, index: int, image_shape: tuple[int, int, int],
+                  num_classes: int) -> JumboTrojan | None:
+    """The trojan a shadow was trained with (None for benign shadows)."""
+    if not kind.startswith("jumbo"):
+        return None
+    return sample_jumbo_trojan(image_shape, num_classes, np.random.default_rng(_seeds(cfg, kind, index)[2]))
+
+
+def train_shadow(template: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: JumboConfig, kind: str,
+                 index: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """One shadow model's trained state (on CPU)."""
+    from ...train.single import train_model
+
+    init, order, trojan_seed = _seeds(cfg, kind, index)
+    if kind.startswith("jumbo"):
+        rng = np.random.default_rng(trojan_seed)
+        x, y = jumbo_dataset(x, y, sample_jumbo_trojan(tuple(x.shape[1:]), num_classes, rng), rng)
+    model = train_model(fresh_copy(template, init), x, y, cfg.train_config(), seed=order,
+                        augment={"translate": cfg.translate, "flip": False}, device=device)
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def chunk_key(template: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: JumboConfig, kind: str,
+              chunk: int) -> str:
+    from ...train import TRAINER_VERSION
+
+    return sha256_bytes(canonical_json({
+        "format": FORMAT, "trainer_version": TRAINER_VERSION, "arch": architecture_key(template), "fixed": fixed_buffers_key(template),
+        "data": data_key(x, y), "classes": num_classes, "recipe": cfg.recipe(), "kind": kind, "chunk": chunk,
+        "size": CHUNK}).encode())[:20]
+
+
+def shadow_states(template: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: JumboConfig,
+                  kind: str, n: int, cache=None, device: torch.device | str = "cpu", progress=None
+                  ) -> tuple[list[dict[str, torch.Tensor]], int]:
+    """The first `n` shadows of `kind` ("benign", "jumbo", "benign-val", "jumbo-val") as state dicts, read from
+    the cache where present and trained (and cached) otherwise. Returns (states, how many were trained now).
+    `progress(done, n)` is called after each trained chunk."""
+    x, y = x.detach().cpu(), y.detach().cpu()
+    states, trained = [], 0
+    for chunk in range((n + CHUNK - 1) // CHUNK):
+        path = cache_root(cache) / f"mntd-{kind}-{chunk_key(template, x, y, num_classes, cfg, kind, chunk)}.safetensors"
+        stored = load_states(path)
+        if stored is None or len(stored[0]) != CHUNK:
+            with torch.random.fork_rng(devices=[]):  # nothing here may move the caller's global RNG
+                part = [train_shadow(template, x, y, num_classes, cfg, kind, chunk * CHUNK + i, device)
+                        for i in range(CHUNK)]
+            save_states(path, part, fmt=FORMAT)
+            trained += CHUNK
+            stored = (part, {})
+            if progress is not None:
+                progress(min(n, (chunk + 1) * CHUNK), n)
+        states += stored[0]
+    return states[:n], trained
