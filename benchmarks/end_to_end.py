@@ -1,45 +1,53 @@
-"""Time the main job end to end: `trojanbench run` on the default config from an empty zoo cache, stage by stage
-(zoo build, each track, report), then again with the zoo cached.
+"""Time the main job end to end: `trojanbench run` on the default config from an empty cache (zoo and MNTD's shadow
+models built), stage by stage (zoo build, each track, report), then again with everything cached; and store the
+cold run's leaderboards.
 
     .venv/bin/python benchmarks/end_to_end.py [--config digits-bench]
 
-Writes benchmarks/results/end_to_end.json.
+Writes benchmarks/results/end_to_end.json (timings of both runs, with their run ids) and
+benchmarks/results/board_<config>.json (the cold run's boards: what `make run` prints and README.md quotes).
+Run it on an otherwise idle machine: these are wall-clock seconds.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="digits-bench")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "end_to_end.json"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", default=None, help="keep the cold run's folder (results store, report) here")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["TROJANBENCH_CACHE"] = str(Path(tmp) / "cache")  # a fresh machine: the zoo is built
+        os.environ["TROJANBENCH_CACHE"] = str(Path(tmp) / "cache")  # a fresh machine: zoo and shadows are built
         from trojanbench.bench import run_benchmark
-        from trojanbench.utils import library_versions
+        from trojanbench.results.boards import board_json
+        from trojanbench.results.provenance import write_benchmark
 
-        runs = {}
-        for label in ("cold (zoo built)", "warm (zoo cached)"):
+        runs, boards, first = {}, None, None
+        for label in ("cold", "warm"):
+            out = Path(args.keep) if (args.keep and label == "cold") else Path(tmp) / label
+            started = time.time()
             start = time.perf_counter()
-            run = run_benchmark(Path(tmp) / label.split()[0], config=args.config)
-            runs[label] = {"total_s": round(time.perf_counter() - start, 1),
+            run = run_benchmark(out, config=args.config, seed=args.seed)
+            runs[label] = {"run_id": run.run_id, "total_s": round(time.perf_counter() - start, 1),
                            "stages_s": {k: round(v, 1) for k, v in run.seconds.items()}}
             print(label, runs[label], flush=True)
-    result = {"config": args.config, "runs": runs, "cpu_threads": torch.get_num_threads(), "cores": os.cpu_count(),
-              "versions": library_versions()}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+            if label == "cold":
+                first, boards = started, [board_json(b) for _, b in run.boards]
+                board_path = write_benchmark(f"board_{args.config}", {
+                    "zoo_config": args.config, "boards": boards, "seconds": runs[label]["stages_s"]},
+                    config=vars(args), run_id=run.run_id, seed=args.seed, started=started)
+                print("boards ->", board_path, flush=True)
+        path = write_benchmark("end_to_end", {"zoo_config": args.config, "runs": runs}, config=vars(args),
+                               run_id=runs["cold"]["run_id"], seed=args.seed, started=first)
+    print("timings ->", path)
 
 
 if __name__ == "__main__":

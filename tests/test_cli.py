@@ -42,8 +42,26 @@ def test_implant_then_inspect(model_dir):
 def test_help_lists_commands():
     r = cli("--help")
     assert r.returncode == 0
-    for cmd in ("implant", "inspect", "run", "list"):
+    for cmd in ("implant", "inspect", "run", "list", "runs", "tools"):
         assert cmd in r.stdout
+
+
+def test_tools_list_shows_every_registered_tool_with_its_paper_and_fidelity():
+    from trojanbench.tools import tool_registries
+
+    r = cli("tools", "list")
+    assert r.returncode == 0, r.stderr
+    for family, reg in tool_registries().items():
+        assert family in r.stdout
+        for name in reg.names():
+            assert name in r.stdout, name
+            cls = reg.get(name)
+            assert cls.fidelity, f"{family}/{name} declares no fidelity"
+            assert cls.fidelity == "faithful" or cls.fidelity.startswith(("adapted: ", "baseline: ")), (name, cls.fidelity)
+            assert cls.paper or cls.is_baseline or cls.fidelity.startswith("adapted"), f"{name} names no paper"
+    assert "(not declared)" not in r.stdout
+    bad = cli("tools", "list", "--family", "astrology")
+    assert bad.returncode == 2 and "unknown tool family" in bad.stderr
 
 
 def test_user_errors_are_one_line_and_exit_2(tmp_path, model_dir):
@@ -105,12 +123,17 @@ def test_run_builds_zoo_runs_tracks_writes_report_then_reuses_and_repeats(tmp_pa
     assert {p: p.stat().st_mtime_ns for p in zoo.glob("models/*/model.safetensors")} == stamps
     from trojanbench.results import ResultsStore
 
+    from trojanbench.results.boards import boards_of_run
+
     def table(path):
         with ResultsStore(path) as store:
-            rows = [r for r in store.rows() if r.model_id.startswith("zoo:") and r.metric != "seconds_per_model"]
-            # every row says which configuration and which library versions made it
-            assert rows and all(r.config_hash and r.extra["versions"]["torch"] for r in rows)
-            return {(r.tool, r.task, r.metric): r.value for r in rows}
+            (run,) = store.runs()
+            # the run says which configuration, code and library versions made its rows
+            assert run.status == "complete" and run.config_hash and run.info["versions"]["torch"]
+            rows = store.rows(run.run_id)
+            assert rows and {r.run_id for r in rows} == {run.run_id}
+            return {(s.tool, b.spec.task, m): str(e) for b in boards_of_run(rows) for s in b.scores
+                    for m, e in s.metrics.items() if not m.startswith("seconds")}
 
     assert table(tmp_path / "a" / "results.sqlite") == table(tmp_path / "b" / "results.sqlite")
     bad = subprocess.run([sys.executable, "-m", "trojanbench.cli", "run", "--out", tmp_path / "c", "--config",

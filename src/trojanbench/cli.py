@@ -133,13 +133,40 @@ def inspect(model_dir: Path = typer.Argument(..., help="a model folder"),
 
 @app.command("list")
 def list_registries():
-    """List the registered datasets, architectures and triggers."""
+    """List the registered datasets, architectures, triggers and tools (by family)."""
     from .data import DATASETS
     from .models import MODELS
+    from .tools import tool_registries
     from .trojans import TRIGGERS
 
-    for title, reg in (("datasets", DATASETS), ("architectures", MODELS), ("triggers", TRIGGERS)):
+    for title, reg in (("datasets", DATASETS), ("architectures", MODELS), ("triggers", TRIGGERS),
+                       *tool_registries().items()):
         console.print(f"[bold]{title}[/bold]: {', '.join(reg.names())}")
+
+
+tools_app = typer.Typer(no_args_is_help=True, help="The registered tools.")
+app.add_typer(tools_app, name="tools")
+
+
+@tools_app.command("list")
+def tools_list(family: Optional[str] = typer.Option(None, help="only this family: detect, detect-samples, attribute, "
+                                                                "synthesize, repair, edit")):
+    """Every registered tool by family, with its role, the paper it implements and how faithful the port is."""
+    from .tools import tool_registries
+
+    families = tool_registries()
+    if family is not None and family not in families:
+        raise UserError(f"unknown tool family {family!r}; known: {', '.join(families)}")
+    for fam, reg in families.items():
+        if family is not None and fam != family:
+            continue
+        t = Table(title=f"{fam} ({len(reg.names())})", title_justify="left")
+        for col in ("tool", "role", "paper", "fidelity"):
+            t.add_column(col, overflow="fold")
+        for name in reg.names():
+            cls = reg.get(name)
+            t.add_row(name, "baseline" if cls.is_baseline else "tool", cls.paper or "-", cls.fidelity or "(not declared)")
+        console.print(t)
 
 
 @app.command()
@@ -152,7 +179,8 @@ def run(
     tools: Optional[str] = typer.Option(None, help="comma-separated tool names (default: all registered)"),
     results: Optional[Path] = typer.Option(None, help="results store (default: OUT/results.sqlite)"),
     seed: int = typer.Option(0),
-    executor: str = typer.Option("batched", help="zoo executor: batched, serial, pool or ray"),
+    executor: str = typer.Option("pool", help="zoo executor: pool (a process per core), batched (in-process), serial "
+                                              "or ray"),
     jobs: int = typer.Option(2, help="workers for the pool / ray executors"),
     device: str = typer.Option("auto", help="cpu, cuda, or auto"),
     report: bool = typer.Option(True, help="render the HTML report"),
@@ -179,20 +207,48 @@ def run(
                         device=str(resolve_device(device)), executor=executor, jobs=jobs, zoo_progress=_zoo_progress,
                         track_progress=track_progress, report=report, results=results)
     for _, b in res.boards:
-        console.print(leaderboard(b.title, b.scores, b.key, b.columns, b.higher_is_better))
+        console.print(leaderboard(b))
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in res.seconds.items())
-    console.print(f"zoo {res.zoo}\nresults {res.results}" + (f"\nreport {res.report}" if res.report else "") + f"\n({timing})")
+    console.print(f"run {res.run_id}\nzoo {res.zoo}\nresults {res.results}" + (f"\nreport {res.report}" if res.report else "")
+                  + f"\n({timing})")
 
 
 @app.command()
 def report(results: Path = typer.Argument(..., help="a results store (results.sqlite)"),
            out: Optional[Path] = typer.Option(None, "--out", "-o", help="report folder (default: next to RESULTS)"),
-           title: str = typer.Option("trojanbench report")):
-    """Render the static HTML report (leaderboards with CIs, plots, image panels); opens offline."""
+           run_id: Optional[str] = typer.Option(None, "--run", help="the run to render (an id or a unique prefix; "
+                                                "default: the latest complete run)"),
+           title: Optional[str] = typer.Option(None)):
+    """Render the static HTML report of one run (leaderboards with CIs and verdicts, plots, image panels); opens offline."""
     from .report.html import render_report
 
-    index = render_report(results, out or results.parent / "report", title=title)
+    index = render_report(results, out or results.parent / "report", title=title, run_id=run_id)
     console.print(f"report: {index}")
+
+
+@app.command()
+def runs(results: Path = typer.Argument(..., help="a results store (results.sqlite)")):
+    """List the runs a results store holds: id, status (complete / running / interrupted), start, zoo, tracks, tools."""
+    import time as _time
+
+    from .results import ResultsStore
+
+    if not results.is_file():
+        raise UserError(f"no results store at {results}")
+    with ResultsStore(results) as store:
+        listed = [(r, store.count(r.run_id)) for r in store.runs()]
+    t = Table(title=f"runs in {results}")
+    for col in ("run", "status", "kind", "started (UTC)", "seed", "zoo", "tracks", "tools", "rows"):
+        t.add_column(col, overflow="fold")
+    for r, n in listed:
+        started = _time.strftime("%Y-%m-%d %H:%M:%S", _time.gmtime(r.started))
+        tracks = r.info.get("tracks") or r.info.get("config", {}).get("track") or ""
+        tools = r.info.get("tools") or r.info.get("config", {}).get("tools") or "all"
+        zoo = r.info.get("zoo_name") or r.info.get("config", {}).get("zoo", {}).get("name", "")
+        t.add_row(r.run_id, r.status, r.kind, started, str(r.seed), str(zoo),
+                  ",".join(tracks) if isinstance(tracks, list) else str(tracks),
+                  ",".join(tools) if isinstance(tools, list) else str(tools), str(n))
+    console.print(t)
 
 
 results_app = typer.Typer(no_args_is_help=True, help="Read and export the results store.")
@@ -203,11 +259,12 @@ app.add_typer(results_app, name="results")
 def results_export(results: Path = typer.Argument(..., help="a results store (results.sqlite)"),
                    out: Path = typer.Option(..., "--out", "-o", help="file to write: .csv, .jsonl or .parquet"),
                    task: Optional[str] = typer.Option(None, help="only this task"),
-                   tool: Optional[str] = typer.Option(None, help="only this tool")):
-    """Every result row (tool, model, task, metric, value, seed, version, config hash, extra) as CSV/JSONL/Parquet."""
+                   tool: Optional[str] = typer.Option(None, help="only this tool"),
+                   run_id: Optional[str] = typer.Option(None, "--run", help="the run (default: the latest complete one)")):
+    """Every result row of one run (run, tool, model, task, metric, value, seed, version, extra) as CSV/JSONL/Parquet."""
     from .results.export import export_rows
 
-    n = export_rows(results, out, task=task, tool=tool)
+    n = export_rows(results, out, task=task, tool=tool, run_id=run_id)
     console.print(f"{n} rows -> {out}")
 
 
@@ -230,7 +287,7 @@ def study(name: str = typer.Argument(..., help="the study to run: text, width-de
     out = out or Path("runs") / f"study-{name}"
     summary = run_study(name, out, seed=seed, quick=quick,
                         progress=lambda message: err_console.print(message, markup=False, highlight=False))
-    index = render_report(summary.results, out / "report", title=f"trojanbench study {name}")
+    index = render_report(summary.results, out / "report", title=f"trojanbench study {name}", run_id=summary.run_id)
     table = Table(title=f"study {name}" + (" (quick)" if quick else ""))
     table.add_column("finding")
     table.add_column("value [95% CI]", overflow="fold")
@@ -273,7 +330,8 @@ def _zoo_progress(total: int, done_before: int):
 def zoo_build(
     config: str = typer.Option("digits-zoo", "--config", "-c", help="a zoo TOML file or a built-in name"),
     out: Path = typer.Option(..., "--out", "-o", help="zoo folder (created, or resumed if it exists)"),
-    executor: str = typer.Option("batched", help="batched (in-process, many models at once), serial, pool or ray"),
+    executor: str = typer.Option("pool", help="pool (a process per core, each training its chunks many models at "
+                                              "once on one thread), batched (in-process), serial or ray"),
     jobs: int = typer.Option(2, help="workers for pool / CPUs for a local ray"),
     address: Optional[str] = typer.Option(None, help="address of an existing Ray cluster (ray executor)"),
     batch_models: int = typer.Option(16, help="models trained at once per chunk"),
@@ -320,7 +378,7 @@ def zoo_status(zoo_dir: Path = typer.Argument(..., help="a zoo folder"),
     kinds = Counter(j.trojan.trigger.kind for j in plan.values() if j.trojan)
     console.print("trigger kinds: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
     if errors:
-        for rec in status["failed"] + status["rejected"]:
+        for rec in status["failed"] + status["rejected"] + status.get("damaged", []):
             last = (rec.errors or [None])[-1] or (rec.history or [{}])[-1].get("rejected")
             console.print(f"[bold]{rec.id}[/bold] {rec.state} after {rec.attempts} attempts: {last}", markup=True,
                           highlight=False)

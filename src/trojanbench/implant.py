@@ -53,8 +53,15 @@ def prepare(dataset: ImageDataset, arch: str = "cnn", arch_kwargs: dict | None =
         pd = poison_dataset(x, y, trigger, trojan.poison, dataset.num_classes, seed=seed)
         x, y, poisoned = pd.x, pd.y, pd.indices
         trojan = trojan.model_copy(update={"trigger": trigger.spec()})  # keeps fitted parameters (thresholds)
+    return Prepared(arch, kwargs, init_model(arch, kwargs, seed), x, y, seed, trojan, trigger, poisoned)
+
+
+def init_model(arch: str, kwargs: dict, seed: int) -> nn.Module:
+    """A freshly initialised model whose weights depend on `seed` alone: the layers draw their initial values
+    from torch's global generator, which is re-seeded here for every model (and, as before, left in that
+    seeded state, so code after `prepare` stays as reproducible as it was)."""
     torch.manual_seed(seed)
-    return Prepared(arch, kwargs, build_model(arch, **kwargs), x, y, seed, trojan, trigger, poisoned)
+    return build_model(arch, **kwargs)
 
 
 def measure(model: nn.Module, dataset: ImageDataset, trojan: TrojanSpec | None, trigger: Trigger | None,
@@ -90,7 +97,11 @@ def finish(prepared: Prepared, dataset: ImageDataset, train: TrainConfig, second
 def implant(dataset: ImageDataset, arch: str = "cnn", arch_kwargs: dict | None = None,
             trojan: TrojanSpec | None = None, train: TrainConfig | None = None, seed: int = 0,
             device: str | torch.device = "cpu", dataset_options: dict | None = None, progress=None) -> Implanted:
-    """Train one model (clean if `trojan` is None) and return it with its card (not yet saved)."""
+    """Train one model (clean if `trojan` is None) and return it with its card (not yet saved).
+
+    It is trained with the plain loop (`train_model`: oneDNN and channels-last kernels), so it has the quality of
+    a zoo model of the same job and the same random draws, but not the same bits: zoos train through
+    `train.batched.train_models_batched`."""
     train = train or default_train_config(arch, dataset.name)
     p = prepare(dataset, arch, arch_kwargs, trojan, seed)
     start = time.perf_counter()

@@ -1,5 +1,6 @@
-"""The static report: leaderboards with CIs and verdicts from the store, figures copied beside the page, export;
-and, in real Chromium, the page loads with no console error and every image resolves."""
+"""The static report: one run's boards (cells with CIs, paired verdicts) computed from its per-model rows, figures
+copied beside the page, export; and, in real Chromium, the page loads with no console error and every image
+resolves."""
 
 import csv
 import json
@@ -10,51 +11,63 @@ import numpy as np
 import pytest
 
 from trojanbench.errors import UserError
-from trojanbench.report.html import figure_row, render_report
+from trojanbench.report.html import View, figure_row, render_report, view_row
 from trojanbench.report.plots import roc_plot
 from trojanbench.results import ResultRow, ResultsStore
+from trojanbench.results.boards import BoardSpec, Column, model_row, spec_row
 from trojanbench.results.export import export_rows
 from trojanbench.testing.browser import chromium, open_page
 
+SPEC = BoardSpec(task="detect-model", title="Is this model trojaned?", key="auroc", population="toy zoo: 20 + 20 models",
+                 columns=[Column(name="auroc", source="score", stat="auroc", header="AUROC"),
+                          Column(name="seconds_per_model", source="seconds", stat="timing", groups=False)],
+                 main=["auroc", "auroc[kind=patch]", "seconds_per_model"])
 
-def _agg(tool, task, metric, value, low, high, baseline=False):
-    return ResultRow(tool, "zoo:toy", task, metric, value, extra={"low": low, "high": high, "n": 16, "baseline": baseline})
+
+def _rows(seed: int):
+    rng = np.random.default_rng(seed)
+    labels = np.array([0] * 20 + [1] * 20)
+    kinds = ["patch", "warp"] * 10
+    scores = {"good": labels + rng.normal(0, 0.3, 40), "meh": labels * 0.3 + rng.normal(0, 0.5, 40),
+              "random": rng.random(40), "entropy": labels * 0.2 + rng.normal(0, 0.5, 40)}
+    rows = [spec_row(SPEC)]
+    for tool, s in scores.items():
+        role = "baseline" if tool in ("random", "entropy") else "tool"
+        for i in range(40):
+            groups = [f"kind={kinds[i % 20]}", "crude"] if labels[i] else []
+            rows.append(model_row(tool, f"m{i}", "detect-model", "score", s[i], role=role, groups=groups, label=labels[i]))
+            rows.append(model_row(tool, f"m{i}", "detect-model", "seconds", 0.1, role=role, groups=groups))
+    return rows, labels, scores
 
 
 @pytest.fixture
 def results(tmp_path):
     path = tmp_path / "results.sqlite"
-    rng = np.random.default_rng(0)
-    labels = np.array([0] * 8 + [1] * 8)
-    png = roc_plot({"good": (labels, labels + rng.normal(0, 0.3, 16)), "random": (labels, rng.random(16))},
-                   tmp_path / "figs" / "roc.png", "toy", {"random"})
+    rows, labels, scores = _rows(0)
+    png = roc_plot({t: (labels, s) for t, s in scores.items()}, tmp_path / "figs" / "roc.png", "toy", {"random"})
+    study = [ResultRow("toolx", "zoo:toy", "some-study-task", "hit_rate", 0.4, extra={"low": 0.3, "high": 0.5, "n": 16}),
+             view_row("some-study-task", View("A study's own table", "hit_rate"))]
     with ResultsStore(path) as store:
-        store.write([_agg("random", "detect-model", "auroc", 0.5, 0.3, 0.7, baseline=True),
-                     _agg("good", "detect-model", "auroc", 0.95, 0.85, 1.0),
-                     _agg("meh", "detect-model", "auroc", 0.6, 0.4, 0.8),
-                     _agg("good", "detect-model", "seconds_per_model", 0.2, float("nan"), float("nan")),
-                     _agg("toolx", "some-new-task", "hit_rate", 0.4, 0.3, 0.5),
-                     _agg("good", "detect-model", "auroc[kind=patch]", 0.99, 0.9, 1.0),
-                     _agg("good", "detect-model", "auroc[kind=warp]", 0.8, 0.6, 0.9),
-                     _agg("random", "detect-model", "auroc[kind=patch]", 0.5, 0.3, 0.7, baseline=True),
-                     ResultRow("good", "model-abc", "detect-model", "score", 0.9),  # per-model rows are not tabled
-                     figure_row("detect", "detect-model", png, "ROC curves")])
+        target = store.start_run("test", {"fixture": 0})
+    with ResultsStore(target) as store:
+        store.write(rows + study + [figure_row("detect", "detect-model", png, "ROC curves")])
+        store.finish_run(target.run_id)
     return path
 
 
-def test_report_ranks_tools_marks_baselines_and_copies_figures(results, tmp_path):
+def test_report_ranks_tools_gives_paired_verdicts_and_copies_figures(results, tmp_path):
     index = render_report(results, tmp_path / "report")
     page = index.read_text()
-    assert page.index(">good<") < page.index(">meh<") < page.index(">random<")  # ranked by AUROC
-    assert "<tr class=beats><td>1</td><td>good</td>" in page
-    assert "<tr class=nobeat><td>2</td><td>meh</td>" in page and "does not beat" in page  # CI crosses the baseline
-    assert "<tr class=baseline><td>3</td><td>random</td>" in page
-    assert "0.950 <span class=ci>[0.850, 1.000]</span>" in page
-    assert "some-new-task" in page and "hit_rate" in page  # a task with no registered view still gets a table
+    assert page.index(">good<") < page.index(">meh<")  # ranked by AUROC
+    assert "<tr class=beats><td>1</td><td>good</td>" in page  # clearly above the strongest baseline
+    assert "vs entropy" in page or "vs random" in page  # the verdict names the strongest baseline
+    assert "<tr class=baseline>" in page and "Holm" in page
+    assert "n=20" in page  # every cell says how many models stand behind it
+    assert "toy zoo: 20 + 20 models" in page  # what the numbers are conditional on
+    assert "A study&#x27;s own table" in page and "hit_rate" in page  # a study's stored table, with its stored view
     assert (tmp_path / "report" / "figures" / "detect-model-roc.png").stat().st_size > 1000
-    assert "model-abc" not in page
     assert (tmp_path / "report" / "figures" / "detect-model-by-kind.png").stat().st_size > 1000  # per-trigger bars
-    assert "auroc[kind=warp]" in page  # the per-kind metrics sit in the collapsible long table
+    assert "auroc[kind=warp]" in page  # the per-kind cells sit in the collapsible long table
 
 
 def test_report_refuses_missing_or_empty_stores(tmp_path):
@@ -62,16 +75,16 @@ def test_report_refuses_missing_or_empty_stores(tmp_path):
         render_report(tmp_path / "nope.sqlite", tmp_path / "r")
     with ResultsStore(tmp_path / "empty.sqlite"):
         pass
-    with pytest.raises(UserError, match="no track results"):
+    with pytest.raises(UserError, match="no complete run"):
         render_report(tmp_path / "empty.sqlite", tmp_path / "r")
 
 
 def test_export_csv_and_jsonl_round_trip(results, tmp_path):
-    assert export_rows(results, tmp_path / "all.csv") == 10
+    n = export_rows(results, tmp_path / "all.csv")
     rows = list(csv.DictReader((tmp_path / "all.csv").open()))
-    assert {r["tool"] for r in rows} == {"random", "good", "meh", "toolx", "detect"}
-    assert json.loads(rows[0]["extra"]) is not None
-    assert export_rows(results, tmp_path / "good.jsonl", tool="good") == 5
+    assert len(rows) == n and {r["tool"] for r in rows} >= {"random", "good", "meh", "toolx", "detect"}
+    assert len({r["run_id"] for r in rows}) == 1 and json.loads(rows[0]["extra"]) is not None
+    assert export_rows(results, tmp_path / "good.jsonl", tool="good") == 80
     assert all(json.loads(line)["tool"] == "good" for line in (tmp_path / "good.jsonl").read_text().splitlines())
     with pytest.raises(UserError, match=".csv, .jsonl or .parquet"):
         export_rows(results, tmp_path / "x.xlsx")
@@ -86,6 +99,8 @@ def test_cli_report_and_export_errors_are_one_line(results, tmp_path):
     assert ok.returncode == 0 and (tmp_path / "rep" / "index.html").exists()
     bad = cli("report", tmp_path / "missing.sqlite")
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: no results store")
+    bad = cli("report", results, "--run", "no-such-run")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "no run matching" in bad.stderr
     bad = cli("results", "export", results, "-o", tmp_path / "x.txt")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 

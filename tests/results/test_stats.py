@@ -1,7 +1,9 @@
-import pytest
 import numpy as np
+import pytest
 
-from trojanbench.results.stats import auroc, bootstrap, fpr_at_tpr, tpr_at_fpr
+from trojanbench.results.stats import (Estimate, auroc, bootstrap, bootstrap_auroc, bootstrap_mean,
+                                       cluster_bootstrap_mean, fpr_at_tpr, holm, paired_test, proportion, tpr_at_fpr,
+                                       wilson)
 
 
 def test_metrics_on_known_cases():
@@ -9,15 +11,6 @@ def test_metrics_on_known_cases():
     assert auroc(labels, perfect) == 1.0 and auroc(labels, -perfect) == 0.0
     assert fpr_at_tpr(labels, perfect) == 0.0 and tpr_at_fpr(labels, perfect) == 1.0
     assert np.isnan(auroc(np.array([1, 1]), np.array([0.1, 0.2])))
-
-
-def test_bootstrap_ci_brackets_the_value_and_narrows_with_data():
-    rng = np.random.default_rng(0)
-    small = bootstrap(np.mean, rng.normal(1, 1, 20))
-    large = bootstrap(np.mean, rng.normal(1, 1, 2000))
-    assert small.low <= small.value <= small.high
-    assert large.high - large.low < small.high - small.low
-    assert large.low < 1 < large.high
 
 
 def test_fast_auroc_equals_sklearn_with_and_without_ties():
@@ -30,3 +23,102 @@ def test_fast_auroc_equals_sklearn_with_and_without_ties():
         for scores in (rng.normal(size=n), rng.integers(0, 4, n).astype(float)):  # continuous, heavily tied
             assert auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
     assert np.isnan(auroc([1, 1, 1], [0.1, 0.2, 0.3]))
+
+
+def test_wilson_interval_of_zero_of_five_and_a_proportion():
+    e = wilson(0, 5)
+    assert e.value == 0 and e.low == pytest.approx(0.0, abs=1e-9) and e.high == pytest.approx(0.4345, abs=2e-3)
+    assert e.method == "wilson" and "[0.000, 0.43" in str(e)
+    p = proportion([1, 1, 0, 1, 0, 1, 1, 1])
+    assert p.value == 0.75 and p.low < 0.75 < p.high and p.n == 8
+    with pytest.raises(ValueError):
+        proportion([0.5, 1.0])
+
+
+def test_a_cell_with_fewer_than_five_units_prints_no_interval():
+    e = bootstrap_mean([0.539])
+    assert str(e) == "0.539 (n=1)" and not e.has_interval
+    assert str(bootstrap_mean([0.1, 0.2, 0.3])) == "0.200 (n=3)"
+    assert str(wilson(0, 4)) == "0.000 (n=4)"
+    big = bootstrap_mean(np.linspace(0, 1, 20))
+    assert big.has_interval and "[" in str(big)
+    # AUROC: n is the smaller class, so 2 trojans against 20 clean models get no interval
+    few = bootstrap_auroc([1, 1] + [0] * 20, np.r_[[0.9, 0.8], np.linspace(0, 0.5, 20)])
+    assert few.n == 2 and few.value == 1.0 and not few.has_interval
+
+
+def test_bootstrap_intervals_bracket_the_value_and_narrow_with_data():
+    rng = np.random.default_rng(0)
+    small = bootstrap_mean(rng.normal(1, 1, 20))
+    large = bootstrap_mean(rng.normal(1, 1, 2000))
+    assert small.low <= small.value <= small.high
+    assert large.high - large.low < small.high - small.low
+    assert large.low < 1 < large.high
+    generic = bootstrap(np.median, rng.normal(0, 1, 50))
+    assert generic.low <= generic.value <= generic.high
+
+
+def test_vectorised_stratified_auroc_bootstrap_matches_a_loop():
+    from trojanbench.results.stats import _auroc_resampled, bootstrap_indices
+
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.ones(12, bool), np.zeros(15, bool)]
+    scores = np.round(rng.normal(size=27) + labels, 1)  # with ties
+    idx = bootstrap_indices(len(labels), 50, 3, strata=labels)
+    fast = _auroc_resampled(labels, scores, idx)
+    slow = [auroc(labels[i], scores[i]) for i in idx]
+    assert np.allclose(fast, slow)
+    assert all(labels[i].sum() == 12 for i in idx)  # stratified: every resample keeps both classes' sizes
+    est = bootstrap_auroc(labels, scores)
+    assert est.low <= est.value <= est.high and est.n == 12
+
+
+def test_a_tool_equal_to_the_baseline_plus_noise_ties():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 1, 40)
+    tool = base + rng.normal(0, 0.05, 40)
+    c = holm([paired_test(tool, base)])[0]
+    assert c.verdict == "ties" and c.diff.low < 0 < c.diff.high
+    better = holm([paired_test(base + 0.2 + rng.normal(0, 0.05, 40), base)])[0]
+    assert better.verdict == "beats" and better.p_holm < 0.05
+    worse = holm([paired_test(base - 0.2, base)], higher_is_better=True)[0]
+    assert worse.verdict == "worse"
+    lower_better = holm([paired_test(base - 0.2, base)], higher_is_better=False)[0]
+    assert lower_better.verdict == "beats"
+
+
+def test_paired_auroc_test_resamples_the_same_models_for_both_tools():
+    rng = np.random.default_rng(2)
+    labels = np.r_[np.ones(20), np.zeros(20)]
+    good = labels + rng.normal(0, 0.3, 40)
+    same = holm([paired_test(good, good.copy(), "auroc", labels)])[0]
+    assert same.diff.value == 0 and same.verdict == "ties" and same.p == 1.0
+    noise = rng.normal(size=40)
+    c = holm([paired_test(good, noise, "auroc", labels)])[0]
+    assert c.verdict == "beats" and c.diff.value > 0.3
+
+
+def test_holm_correction_changes_a_verdict_in_a_constructed_case():
+    from trojanbench.results.stats import Comparison
+
+    # two tools with raw p = 0.03 and 0.04: each alone beats the baseline at 0.05, but corrected for testing two
+    # tools Holm multiplies the smaller by 2 (0.06) and neither does
+    def comp(p):
+        return Comparison(Estimate(0.1, 0.01, 0.2, 30), p)
+
+    alone = holm([comp(0.03)])
+    assert alone[0].verdict == "beats"
+    both = holm([comp(0.03), comp(0.04)])
+    assert [c.verdict for c in both] == ["ties", "ties"] and both[0].p_holm == pytest.approx(0.06)
+
+
+def test_cluster_bootstrap_is_wider_than_treating_answers_as_independent():
+    rng = np.random.default_rng(0)
+    people, trojans = np.repeat(np.arange(8), 10), np.tile(np.arange(10), 8)
+    skill = rng.uniform(0, 1, 8)  # people differ a lot: answers of one person are correlated
+    correct = (rng.uniform(size=80) < skill[people]).astype(float)
+    clustered = cluster_bootstrap_mean(correct, people, trojans)
+    naive = bootstrap_mean(correct)
+    assert clustered.value == pytest.approx(naive.value)
+    assert clustered.high - clustered.low > naive.high - naive.low
+    assert cluster_bootstrap_mean(correct[:20], people[:20], trojans[:20]).n == 2  # two people: no interval

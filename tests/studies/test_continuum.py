@@ -37,7 +37,7 @@ def quick_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("continuum")
     summary = run_study("continuum", out, quick=True)
     with ResultsStore(summary.results) as store:
-        rows = store.rows()
+        rows = store.rows(summary.run_id)
     return out, summary, rows
 
 

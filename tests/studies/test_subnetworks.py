@@ -97,7 +97,7 @@ def test_in_context_bounds_and_finetune_leaves_model_alone(digits):
 def test_quick_study_writes_rows_figures_and_report(tmp_path):
     summary = run_study("subnetworks", tmp_path / "out", quick=True)
     with ResultsStore(summary.results) as store:
-        rows = store.rows()
+        rows = store.rows(summary.run_id)
     agg = {(r.task, r.tool, r.metric): r for r in rows if r.model_id.startswith("zoo:")}
     for method in METHODS:
         for metric in ("iso_acc", "full_acc", "removed_mean_acc", "patched_acc", "gap"):

@@ -120,7 +120,9 @@ def test_quick_study_writes_rows_figures_and_report(tiny, tmp_path, monkeypatch)
     assert result.exit_code == 0, result.output
     assert "report" in result.output and "self-distill" in result.output
     with ResultsStore(tmp_path / "out" / "results.sqlite") as store:
-        rows = store.rows()
+        runs = store.runs()
+        assert len(runs) == 1 and runs[0].kind == "study:text" and runs[0].status == "complete"
+        rows = store.rows(runs[0].run_id)
     tasks = {r.task for r in rows}
     assert {"text-trojans", "text-repair", "text-locate", "text-edit", "text-attribution"} <= tasks
     figures = [r for r in rows if r.metric == "figure"]

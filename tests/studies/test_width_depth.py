@@ -97,7 +97,7 @@ def test_quick_study_writes_rows_figures_and_report(tmp_path):
     n_shapes = sum(len(f.depths) for f in QUICK.families)
     assert len(messages) == 1 + n_shapes  # the grid, then one line per shape
     with ResultsStore(summary.results) as store:
-        rows = store.rows()
+        rows = store.rows(summary.run_id)
     board = [r for r in rows if r.model_id == "zoo:width-depth" and r.task == "width-depth-digits"]
     shapes = {r.tool for r in board} - {"chance"}
     assert len(shapes) == n_shapes

@@ -69,7 +69,12 @@ def _mutate(folder, fn):
     (lambda r: r["questions"][0].update(answer=8), "answer"),
     (lambda r: r["questions"][0].update(answer=-1), "answer"),
     (lambda r: r["questions"][0].update(judge_choice=8), "judge_choice"),
-    (lambda r: r["questions"][0].update(options=r["questions"][0]["options"][:7]), "options"),
+    (lambda r: r["questions"][0].update(options=r["questions"][0]["options"][:1]), "options"),
+    (lambda r: r["questions"][0].update(options=r["questions"][0]["options"][:3], answer=5), "names no option"),
+    (lambda r: r["questions"][0].update(options=r["questions"][0]["options"][:3], answer=0, judge_choice=3),
+     "names no option"),
+    (lambda r: r["questions"][0].update(options=r["questions"][0]["options"][:2] * 2, answer=0, judge_choice=0),
+     "distinct"),
     (lambda r: r["questions"][0].update(images=[]), "images"),
     (lambda r: r["questions"][0].update(images=r["questions"][0]["options"] * 2), "images"),
     (lambda r: r["questions"][1].update(id=r["questions"][0]["id"]), "appears twice"),
@@ -144,6 +149,19 @@ def test_write_bank_from_tensors_assigns_ids_and_paths(tmp_path):
     with Image.open(tmp_path / "bank" / "q0001" / "opt-7.png") as img:
         assert img.size == (96, 96)
         assert np.asarray(img)[0, 0] == round(float(questions[0]["options"][7][0, 0, 0]) * 255)
-    questions[0]["options"] = questions[0]["options"][:7]
+    questions[0]["options"] = questions[0]["options"][:1]
     with pytest.raises(UserError, match="question q0001: options"):
         write_bank_from_tensors(tmp_path / "bank2", questions)
+
+
+def test_a_question_may_offer_fewer_than_8_options(tmp_path):
+    """A zoo with fewer than 8 distinct triggers asks with fewer options; chance is 1/k."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    questions = [{"tool": "t", "model_id": "m", "trigger_kind": "style", "insidious": False,
+                  "images": list(torch.rand(1, 1, 8, 8, generator=g)), "options": list(torch.rand(3, 1, 8, 8, generator=g)),
+                  "answer": 2, "judge_choice": 1}]
+    write_bank_from_tensors(tmp_path / "bank", questions, "three options")
+    q = load_bank(tmp_path / "bank").questions[0]
+    assert len(q.options) == 3 and q.answer == 2 and q.chance == pytest.approx(1 / 3)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from trojanbench.report.html import collect
-from trojanbench.results import ResultRow, ResultsStore
+from trojanbench.results import ResultsStore
 from trojanbench.survey.answers import AnswerStore
 from trojanbench.survey.bank import BANK_FILE, load_bank
 from trojanbench.survey.results import fold_answers
@@ -29,9 +29,6 @@ def study(tmp_path, make_bank):
     (folder / BANK_FILE).write_text(json.dumps(raw))
     bank = load_bank(folder)
     results = tmp_path / "results.sqlite"
-    with ResultsStore(results) as rs:  # the track's own row marks B a baseline; the human rows must keep that
-        rs.write([ResultRow("B", "zoo:toy", "synthesize", "transfer_asr", 0.1, extra={"baseline": True}),
-                  ResultRow("A", "zoo:toy", "synthesize", "transfer_asr", 0.7, extra={"baseline": False})])
     with AnswerStore(results) as store:
         for pid, qid, choice in ANSWERS:
             assert store.add(bank.key, pid, qid, choice, bank.question(qid).answer, 1000)
@@ -59,30 +56,33 @@ def test_accuracy_and_agreement_match_a_hand_count(study):
     assert value[("B", "human_answers")] == 1 and value[("B", "human_participants")] == 1
     assert ("A", "mc_accuracy_human[kind=blended]") not in got
     acc = got[("A", "mc_accuracy_human")]
-    assert acc.extra["n"] == 6 and 0 <= acc.extra["low"] < acc.value < acc.extra["high"] <= 1
-    assert all(r.task == "synthesize" and r.model_id == "zoo:toy" for r in rows)
-    assert {r.extra["baseline"] for r in rows if r.tool == "B"} == {True}
-    assert {r.extra["baseline"] for r in rows if r.tool == "A"} == {False}
+    # 3 participants and 2 trojans: too few clusters for an interval (a cluster bootstrap needs 5 of each)
+    assert acc.extra["n"] == 2 and acc.extra["low"] != acc.extra["low"]
+    assert all(r.task == "survey" and r.model_id == "zoo:toy" for r in rows)
 
 
-def test_rows_land_in_the_store_and_the_report_reads_them(study):
+def test_rows_land_in_the_store_as_a_survey_run_and_the_report_reads_them(study, tmp_path):
+    from trojanbench.report.html import render_report
+
     bank, results = study
     rows = fold_answers(bank, results, n_boot=50)
     with ResultsStore(results) as rs:
-        stored = rs.rows(task="synthesize")
-    assert len(stored) == len(rows) + 2  # the two track rows are untouched
+        run = rs.latest_complete()
+        assert run.kind == "survey" and run.info["config"]["bank"] == bank.key
+        stored = rs.rows(run.run_id, task="survey")
+    assert len(stored) == len(rows) + 1  # the rows and the table's view
     tables, _ = collect(stored)
-    by_tool = {s.tool: s for s in tables["synthesize"]}
-    assert by_tool["B"].is_baseline and not by_tool["A"].is_baseline
+    by_tool = {s.tool: s for s in tables["survey"]}
     assert by_tool["A"].metrics["mc_accuracy_human"].value == pytest.approx(4 / 6)
-    assert by_tool["A"].metrics["transfer_asr"].value == 0.7
-    # folding again replaces the rows instead of adding to them
+    page = render_report(results, tmp_path / "report").read_text()
+    assert "Human study" in page and "mc_accuracy_human" in page
+    # folding again is a new run; the first stays as it was
     fold_answers(bank, results, n_boot=50)
     with ResultsStore(results) as rs:
-        assert len(rs.rows(task="synthesize")) == len(stored)
+        assert len(rs.runs()) == 2 and len(rs.rows(run.run_id, task="survey")) == len(stored)
 
 
 def test_no_answers_no_rows(tmp_path, tiny_bank):
     assert fold_answers(tiny_bank, tmp_path / "empty.sqlite") == []
     with ResultsStore(tmp_path / "empty.sqlite") as rs:
-        assert rs.count() == 0
+        assert rs.count() == 0 and rs.runs() == []

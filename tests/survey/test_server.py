@@ -143,7 +143,9 @@ def test_pages_are_self_contained(app):
 
 def test_answers_survive_a_restart(tiny_bank, tmp_path):
     results = tmp_path / "results.sqlite"
-    with ResultsStore(results) as rs:  # the survey shares the results store's file, beside its table
+    with ResultsStore(results) as rs:  # the survey shares the results store's file, beside its tables
+        run = rs.start_run("track:synthesize", {})
+    with ResultsStore(run) as rs:
         rs.write(ResultRow("t", "m", "synthesize", "transfer_asr", 0.5))
     order = question_order(tiny_bank, "p9")
     with SurveyServer(tiny_bank, results, port=0) as first:
@@ -157,7 +159,7 @@ def test_answers_survive_a_restart(tiny_bank, tmp_path):
         assert f"value='{order[1].id}'".encode() in page and b"question 2 of 3" in page
     assert stored(results) == [("p9", order[0].id, 2, int(order[0].answer == 2), 800)]
     with ResultsStore(results) as rs:
-        assert rs.count() == 1 and rs.rows()[0].value == 0.5
+        assert rs.count() == 1 and rs.rows(run.run_id)[0].value == 0.5
 
 
 def test_port_in_use_and_bad_results_paths(tiny_bank, tmp_path):
@@ -177,3 +179,72 @@ def test_an_answer_that_cannot_be_stored_is_a_503_not_a_silent_loss(app):
     app.store.close()  # stands in for a disk or lock failure
     status, _, page = post(app, {"participant": "p1", "question": "q0000", "choice": "1", "ms": ""})
     assert status == 503 and b"could not be stored" in page
+
+
+def _multi_tool_bank(tmp_path, make_bank, models=6, tools=("A", "B", "C")):
+    """One question per (model, tool), as the synthesize track writes them."""
+    import json
+
+    from trojanbench.survey.bank import BANK_FILE
+
+    folder, _ = make_bank(tmp_path / "multi", n=models * len(tools), tools=tools)
+    raw = json.loads((folder / BANK_FILE).read_text())
+    for i, q in enumerate(raw["questions"]):
+        q["model_id"] = f"model-{i // len(tools)}"
+    (folder / BANK_FILE).write_text(json.dumps(raw))
+    return load_bank(folder)
+
+
+def test_each_participant_gets_one_tool_per_model_in_balanced_shares(tmp_path, make_bank):
+    from collections import Counter
+
+    bank = _multi_tool_bank(tmp_path, make_bank)
+    pairs = Counter()
+    for p in range(60):
+        mine = question_order(bank, f"p{p}")
+        assert len(mine) == 6 and len({q.model_id for q in mine}) == 6  # every model once, one tool each
+        assert set(Counter(q.tool for q in mine).values()) == {2}  # the tools take turns: 2 questions each
+        assert [q.id for q in mine] == [q.id for q in question_order(bank, f"p{p}")]
+        pairs.update((q.model_id, q.tool) for q in mine)
+    assert len(pairs) == 18 and min(pairs.values()) >= 8, pairs  # about 20 each over 60 participants
+
+
+def test_options_are_shuffled_per_participant_and_answers_name_bank_options(tmp_path, make_bank):
+    import re
+
+    from trojanbench.survey.server import option_order
+
+    bank = _multi_tool_bank(tmp_path, make_bank, models=2, tools=("A", "B"))
+    orders = {p: tuple(option_order(bank.questions[0], p)) for p in ("alice", "bob", "carol", "dave")}
+    assert len(set(orders.values())) > 1 and all(sorted(o) == list(range(8)) for o in orders.values())
+    with SurveyServer(bank, tmp_path / "r.sqlite", port=0) as server:
+        server.start()
+        mine = question_order(bank, "alice")
+        page = request(server, "GET", "/q?participant=alice")[2].decode()
+        values = [int(v) for v in re.findall(r"name=choice value=(\d)", page)]
+        assert values == option_order(mine[0], "alice")  # shown in alice's order, each posting its bank index
+        assert b"question 1 of 2" in page.encode()
+        # a question of the same model for another tool is not alice's: refused, nothing stored
+        other = next(q for q in bank.questions if q.model_id == mine[0].model_id and q.id != mine[0].id)
+        assert post(server, {"participant": "alice", "question": other.id, "choice": "0", "ms": ""})[0] == 400
+        assert post(server, {"participant": "alice", "question": mine[0].id, "choice": mine[0].answer, "ms": ""})[0] == 303
+    assert stored(tmp_path / "r.sqlite") == [("alice", mine[0].id, mine[0].answer, 1, None)]
+
+
+def test_a_choice_past_the_question_s_options_is_refused(tmp_path):
+    import torch
+
+    from trojanbench.survey.bank import write_bank_from_tensors
+
+    g = torch.Generator().manual_seed(0)
+    write_bank_from_tensors(tmp_path / "bank", [{
+        "tool": "t", "model_id": "m", "trigger_kind": "style", "insidious": False, "answer": 1, "judge_choice": 1,
+        "images": list(torch.rand(1, 1, 8, 8, generator=g)), "options": list(torch.rand(3, 1, 8, 8, generator=g))}])
+    bank = load_bank(tmp_path / "bank")
+    with SurveyServer(bank, tmp_path / "r.sqlite", port=0) as server:
+        server.start()
+        page = request(server, "GET", "/q?participant=p1")[2]
+        assert page.count(b"<button") == 3
+        assert post(server, {"participant": "p1", "question": "q0001", "choice": "3", "ms": ""})[0] == 400
+        assert post(server, {"participant": "p1", "question": "q0001", "choice": "2", "ms": ""})[0] == 303
+    assert stored(tmp_path / "r.sqlite") == [("p1", "q0001", 2, 0, None)]

@@ -1,5 +1,5 @@
 """The detection track on a small zoo of crude patch trojans: the batched Neural Cleanse finds targets,
-spectral signatures finds poisoned samples, the leaderboard and results land, bad input is refused."""
+spectral signatures and STRIP find poisoned samples, the leaderboard and results land, bad input is refused."""
 
 import subprocess
 import sys
@@ -30,15 +30,15 @@ def patch_zoo(tmp_path_factory):
 
 
 def test_batched_neural_cleanse_finds_the_target_of_patch_trojans(patch_zoo, tmp_path):
-    model_scores, _ = run_detect_track(patch_zoo, tmp_path / "r.sqlite", ["neural-cleanse", "random"], n_boot=200)
-    nc = {s.tool: s for s in model_scores}["neural-cleanse"]
+    model_board = run_detect_track(patch_zoo, tmp_path / "r.sqlite", ["neural-cleanse", "random"], n_boot=200)[0]
+    nc = model_board.get("neural-cleanse")
     assert nc.metrics["target_accuracy"].value >= 0.75
     assert nc.metrics["trigger_iou"].value > 0.0
     with ResultsStore(tmp_path / "r.sqlite") as store:
-        rows = store.rows(tool="neural-cleanse", task="detect-model", metric="score")
-        assert len(rows) == 4 and all("target_label" in r.extra for r in rows)
-        agg = store.rows(tool="neural-cleanse", metric="auroc")
-        assert len(agg) == 1 and agg[0].extra["low"] <= agg[0].value <= agg[0].extra["high"]
+        run = store.latest_complete()  # a standalone track call is a run of its own
+        assert run.kind == "track:detect"
+        rows = store.rows(run.run_id, tool="neural-cleanse", task="detect-model", metric="score")
+        assert len(rows) == 4 and all("target_label" in r.extra and r.extra["role"] == "tool" for r in rows)
 
 
 def test_neural_cleanse_optimises_all_classes_in_one_batch(digits):
@@ -50,9 +50,10 @@ def test_neural_cleanse_optimises_all_classes_in_one_batch(digits):
 
 
 @pytest.mark.parametrize("rate", [0.05, 0.1])
-def test_spectral_activation_clustering_and_strip_flag_poisoned_samples_of_a_crude_patch_trojan(digits, rate):
+def test_spectral_and_strip_flag_poisoned_samples_of_a_crude_patch_trojan(digits, rate):
     """The issue's floor (poisoned-sample AUROC >= 0.9 on crude patch trojans), at both poison rates of the
-    default zoo. At 10% half of the target class is poison, where the smaller-cluster rule cannot work."""
+    default zoo. Activation clustering has its own tests (tests/tools/test_detect_samples.py), at 17%, 50% and
+    75% of the target class."""
     from trojanbench.implant import prepare
 
     spec = TrojanSpec(trigger=TriggerSpec(kind="patch"), poison=PoisonSpec(target=3, rate=rate))
@@ -63,9 +64,8 @@ def test_spectral_activation_clustering_and_strip_flag_poisoned_samples_of_a_cru
     flags[p.poisoned_indices.numpy()] = 1
     ctx = DetectContext(digits.x_test[:200], digits.y_test[:200], 10)
     score = {name: auroc(flags, SAMPLE_DETECTORS.get(name)().suspicion(result.model, p.x, p.y, ctx).numpy())
-             for name in ("spectral", "activation-clustering", "strip", "random")}
-    assert score["activation-clustering"] >= 0.95, score
-    assert score["strip"] >= 0.9, score  # the original's saturating superimposition keeps the patch intact
+             for name in ("spectral", "strip", "random")}
+    assert score["strip"] >= 0.9, score  # the original's unclipped sum keeps the patch intact
     if rate == 0.05:
         assert score["spectral"] >= 0.9, score
     assert abs(score["random"] - 0.5) < 0.1
@@ -110,7 +110,8 @@ def test_an_installed_plugin_detector_appears_on_the_leaderboard(patch_zoo, tmp_
     assert r.returncode == 0, r.stderr
     assert "noise-sensitivity" in r.stdout and "random" in r.stdout
     with ResultsStore(tmp_path / "run" / "results.sqlite") as store:
-        assert store.rows(tool="noise-sensitivity", metric="auroc")[0].extra["n"] == 4
+        run = store.latest_complete()
+        assert len(store.rows(run.run_id, tool="noise-sensitivity", metric="score")) == 4
 
     # a plug-in that fails to import is named in one line, not a traceback
     broken = tmp_path / "broken"

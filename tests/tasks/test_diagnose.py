@@ -1,5 +1,5 @@
-"""The attribution part of the diagnosis track on a tiny zoo: scores, per-model and aggregate rows, the
-randomized-model sanity check, one PNG panel per trigger kind, a leaderboard that prints."""
+"""The attribution part of the diagnosis track on a tiny zoo: scores, per-model rows, the randomized-model sanity
+check, one PNG panel per trigger kind, a leaderboard that prints, methods that collapse reported once."""
 
 import math
 
@@ -31,12 +31,12 @@ def small_zoo(tmp_path_factory):
 @pytest.fixture(scope="module")
 def track(small_zoo, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("diag-run")
-    scores = run_diagnose_track(small_zoo, tmp / "r.sqlite", TOOLS, n_images=12, n_boot=100, images_dir=tmp / "img")
-    return {s.tool: s for s in scores}, tmp
+    board = run_diagnose_track(small_zoo, tmp / "r.sqlite", TOOLS, n_images=12, n_boot=100, images_dir=tmp / "img")
+    return {s.tool: s for s in board.scores}, tmp, board
 
 
 def test_gradient_maps_point_at_the_patch_and_pass_the_sanity_check(track):
-    scores, _ = track
+    scores, _, _ = track
     assert set(scores) == set(TOOLS)
     best = max(scores[t].metrics["pointing_game[kind=patch]"].value for t in ("saliency", "guided-backprop"))
     assert best >= 0.9
@@ -53,26 +53,35 @@ def test_gradient_maps_point_at_the_patch_and_pass_the_sanity_check(track):
 
 
 def test_rows_panels_and_leaderboard(track):
-    scores, tmp = track
+    scores, tmp, board = track
     with ResultsStore(tmp / "r.sqlite") as store:
-        per_model = store.rows(tool="saliency", task=TASK, metric="correlation")
-        models = [r for r in per_model if not r.model_id.startswith("zoo:")]
-        assert len(models) == 2 and all({"kind", "attack_success", "seconds"} <= set(r.extra) for r in models)
-        agg = store.rows(tool="saliency", task=TASK, metric="pointing_game[kind=patch]")
-        assert len(agg) == 1 and agg[0].model_id == "zoo:diag-zoo" and "low" in agg[0].extra
+        run = store.latest_complete()
+        per_model = store.rows(run.run_id, tool="saliency", task=TASK, metric="correlation")
+        assert len(per_model) == 2 and all({"groups", "role", "attack_success"} <= set(r.extra) for r in per_model)
     pngs = sorted(p.name for p in (tmp / "img").glob("*.png"))
     assert pngs == ["diagnose-blended.png", "diagnose-patch.png"]
     assert all((tmp / "img" / p).stat().st_size > 1000 for p in pngs)
     console = Console(record=True, width=160)
-    console.print(leaderboard("Does the map point at the trigger?", list(scores.values()), "pointing_game[kind=patch]",
-                              [("pointing_game[kind=patch]", "PG patch"), ("correlation", "corr"),
-                               ("sanity_similarity", "sanity")]))
+    console.print(leaderboard(board))
     text = console.export_text()
-    assert "saliency" in text and "baseline" in text
+    assert "saliency" in text and "baseline" in text and "n=1" in text  # one patch trojan: no interval
+
+
+def test_a_method_identical_to_another_is_reported_once(small_zoo, tmp_path):
+    from trojanbench.tasks.diagnose import collapsed_methods
+    from trojanbench.tools.attribute import ATTRIBUTORS
+    from trojanbench.zoo.build import Zoo
+    from trojanbench.zoo.store import load_model
+
+    _, folder, _ = Zoo(small_zoo).models()[0]
+    model, _ = load_model(folder)
+    x = Zoo(small_zoo).dataset().x_test[:3]
+    tools = {n: ATTRIBUTORS.get(n)() for n in ("saliency", "input-x-gradient", "saliency")} | {"again": ATTRIBUTORS.get("saliency")()}
+    assert collapsed_methods(tools, model, x, 2) == {"again": "saliency"}
 
 
 def test_max_models_and_bad_zoo(small_zoo, tmp_path):
-    scores = run_diagnose_track(small_zoo, tmp_path / "r.sqlite", ["sobel"], n_images=4, n_boot=10, max_models=1)
-    assert scores[0].metrics["correlation"].n == 1
+    board = run_diagnose_track(small_zoo, tmp_path / "r.sqlite", ["sobel"], n_images=4, n_boot=10, max_models=1)
+    assert board.scores[0].metrics["correlation"].n == 1
     with pytest.raises(UserError, match="not a zoo"):
         run_diagnose_track(tmp_path, tmp_path / "r2.sqlite", ["sobel"])

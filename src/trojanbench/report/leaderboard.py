@@ -1,42 +1,60 @@
-"""Terminal leaderboards: mean and 95% CI per tool, ranked, baselines highlighted, and every tool whose
-CI does not clear the best baseline marked as such."""
+"""Terminal leaderboards: each tool's cells (95% CIs; "n=3" where fewer than 5 models stand behind a cell), ranked,
+baselines dimmed, and one verdict column: the paired, Holm-corrected comparison with the strongest baseline
+(computed in results.boards)."""
 
 from __future__ import annotations
 
 import math
 
+from rich.markup import escape
 from rich.table import Table
 
-from ..results.stats import Estimate
+from ..results.boards import Board, ToolScores
 
 
-def beats(est: Estimate, baseline: float, higher_is_better: bool = True) -> bool:
-    if math.isnan(est.value) or math.isnan(baseline):
-        return False
-    bound = est.low if higher_is_better else est.high
-    if math.isnan(bound):
-        bound = est.value
-    return bound > baseline if higher_is_better else bound < baseline
+def header(board: Board, aggregate: str) -> str:
+    return board.spec.header(aggregate)
 
 
-def leaderboard(title: str, scores, key: str, columns: list[tuple[str, str]], higher_is_better: bool = True) -> Table:
-    """`scores`: ToolScores-like objects (tool, is_baseline, metrics); `columns`: (metric, header)."""
-    nan_last = (lambda s: (math.isnan(s.metrics[key].value), -s.metrics[key].value if higher_is_better
-                           else s.metrics[key].value))
-    ranked = sorted(scores, key=nan_last)
-    base_values = [s.metrics[key].value for s in scores if s.is_baseline and not math.isnan(s.metrics[key].value)]
-    best_base = (max if higher_is_better else min)(base_values) if base_values else float("nan")
-    t = Table(title=title, caption=f"95% bootstrap CIs in brackets; ranked by {key}; best baseline {best_base:.3f}"
-              if base_values else None)
+def verdict_text(s: ToolScores, reference: str | None, higher_is_better: bool = True) -> str:
+    if s.role != "tool":
+        return s.role
+    c = s.comparison
+    if c is None or reference is None or math.isnan(c.diff.value):
+        return "n/a"
+    if math.isnan(c.p_holm):
+        return c.verdict
+    return f"{c.verdict} ({c.diff.value:+.3f}, p={c.p_holm:.2g})"
+
+
+def caption(board: Board) -> str:
+    parts = []
+    if board.spec.population:
+        parts.append(board.spec.population)
+    parts.append(f"Ranked by {board.spec.key} ({'higher' if board.spec.higher_is_better else 'lower'} is better). "
+                 "95% intervals: Wilson for proportions, bootstrap over models otherwise; n<5: no interval.")
+    n_tools = sum(1 for s in board.scores if s.role == "tool" and s.comparison is not None)
+    if board.reference and n_tools:
+        parts.append(f"Verdict: paired bootstrap of (tool - {board.reference}, the strongest baseline) on "
+                     f"{board.spec.key} over the same models, p Holm-corrected over {n_tools} tools; "
+                     "beats / ties / worse at 0.05.")
+    if board.spec.note:
+        parts.append(board.spec.note)
+    return " ".join(parts)
+
+
+def leaderboard(board: Board) -> Table:
+    main = [m for m in board.spec.main if any(m in s.metrics for s in board.scores)]
+    t = Table(title=escape(board.spec.title), caption=escape(caption(board)), caption_justify="left")
     t.add_column("rank", justify="right")
     t.add_column("tool", no_wrap=True)
-    for _, header in columns:
-        t.add_column(header, justify="right")
-    t.add_column("vs baseline")
-    for rank, s in enumerate(ranked, 1):
-        cells = [str(s.metrics[m]) if m in s.metrics else "-" for m, _ in columns]
-        verdict = "baseline" if s.is_baseline else ("beats" if beats(s.metrics[key], best_base, higher_is_better)
-                                                    else "does not beat")
-        style = "dim" if s.is_baseline else ("bold" if verdict == "beats" else "")
-        t.add_row(str(rank), s.tool, *cells, verdict, style=style)
+    for m in main:
+        t.add_column(escape(header(board, m)), justify="right")
+    t.add_column("n", justify="right")
+    t.add_column(escape(f"vs {board.reference}" if board.reference else "verdict"))
+    for rank, s in enumerate(board.scores, 1):
+        cells = [str(s.metrics[m]) if m in s.metrics else "-" for m in main]
+        verdict = verdict_text(s, board.reference, board.spec.higher_is_better)
+        style = "dim" if s.role != "tool" else ("bold" if verdict.startswith("beats") else "")
+        t.add_row(str(rank), escape(s.tool), *map(escape, cells), str(s.n_models), escape(verdict), style=style)
     return t

@@ -1,5 +1,5 @@
-"""The results store: one row per (tool, model, task, metric, seed)."""
+"""The results store: runs side by side, one row per (run, tool, model, task, metric, seed); boards and statistics."""
 
-from .store import ResultRow, ResultsStore
+from .store import ResultRow, ResultsStore, RunInfo, RunTarget, recording
 
-__all__ = ["ResultRow", "ResultsStore"]
+__all__ = ["ResultRow", "ResultsStore", "RunInfo", "RunTarget", "recording"]

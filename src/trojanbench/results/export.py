@@ -1,4 +1,4 @@
-"""Export the results store to CSV, JSON lines or Parquet (Parquet needs pyarrow, which is optional)."""
+"""Export one run of the results store to CSV, JSON lines or Parquet (Parquet needs pyarrow, which is optional)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from ..errors import UserError
 from ..utils import atomic_write_text
 from .store import ResultsStore
 
-COLUMNS = ["tool", "model_id", "task", "metric", "value", "seed", "tool_version", "config_hash", "extra"]
+COLUMNS = ["run_id", "tool", "model_id", "task", "metric", "value", "seed", "tool_version", "extra"]
 
 
-def export_rows(results: str | Path, out: str | Path, task: str | None = None, tool: str | None = None) -> int:
+def export_rows(results: str | Path, out: str | Path, task: str | None = None, tool: str | None = None,
+                run_id: str | None = None) -> int:
+    """Write the rows of one run (the latest complete one unless `run_id` names another) to `out`."""
     results, out = Path(results), Path(out)
     if not results.is_file():
         raise UserError(f"no results store at {results}")
@@ -23,8 +25,9 @@ def export_rows(results: str | Path, out: str | Path, task: str | None = None, t
         raise UserError(f"--out {out}: give a .csv, .jsonl or .parquet file")
     where = {k: v for k, v in (("task", task), ("tool", tool)) if v is not None}
     with ResultsStore(results) as store:
-        rows = [dict(zip(COLUMNS, (r.tool, r.model_id, r.task, r.metric, r.value, r.seed, r.tool_version, r.config_hash,
-                                   json.dumps(r.extra, sort_keys=True)))) for r in store.rows(**where)]
+        run = store.run(run_id) if run_id else store.latest_complete()
+        rows = [dict(zip(COLUMNS, (r.run_id, r.tool, r.model_id, r.task, r.metric, r.value, r.seed, r.tool_version,
+                                   json.dumps(r.extra, sort_keys=True)))) for r in store.rows(run.run_id, **where)]
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".csv":
         buf = io.StringIO()

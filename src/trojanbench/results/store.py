@@ -1,23 +1,45 @@
-"""SQLite results store in WAL mode, safe for several processes writing at once.
+"""SQLite results store in WAL mode, safe for several processes writing at once, holding many runs side by side.
 
-One row per (tool, model_id, task, metric, seed); writing the same key again replaces the value,
-so re-running a tool is idempotent. Each write is its own short transaction with a generous busy
-timeout, so concurrent writers queue instead of failing.
+A *run* is one `trojanbench run`, one study, one standalone track call or one survey scoring. Each has a run id
+derived from its config hash, seed, package version and start time, a row in the `runs` table (what it ran on,
+when it started, when it finished: a run with no finish time is still running or was interrupted) and its id on
+every result row. Nothing reads rows without naming their run, so no report can mix two runs.
+
+Result rows: one per (run, tool, model_id, task, metric, seed); writing the same key again within a run
+replaces the value, so re-running a tool inside one run is idempotent. Each write is its own short transaction
+with a generous busy timeout, so concurrent writers queue instead of failing.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import UserError
+from ..utils import canonical_json, sha256_bytes
 
+SCHEMA_VERSION = 2
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    config_hash TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    started REAL NOT NULL,
+    finished REAL,
+    info TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS results (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
     tool TEXT NOT NULL,
     model_id TEXT NOT NULL,
     task TEXT NOT NULL,
@@ -25,11 +47,11 @@ CREATE TABLE IF NOT EXISTS results (
     seed INTEGER NOT NULL DEFAULT 0,
     value REAL,
     tool_version TEXT,
-    config_hash TEXT,
     extra TEXT,
     created REAL NOT NULL,
-    PRIMARY KEY (tool, model_id, task, metric, seed)
+    PRIMARY KEY (run_id, tool, model_id, task, metric, seed)
 );
+CREATE INDEX IF NOT EXISTS results_by_run_task ON results (run_id, task);
 """
 
 
@@ -42,12 +64,70 @@ class ResultRow:
     value: float | None
     seed: int = 0
     tool_version: str = ""
-    config_hash: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    run_id: str = ""  # filled in by the store from the run it writes for
+
+
+@dataclass(frozen=True)
+class RunTarget:
+    """Where a run's rows go: the store's path and the run's id. Accepted wherever a results path is (it is
+    path-like), so a track called with one writes into that run; called with a plain path it opens a run of
+    its own (see `recording`)."""
+
+    path: Path
+    run_id: str
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+
+@dataclass
+class RunInfo:
+    run_id: str
+    kind: str
+    config_hash: str
+    seed: int
+    version: str
+    started: float
+    finished: float | None
+    info: dict[str, Any]
+
+    @property
+    def status(self) -> str:
+        """complete, running (its process is alive on this host) or interrupted."""
+        if self.finished is not None:
+            return "complete"
+        pid, host = self.info.get("pid"), self.info.get("host")
+        if pid and host == socket.gethostname():
+            try:
+                os.kill(int(pid), 0)
+                return "running"
+            except (ProcessLookupError, PermissionError, ValueError):
+                pass
+        return "interrupted"
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("trojanbench")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def make_run_id(config_hash: str, seed: int, version: str, started: float) -> str:
+    """Readable and unique: UTC start time, then a hash of (config hash, seed, package version, start time)."""
+    digest = sha256_bytes(canonical_json({"config": config_hash, "seed": seed, "version": version,
+                                          "started": repr(started)}).encode())[:8]
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(started)) + f"-{digest}"
 
 
 class ResultsStore:
-    def __init__(self, path: str | Path, timeout: float = 60.0):
+    """`ResultsStore(path)` reads any run and writes none; `ResultsStore(RunTarget)` also writes that run's rows."""
+
+    def __init__(self, path: str | Path | RunTarget, timeout: float = 60.0):
+        self.run_id = path.run_id if isinstance(path, RunTarget) else None
         self.path = Path(path)
         if self.path.is_dir():
             raise UserError(f"results store {self.path} is a folder; give a file path such as results.sqlite")
@@ -57,42 +137,103 @@ class ResultsStore:
             self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._check_schema()
             self._conn.executescript(SCHEMA)
+            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as e:
             raise UserError(f"{self.path} is not a trojanbench results store ({e})") from None
 
+    def _check_schema(self) -> None:
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if version > SCHEMA_VERSION:
+            self._conn.close()
+            raise UserError(f"{self.path} was written by a newer trojanbench (store schema {version}); upgrade trojanbench")
+        if "results" in tables and version < SCHEMA_VERSION:
+            self._conn.close()
+            raise UserError(f"{self.path} was written by trojanbench < 0.2: its rows carry no run id, so they may mix "
+                            "runs and cannot be reported safely; move it aside and run again")
+
+    # -- runs ------------------------------------------------------------------------------------------------
+    def start_run(self, kind: str, config: dict[str, Any], seed: int = 0, info: dict[str, Any] | None = None) -> RunTarget:
+        """Register a new run (unfinished until `finish_run`) and return where its rows go."""
+        from ..utils import library_versions
+
+        config_hash = sha256_bytes(canonical_json(config).encode())[:16]
+        version, started = package_version(), time.time()
+        run_id = make_run_id(config_hash, seed, version, started)
+        body = {"config": config, "versions": library_versions(), "pid": os.getpid(), "host": socket.gethostname(),
+                **machine_info(), **(info or {})}
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("INSERT INTO runs (run_id, kind, config_hash, seed, version, started, finished, info) "
+                               "VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
+                               (run_id, kind, config_hash, seed, version, started, json.dumps(body, sort_keys=True)))
+        return RunTarget(self.path, run_id)
+
+    def update_run(self, run_id: str, **info: Any) -> None:
+        """Merge `info` into a run's info (e.g. the zoo it ended up using)."""
+        run = self.run(run_id)
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("UPDATE runs SET info = ? WHERE run_id = ?",
+                               (json.dumps({**run.info, **info}, sort_keys=True), run_id))
+
+    def finish_run(self, run_id: str) -> None:
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("UPDATE runs SET finished = ? WHERE run_id = ?", (time.time(), run_id))
+
+    def runs(self, kind: str | None = None) -> list[RunInfo]:
+        """Every run in the store, oldest first."""
+        sql = "SELECT run_id, kind, config_hash, seed, version, started, finished, info FROM runs"
+        cur = self._conn.execute(sql + (" WHERE kind = ?" if kind else "") + " ORDER BY started, run_id",
+                                 (kind,) if kind else ())
+        return [RunInfo(*r[:7], info=json.loads(r[7] or "{}")) for r in cur.fetchall()]
+
+    def run(self, run_id: str) -> RunInfo:
+        matches = [r for r in self.runs() if r.run_id == run_id or r.run_id.startswith(run_id)]
+        if len(matches) != 1:
+            known = ", ".join(r.run_id for r in self.runs()[-5:]) or "none"
+            what = "no run" if not matches else f"{len(matches)} runs"
+            raise UserError(f"{self.path} holds {what} matching {run_id!r} (latest: {known}); see `trojanbench runs {self.path}`")
+        return matches[0]
+
+    def latest_complete(self, kind: str | None = None) -> RunInfo:
+        done = [r for r in self.runs(kind) if r.finished is not None]
+        if not done:
+            others = self.runs(kind)
+            hint = f"; its runs: {', '.join(f'{r.run_id} ({r.status})' for r in others[-3:])}, pick one with --run" if others else ""
+            raise UserError(f"{self.path} holds no complete run{hint}")
+        return max(done, key=lambda r: (r.finished, r.started))
+
+    # -- rows ------------------------------------------------------------------------------------------------
     def write(self, rows: ResultRow | Iterable[ResultRow]) -> int:
         rows = [rows] if isinstance(rows, ResultRow) else list(rows)
+        if self.run_id is None:
+            raise ValueError("this store was opened without a run: open it with a RunTarget (start_run) to write rows")
         now = time.time()
-        values = [(r.tool, r.model_id, r.task, r.metric, r.seed, None if r.value is None else float(r.value),
-                   r.tool_version, r.config_hash, json.dumps(r.extra, sort_keys=True), now) for r in rows]
+        values = [(self.run_id, r.tool, r.model_id, r.task, r.metric, r.seed, None if r.value is None else float(r.value),
+                   r.tool_version, json.dumps(r.extra, sort_keys=True, default=_json_default), now) for r in rows]
         with self._conn:  # BEGIN ... COMMIT, retried by sqlite under busy_timeout
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.executemany(
-                "INSERT OR REPLACE INTO results (tool, model_id, task, metric, seed, value, tool_version, "
-                "config_hash, extra, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+                "INSERT OR REPLACE INTO results (run_id, tool, model_id, task, metric, seed, value, tool_version, "
+                "extra, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
         return len(values)
 
-    def rows(self, **where: Any) -> list[ResultRow]:
+    def rows(self, run_id: str, **where: Any) -> list[ResultRow]:
+        """The rows of one run (`run_id`), optionally filtered by column values (tool=, task=, metric=, ...)."""
+        where = {"run_id": run_id, **where}
         clauses = " AND ".join(f"{k} = ?" for k in where)
-        sql = "SELECT tool, model_id, task, metric, value, seed, tool_version, config_hash, extra FROM results"
-        cur = self._conn.execute(sql + (f" WHERE {clauses}" if where else "") + " ORDER BY tool, task, metric, model_id, seed",
-                                 tuple(where.values()))
-        return [ResultRow(*r[:8], extra=json.loads(r[8] or "{}")) for r in cur.fetchall()]
+        sql = "SELECT tool, model_id, task, metric, value, seed, tool_version, extra, run_id FROM results"
+        cur = self._conn.execute(sql + f" WHERE {clauses} ORDER BY tool, task, metric, model_id, seed", tuple(where.values()))
+        return [ResultRow(*r[:7], extra=json.loads(r[7] or "{}"), run_id=r[8]) for r in cur.fetchall()]
 
-    def stamp(self, config_hash: str, versions: dict[str, str]) -> int:
-        """Give every row written without a config hash this one, and the library versions in its `extra`
-        (a run stamps what its tracks wrote)."""
-        rows = self._conn.execute("SELECT rowid, extra FROM results WHERE config_hash IS NULL OR config_hash = ''").fetchall()
-        with self._conn:
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.executemany("UPDATE results SET config_hash = ?, extra = ? WHERE rowid = ?",
-                                   [(config_hash, json.dumps({**json.loads(e or "{}"), "versions": versions}, sort_keys=True), i)
-                                    for i, e in rows])
-        return len(rows)
-
-    def count(self) -> int:
-        return self._conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+    def count(self, run_id: str | None = None) -> int:
+        if run_id is None:
+            return self._conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+        return self._conn.execute("SELECT COUNT(*) FROM results WHERE run_id = ?", (run_id,)).fetchone()[0]
 
     def close(self) -> None:
         self._conn.close()
@@ -106,3 +247,49 @@ class ResultsStore:
     @staticmethod
     def as_dicts(rows: list[ResultRow]) -> list[dict]:
         return [asdict(r) for r in rows]
+
+
+def _json_default(o):
+    if hasattr(o, "item"):  # numpy / torch scalars
+        return o.item()
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def machine_info() -> dict[str, Any]:
+    """What a timing or a number depends on: cores, torch threads, git commit of the code, date."""
+    import subprocess
+
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    commit = None
+    try:
+        here = Path(__file__).resolve().parent
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                timeout=5).stdout.strip() or None
+        if commit:
+            # the code only: results files and docs that a benchmark rewrites do not make the code dirty
+            top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=here, capture_output=True, text=True,
+                                 timeout=5).stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "benchmarks/*.py", "pyproject.toml"],
+                                   cwd=top or here, capture_output=True, text=True, timeout=5).stdout.strip()
+            commit += "-dirty" if dirty else ""
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"cores": cores, "torch_threads": torch.get_num_threads(), "commit": commit,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+@contextmanager
+def recording(results: str | Path | RunTarget | None, kind: str, config: dict[str, Any], seed: int = 0,
+              info: dict[str, Any] | None = None) -> Iterator[RunTarget | None]:
+    """The run a track writes into: the caller's (a RunTarget: the caller starts and finishes it), a new one of
+    its own (a plain path: finished when the block ends without an error), or none (None: nothing is stored)."""
+    if results is None or isinstance(results, RunTarget):
+        yield results
+        return
+    with ResultsStore(results) as store:
+        target = store.start_run(kind, config, seed, info)
+    yield target
+    with ResultsStore(results) as store:
+        store.finish_run(target.run_id)

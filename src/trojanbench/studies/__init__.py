@@ -5,9 +5,9 @@ A study is a function `(out_dir, seed, quick, progress) -> StudySummary` registe
     @register_study("my-claim")
     def my_claim(out_dir: Path, seed: int, quick: bool, progress: Progress) -> StudySummary: ...
 
-It writes its rows (aggregates with model_id `zoo:<...>` and `low`/`high`/`n` in `extra`, figures through
-`report.html.figure_row`) into `out_dir/results.sqlite`, the report is rendered from that store, and the
-summary is what the CLI prints. `quick=True` is a tiny configuration for tests (well under a minute).
+It records its rows (aggregates with `low`/`high`/`n` in `extra`, per-seed rows, figures through
+`report.html.figure_row`) as one run of `out_dir/results.sqlite` with `record_study`, which also stores the views
+the study registered, so the report of that run needs no code of the study; the summary is what the CLI prints. `quick=True` is a tiny configuration for tests (well under a minute).
 A study module registers itself when imported: add it to the import line at the bottom.
 """
 
@@ -28,6 +28,22 @@ class StudySummary:
     results: Path
     findings: dict[str, str] = field(default_factory=dict)  # headline -> value with its CI, in print order
     seconds: float = 0.0
+    run_id: str | None = None
+
+
+def record_study(results: Path, name: str, config: dict, seed: int, rows: list) -> str:
+    """Write a study's rows as one complete run of the store at `results` (with the views of their tasks);
+    returns the run id."""
+    from ..report.html import VIEWS, view_row
+    from ..results import ResultsStore
+
+    with ResultsStore(results) as store:
+        target = store.start_run(f"study:{name}", config, seed)
+    tasks = sorted({r.task for r in rows})
+    with ResultsStore(target) as store:
+        store.write(list(rows) + [view_row(task, VIEWS[task]) for task in tasks if task in VIEWS])
+        store.finish_run(target.run_id)
+    return target.run_id
 
 
 Study = Callable[[Path, int, bool, Progress], StudySummary]

@@ -50,7 +50,7 @@ from ..data import ImageDataset, load_dataset
 from ..errors import UserError
 from ..models import build_model, data_kwargs
 from ..report.html import View, figure_row, register_view
-from ..results import ResultRow, ResultsStore
+from ..results import ResultRow
 from ..results.stats import Estimate, auroc, bootstrap, mean
 from ..tasks.diagnose import footprints, score_maps
 from ..tools.attribute import ATTRIBUTORS
@@ -61,8 +61,8 @@ from ..train.evaluate import clean_test_mask
 from ..trojans import PoisonSpec, TriggerSpec, make_trigger, poison_dataset
 from ..trojans.poison import PoisonedData, attack_mask
 from ..trojans.triggers import NaturalFeatureTrigger, Trigger
-from ..utils import canonical_json, one_thread, sha256_bytes
-from . import Progress, StudySummary, register_study
+from ..utils import one_thread
+from . import Progress, StudySummary, record_study, register_study
 
 MODEL_ID = "zoo:continuum-digits"
 TASK_TROJANS, TASK_MODEL, TASK_SAMPLES, TASK_ATTR = ("continuum-trojans", "continuum-detect-model",
@@ -361,10 +361,9 @@ def run_continuum_study(out_dir: Path, seed: int = 0, cfg: ContinuumConfig = Con
 
     described = [{"name": p.name, "trigger": p.trigger.model_dump(), "graded_from": p.graded_from, "control": p.control}
                  for p in points]
-    config_hash = sha256_bytes(canonical_json({"cfg": asdict(cfg), "points": described}).encode())[:16]
     baselines = {TASK_MODEL: {"random", "entropy", "accuracy", "weight-stats"}, TASK_SAMPLES: {"random", "knn-pixels"},
                  TASK_ATTR: {"sobel"}, TASK_TROJANS: {"clean-twin"}}
-    rows = [ResultRow(tool, MODEL_ID, task, metric, e.value, seed=seed, config_hash=config_hash,
+    rows = [ResultRow(tool, MODEL_ID, task, metric, e.value, seed=seed,
                       extra={"low": e.low, "high": e.high, "n": e.n, "baseline": tool in baselines.get(task, set())})
             for (task, tool, metric), e in est.items()]
     rows += per_model
@@ -377,12 +376,11 @@ def run_continuum_study(out_dir: Path, seed: int = 0, cfg: ContinuumConfig = Con
                            "distributional shift (right); 95% bootstrap CIs over models. Top left: the trojans' "
                            "attack success and their clean twins'.", seed=seed))
     results = out_dir / "results.sqlite"
-    with ResultsStore(results) as store:
-        store.write(rows)
+    run_id = record_study(results, "continuum", {"cfg": asdict(cfg), "points": described}, seed, rows)
     seconds = time.perf_counter() - start
     findings = _findings(get, [p.name for p in points if not p.control], [p.name for p in points if p.control])
     findings["time"] = f"{seconds:.0f}s (training {t_train:.0f}s)"
-    return StudySummary("continuum", results, findings, seconds)
+    return StudySummary("continuum", results, findings, seconds, run_id)
 
 
 def _findings(get, names: list[str], controls: list[str]) -> dict[str, str]:

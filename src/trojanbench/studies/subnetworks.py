@@ -52,12 +52,12 @@ from ..data import load_dataset
 from ..errors import UserError
 from ..models import build_model, data_kwargs
 from ..report.html import View, figure_row, register_view
-from ..results import ResultRow, ResultsStore
+from ..results import ResultRow
 from ..results.stats import Estimate, bootstrap, mean
 from ..train import predict, train_model
 from ..train.single import lr_factor
-from ..utils import canonical_json, one_thread, sha256_bytes
-from . import Progress, StudySummary, register_study
+from ..utils import one_thread
+from . import Progress, StudySummary, record_study, register_study
 
 MODEL_ID = "zoo:subnetworks-digits"
 TASK, TASK_DENSITY = "subnetworks", "subnetworks-density"
@@ -336,16 +336,15 @@ def run_subnetworks_study(out_dir: Path, seed: int = 0, cfg: SubnetworkConfig = 
         for key, value in run_seed(cfg, ds, s).items():
             per_seed[key][s] = value
         progress(f"seed {s}: done ({time.perf_counter() - start:.0f}s)")
-    config_hash = sha256_bytes(canonical_json(asdict(cfg)).encode())[:16]
     estimates = {key: seed_estimate(list(v.values()), cfg.n_boot, seed) for key, v in per_seed.items()}
     rows = []
     for (method, metric), est in sorted(estimates.items()):
         if method == "_":
             continue
         task = TASK_DENSITY if "@" in metric and metric.split("@")[-1][0].isdigit() else TASK
-        rows.append(ResultRow(method, MODEL_ID, task, metric, est.value, seed=seed, config_hash=config_hash,
+        rows.append(ResultRow(method, MODEL_ID, task, metric, est.value, seed=seed,
                               extra={"low": est.low, "high": est.high, "n": est.n, "baseline": method in BASELINES}))
-        rows += [ResultRow(method, f"subnetworks-digits:seed{s}", task, metric, v, seed=s, config_hash=config_hash)
+        rows += [ResultRow(method, f"subnetworks-digits:seed{s}", task, metric, v, seed=s)
                  for s, v in per_seed[(method, metric)].items() if not math.isnan(v)]
     missing = Estimate(float("nan"), float("nan"), float("nan"), 0)
     est = lambda method, metric: estimates.get((method, metric), missing)
@@ -359,12 +358,11 @@ def run_subnetworks_study(out_dir: Path, seed: int = 0, cfg: SubnetworkConfig = 
                            "network with the subnetwork removed (zero / mean), and with the isolated run's inputs "
                            "patched into the subnetwork's edges", seed=seed))
     results = out_dir / "results.sqlite"
-    with ResultsStore(results) as store:
-        store.write(rows)
+    run_id = record_study(results, "subnetworks", asdict(cfg), seed, rows)
     findings = _findings(est, cfg, chance)
     seconds = time.perf_counter() - start
     findings["time"] = f"{seconds:.0f}s"
-    return StudySummary("subnetworks", results, findings, seconds)
+    return StudySummary("subnetworks", results, findings, seconds, run_id)
 
 
 def _findings(est, cfg: SubnetworkConfig, chance: float) -> dict[str, str]:

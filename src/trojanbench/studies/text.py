@@ -34,7 +34,7 @@ from ..data.sst2 import TextDataset, Vocab, build_vocab, load_sst2
 from ..errors import UserError
 from ..models import build_model
 from ..report.html import View, figure_row, register_view
-from ..results import ResultRow, ResultsStore
+from ..results import ResultRow
 from ..results.stats import Estimate
 from ..tools.attribute import attribution_copy
 from ..tools.edit import layer_keys
@@ -54,8 +54,7 @@ from ..trojans.text import (
     prefixed,
     triggered,
 )
-from ..utils import canonical_json, sha256_bytes
-from . import Progress, StudySummary, register_study
+from . import Progress, StudySummary, record_study, register_study
 
 MODEL_ID = "zoo:text-sst2"
 TROJANS: dict[str, PhraseTrojan] = {"crude": CRUDE_TROJAN, "insidious": INSIDIOUS_TROJAN}
@@ -433,14 +432,14 @@ class Outcomes:
     def estimate(self, task: str, tool: str, metric: str, n_boot: int) -> Estimate:
         return seed_bootstrap([v for _, v in sorted(self.data.get((task, tool, metric), {}).items())], n_boot)
 
-    def rows(self, n_boot: int, baselines: dict[str, set[str]], config_hash: str) -> list[ResultRow]:
+    def rows(self, n_boot: int, baselines: dict[str, set[str]]) -> list[ResultRow]:
         rows = []
         for (task, tool, metric), per_seed in sorted(self.data.items()):
             est = seed_bootstrap([v for _, v in sorted(per_seed.items())], n_boot)
-            rows.append(ResultRow(tool, MODEL_ID, task, metric, est.value, config_hash=config_hash,
+            rows.append(ResultRow(tool, MODEL_ID, task, metric, est.value,
                                   extra={"low": est.low, "high": est.high, "n": est.n,
                                          "baseline": tool in baselines.get(task, set()), "seeds": len(per_seed)}))
-            rows += [ResultRow(tool, f"text-sst2:seed{s}", task, metric, float(v.mean()), seed=s, config_hash=config_hash)
+            rows += [ResultRow(tool, f"text-sst2:seed{s}", task, metric, float(v.mean()), seed=s)
                      for s, v in per_seed.items() if len(v)]
         return rows
 
@@ -535,8 +534,7 @@ def run_text_study(out_dir: Path, seed: int = 0, cfg: TextStudyConfig = TextStud
         progress(f"seed {s}: traced, edited and attributed ({time.perf_counter() - start:.0f}s)")
 
     _pool_all(oc, layers, cfg.depth)
-    config_hash = sha256_bytes(canonical_json(asdict(cfg)).encode())[:16]
-    rows = oc.rows(cfg.n_boot, BASELINES, config_hash)
+    rows = oc.rows(cfg.n_boot, BASELINES)
     est = lambda task, tool, metric: oc.estimate(task, tool, metric, cfg.n_boot)
     figures = [
         (_figure_models(est, fig_dir / "text-models.png"), "text-trojans",
@@ -553,13 +551,12 @@ def run_text_study(out_dir: Path, seed: int = 0, cfg: TextStudyConfig = TextStud
     ]
     rows += [figure_row("text-study", task, path, caption, seed=seed) for path, task, caption in figures if path]
     results = out_dir / "results.sqlite"
-    with ResultsStore(results) as store:
-        store.write(rows)
+    run_id = record_study(results, "text", asdict(cfg), seed, rows)
     findings = _findings(est, cfg.depth)
     timing = {k: round(v, 1) for k, v in timing.items()}
     seconds = time.perf_counter() - start
     findings["time"] = f"{seconds:.0f}s (" + ", ".join(f"{k} {v:.0f}s" for k, v in timing.items()) + ")"
-    return StudySummary("text", results, findings, seconds)
+    return StudySummary("text", results, findings, seconds, run_id)
 
 
 def _pool_all(oc: Outcomes, layers: list[str], depth: int) -> None:

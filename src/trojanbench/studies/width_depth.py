@@ -46,17 +46,16 @@ from ..data import ImageDataset, load_dataset
 from ..errors import UserError
 from ..models import build_model, count_parameters, data_kwargs
 from ..report.html import View, figure_row, register_view
-from ..results import ResultRow, ResultsStore
+from ..results import ResultRow
 from ..results.stats import Estimate, auroc
 from ..tasks.diagnose import footprints, score_maps
-from ..tools.attribute import ATTRIBUTORS
+from ..tools.attribute import ATTRIBUTORS, reference_sample
 from ..tools.detect import DETECTORS, DetectContext
 from ..train import predict, train_model
 from ..train.adversarial import robust_correct
 from ..trojans import PoisonSpec, TriggerSpec, make_trigger, poison_dataset
 from ..trojans.poison import attack_mask
-from ..utils import canonical_json, sha256_bytes
-from . import Progress, StudySummary, register_study
+from . import Progress, StudySummary, record_study, register_study
 
 MODEL_ID = "zoo:width-depth"
 
@@ -287,8 +286,9 @@ def _measure_shape(shape: Shape, cfg: WidthDepthConfig, seed: int) -> list[Model
     x_trig, mask = trigger.apply_with_mask(x_attack, generator=torch.Generator().manual_seed(seed))
     n_att = min(cfg.n_attribution, len(x_attack))
     soft, binary = footprints(x_attack[:n_att], x_trig[:n_att], mask[:n_att] if mask is not None else None)
-    attributor = ATTRIBUTORS.get(cfg.attributor)(seed=seed)
-    random_map = ATTRIBUTORS.get("random")(seed=seed)
+    reference = reference_sample(ds.x_train, seed=seed)  # the clean sample every attributor gets
+    attributor = ATTRIBUTORS.get(cfg.attributor)(seed=seed).fit_reference(reference)
+    random_map = ATTRIBUTORS.get("random")(seed=seed).fit_reference(reference)
     ctx = DetectContext(ds.x_test[:cfg.n_detect], ds.y_test[:cfg.n_detect], ds.num_classes, seed=seed)
     detector = DETECTORS.get("neural-cleanse")(steps=cfg.nc_steps)
     target = torch.full((n_att,), cfg.target, dtype=torch.long)
@@ -453,21 +453,21 @@ def shape_stats(shape: Shape, results: list[ModelResult], cfg: WidthDepthConfig,
     return st
 
 
-def stats_rows(stats: list[ShapeStats], results: list[ModelResult], config_hash: str) -> list[ResultRow]:
+def stats_rows(stats: list[ShapeStats], results: list[ModelResult]) -> list[ResultRow]:
     rows = []
     for st in stats:
         task = f"width-depth-{st.shape.family.dataset}"
         for metric, (est, _) in st.metrics.items():
             if math.isnan(est.value):
                 continue
-            rows.append(ResultRow(st.shape.label, MODEL_ID, task, metric, est.value, config_hash=config_hash,
+            rows.append(ResultRow(st.shape.label, MODEL_ID, task, metric, est.value,
                                   extra={"low": est.low, "high": est.high, "n": est.n, "baseline": False,
                                          "family": st.shape.family.name}))
     for dataset in sorted({st.shape.family.dataset for st in stats}):
         chance = {"clean_acc": 0.1, "robust_acc": 0.1, "nc_auroc": 0.5}  # a guessing model and a coin-flip detector
         random_hit = [st.metrics["pointing_game_random"][0].value for st in stats if st.shape.family.dataset == dataset]
         chance["pointing_game"] = float(np.nanmean(random_hit)) if random_hit else float("nan")
-        rows += [ResultRow("chance", MODEL_ID, f"width-depth-{dataset}", m, v, config_hash=config_hash,
+        rows += [ResultRow("chance", MODEL_ID, f"width-depth-{dataset}", m, v,
                            extra={"low": float("nan"), "high": float("nan"), "n": 0, "baseline": True})
                  for m, v in chance.items() if not math.isnan(v)]
     for r in results:  # per model, for anyone who wants to redo the statistics
@@ -478,7 +478,7 @@ def stats_rows(stats: list[ShapeStats], results: list[ModelResult], config_hash:
         values |= {f"pgd_acc[eps={e:g}]": v.mean() for e, v in r.pgd.items()}
         if len(r.pointing):
             values |= {"pointing_game": np.nanmean(r.pointing), "correlation": np.nanmean(r.correlation)}
-        rows += [ResultRow(r.label, model_id, task, m, float(v), seed=r.seed, config_hash=config_hash,
+        rows += [ResultRow(r.label, model_id, task, m, float(v), seed=r.seed,
                            extra={"params": r.params, "layers": r.ranks} if m == "info_per_neuron" else {})
                  for m, v in values.items() if not math.isnan(float(v))]
     return rows
@@ -657,8 +657,7 @@ def run_width_depth_study(out_dir: Path, seed: int = 0, cfg: WidthDepthConfig = 
     for r in results:
         by_shape[(r.family, r.label)].append(r)
     stats = [shape_stats(s, by_shape[(s.family.name, s.label)], cfg, seed) for s in shapes]
-    config_hash = sha256_bytes(canonical_json(asdict(cfg)).encode())[:16]
-    rows = stats_rows(stats, results, config_hash)
+    rows = stats_rows(stats, results)
     fig_dir = out_dir / "figures"
     first = f"width-depth-{cfg.families[0].dataset}"
     figures = [
@@ -675,13 +674,12 @@ def run_width_depth_study(out_dir: Path, seed: int = 0, cfg: WidthDepthConfig = 
     ]
     rows += [figure_row("width-depth-study", first, path, caption, seed=seed) for path, caption in figures]
     results_path = out_dir / "results.sqlite"
-    with ResultsStore(results_path) as store:
-        store.write(rows)
+    run_id = record_study(results_path, "width-depth", asdict(cfg), seed, rows)
     found = findings(stats)
     seconds = time.perf_counter() - start
     train = sum(r.seconds for r in results)
     found["time"] = f"{seconds:.0f}s wall ({len(results)} models; {train:.0f}s of model work summed over workers)"
-    return StudySummary("width-depth", results_path, found, seconds)
+    return StudySummary("width-depth", results_path, found, seconds, run_id)
 
 
 @register_study("width-depth")

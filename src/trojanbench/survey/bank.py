@@ -5,11 +5,14 @@ A bank is a folder holding `questions.json` and the PNG files it names, by paths
 
     {"version": 1, "title": "...", "zoo": "digits-zoo",
      "questions": [{"id": "q0001", "tool": "adversarial-patch", "model_id": "<card id>", "trigger_kind": "patch",
-                    "insidious": false, "images": ["q0001/tool-0.png"], "options": ["q0001/opt-0.png", ...8],
+                    "insidious": false, "images": ["q0001/tool-0.png"], "options": ["q0001/opt-0.png", ...],
                     "answer": 3, "judge_choice": 5}]}
 
-`answer` is the index of the true trigger among the 8 options, `judge_choice` the automatic judge's pick (or
-null). `questions.json` is written last and atomically, so a folder with one is a complete bank.
+`options` holds 2 to 8 candidate triggers (a zoo with fewer than 8 distinct triggers asks with fewer; chance is
+1/len(options)), in the order the track showed them to that tool. `answer` is the index of the true trigger among
+them, `judge_choice` the automatic judge's pick (or null). One question per (trojaned model, tool); the survey
+shows each participant at most one tool's question per model (`survey.server.question_order`).
+`questions.json` is written last and atomically, so a folder with one is a complete bank.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import UserError
 from ..utils import atomic_write_bytes, atomic_write_text, canonical_json
 
-N_OPTIONS = 8
+N_OPTIONS = 8  # the most options a question has
+MIN_OPTIONS = 2
 MAX_IMAGES = 12  # the pooled all-methods condition shows one image per method
 BANK_FILE = "questions.json"
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,40}$"
@@ -48,7 +52,7 @@ def check_relative_path(path: str) -> str:
 
 
 class Question(BaseModel):
-    """One multiple-choice question: a tool's images for one trojaned model, and 8 candidate triggers."""
+    """One multiple-choice question: a tool's images for one trojaned model, and 2 to 8 candidate triggers."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -58,7 +62,7 @@ class Question(BaseModel):
     trigger_kind: str = Field(min_length=1)
     insidious: bool = False
     images: list[str] = Field(min_length=1, max_length=MAX_IMAGES)
-    options: list[str] = Field(min_length=N_OPTIONS, max_length=N_OPTIONS)
+    options: list[str] = Field(min_length=MIN_OPTIONS, max_length=N_OPTIONS)
     answer: int = Field(ge=0, lt=N_OPTIONS)
     judge_choice: int | None = Field(default=None, ge=0, lt=N_OPTIONS)
 
@@ -66,6 +70,21 @@ class Question(BaseModel):
     @classmethod
     def _paths(cls, v: list[str]) -> list[str]:
         return [check_relative_path(p) for p in v]
+
+    @model_validator(mode="after")
+    def _indices_name_an_option(self):
+        for name in ("answer", "judge_choice"):
+            value = getattr(self, name)
+            if value is not None and value >= len(self.options):
+                raise ValueError(f"{name} {value} names no option: the question has {len(self.options)}")
+        if len(set(self.options)) != len(self.options):
+            raise ValueError("options must be distinct images")
+        return self
+
+    @property
+    def chance(self) -> float:
+        """The accuracy of a blind guess: 1 / the number of options."""
+        return 1.0 / len(self.options)
 
     @property
     def groups(self) -> list[str]:

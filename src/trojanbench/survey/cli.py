@@ -65,7 +65,8 @@ def results_cmd(bank: Annotated[Path, typer.Option("--bank", help="the question 
                 n_boot: Annotated[int, typer.Option(help="bootstrap resamples", min=1)] = 1000):
     """Score the stored answers per tool, print them and write them into RESULTS for the report.
 
-    Human accuracy, the judge's accuracy on the same questions and their agreement, with 95% bootstrap CIs."""
+    Human accuracy, the judge's accuracy on the same questions and their agreement, with 95% intervals from a
+    two-way cluster bootstrap over participants and trojans; written as a run of its own (kind `survey`)."""
     from .bank import load_bank
     from .results import fold_answers
 
@@ -78,7 +79,8 @@ def results_cmd(bank: Annotated[Path, typer.Option("--bank", help="the question 
     if not rows:
         raise UserError(f"{results} holds no answers to the bank {bank} (key {loaded.key}); run "
                         "`trojanbench survey serve` and have people answer first")
-    t = Table(title=f"human study: {loaded.title}", caption="95% bootstrap CIs over answers; chance is 0.125")
+    t = Table(title=f"human study: {loaded.title}", caption="95% two-way cluster bootstrap over participants and trojans "
+              "(none with fewer than 5 of either); chance (1/k per question, k its number of options) is mc_chance_human")
     for col in ("tool", "metric", "value", "n"):
         t.add_column(col, justify="left" if col in ("tool", "metric") else "right")
     from ..results.stats import Estimate
@@ -88,4 +90,5 @@ def results_cmd(bank: Annotated[Path, typer.Option("--bank", help="the question 
         value = f"{int(est.value)}" if r.metric.startswith("human_") else str(est)
         t.add_row(r.tool, r.metric, value, str(est.n))
     console.print(t)
-    console.print(f"{len(rows)} rows written to {results}", markup=False, highlight=False)
+    console.print(f"{len(rows)} rows written to {results} as a survey run (`trojanbench report {results}` shows it)",
+                  markup=False, highlight=False)

@@ -1,14 +1,18 @@
-"""Fold participants' answers into the leaderboard beside the automatic judge.
+"""Score participants' answers beside the automatic judge, as one run of the results store.
 
 Per tool, over every stored answer to that tool's questions (one answer = one participant x one question):
-- `mc_accuracy_human`: share of answers that picked the true trigger (chance 1/8), also per trigger kind
-  (`[kind=patch]`, ...) and crude vs insidious (`[crude]`, `[insidious]`), as the tracks split their metrics;
+- `mc_accuracy_human`: share of answers that picked the true trigger, also per trigger kind (`[kind=patch]`, ...)
+  and crude vs insidious (`[crude]`, `[insidious]`), as the tracks split their metrics;
+- `mc_chance_human`: the accuracy blind guessing would get on the same answers (the mean of 1/k over them, k the
+  question's number of options);
 - `mc_accuracy_judge_answered`: the automatic judge's accuracy on the same answers (each question weighted by
   how often people answered it), so the two accuracies compare like for like;
 - `judge_human_agreement`: share of answers where the person picked what the judge picked;
 - `human_answers`, `human_participants`: counts.
-CIs are percentile bootstraps over answers; answers by one person are not independent, so with few
-participants read them as optimistic.
+Answers by one person are not independent, nor are answers about one trojan: the 95% intervals are a two-way
+cluster bootstrap over participants and trojans (`results.stats.cluster_bootstrap_mean`), and a cell with fewer
+than 5 participants or trojans gets none. `fold_answers` writes the table as a run of its own (kind `survey`),
+so `trojanbench report` shows it beside, never inside, the benchmark run whose bank was answered.
 """
 
 from __future__ import annotations
@@ -19,17 +23,17 @@ from pathlib import Path
 import numpy as np
 
 from ..results import ResultRow, ResultsStore
-from ..results.stats import Estimate, bootstrap, mean
+from ..results.stats import Estimate, cluster_bootstrap_mean
 from .answers import Answer, AnswerStore
 from .bank import Bank
 
-TASK = "synthesize"
+TASK = "survey"
 NAN = float("nan")
-HUMAN_METRICS = ("mc_accuracy_human", "mc_accuracy_judge_answered", "judge_human_agreement", "human_answers",
-                 "human_participants")
+HUMAN_METRICS = ("mc_accuracy_human", "mc_chance_human", "mc_accuracy_judge_answered", "judge_human_agreement",
+                 "human_answers", "human_participants")
 
 
-def human_metrics(bank: Bank, answers: list[Answer], n_boot: int = 1000, seed: int = 0) -> dict[str, dict[str, Estimate]]:
+def human_metrics(bank: Bank, answers: list[Answer], n_boot: int = 2000, seed: int = 0) -> dict[str, dict[str, Estimate]]:
     """{tool: {metric: Estimate}} from the answers to `bank`'s questions (answers to other banks are ignored)."""
     per_tool: dict[str, list[tuple]] = defaultdict(list)
     for a in answers:
@@ -39,41 +43,51 @@ def human_metrics(bank: Bank, answers: list[Answer], n_boot: int = 1000, seed: i
         # correctness from the bank, not the stored flag: the bank key pins the answer index anyway
         per_tool[q.tool].append((q, a, a.choice == q.answer))
     out: dict[str, dict[str, Estimate]] = {}
+
+    def clustered(recs, value) -> Estimate:
+        v = np.array([float(value(q, a, c)) for q, a, c in recs])
+        return cluster_bootstrap_mean(v, [a.participant for _, a, _ in recs], [q.model_id for q, _, _ in recs],
+                                      n_boot=n_boot, seed=seed)
+
     for tool in sorted(per_tool):
         recs = per_tool[tool]
         m: dict[str, Estimate] = {}
-        m["mc_accuracy_human"] = bootstrap(mean, np.array([c for _, _, c in recs], dtype=float), n_boot=n_boot, seed=seed)
+        m["mc_accuracy_human"] = clustered(recs, lambda q, a, c: c)
         for g in sorted({g for q, _, _ in recs for g in q.groups}):
-            vals = np.array([c for q, _, c in recs if g in q.groups], dtype=float)
-            m[f"mc_accuracy_human[{g}]"] = bootstrap(mean, vals, n_boot=n_boot, seed=seed)
-        judged = [(q, a) for q, a, _ in recs if q.judge_choice is not None]
-        m["mc_accuracy_judge_answered"] = bootstrap(
-            mean, np.array([q.judge_choice == q.answer for q, _ in judged], dtype=float), n_boot=n_boot, seed=seed)
-        m["judge_human_agreement"] = bootstrap(
-            mean, np.array([q.judge_choice == a.choice for q, a in judged], dtype=float), n_boot=n_boot, seed=seed)
-        m["human_answers"] = Estimate(float(len(recs)), NAN, NAN, len(recs))
+            m[f"mc_accuracy_human[{g}]"] = clustered([r for r in recs if g in r[0].groups], lambda q, a, c: c)
+        m["mc_chance_human"] = Estimate(float(np.mean([q.chance for q, _, _ in recs])), n=len(recs))
+        judged = [(q, a, c) for q, a, c in recs if q.judge_choice is not None]
+        m["mc_accuracy_judge_answered"] = clustered(judged, lambda q, a, c: q.judge_choice == q.answer)
+        m["judge_human_agreement"] = clustered(judged, lambda q, a, c: q.judge_choice == a.choice)
+        m["human_answers"] = Estimate(float(len(recs)), n=len(recs))
         participants = {a.participant for _, a, _ in recs}
-        m["human_participants"] = Estimate(float(len(participants)), NAN, NAN, len(participants))
+        m["human_participants"] = Estimate(float(len(participants)), n=len(participants))
         out[tool] = m
     return out
 
 
-def fold_answers(bank: Bank, results: str | Path, n_boot: int = 1000, seed: int = 0,
+def fold_answers(bank: Bank, results: str | Path, n_boot: int = 2000, seed: int = 0,
                  write: bool = True) -> list[ResultRow]:
-    """Score the stored answers to `bank` and (unless `write=False`) write the aggregate rows into the results
-    store, under task `synthesize` and model_id `zoo:<bank's zoo>` like the track's own rows. Returns the rows."""
+    """Score the stored answers to `bank` and (unless `write=False`, or there are none) write the table into the
+    results store as one complete run of kind `survey`. Returns the rows."""
+    from ..report.html import View, view_row
+
     with AnswerStore(results) as store:
         answers = store.answers(bank.key)
-    zoo_id = f"zoo:{bank.zoo or 'survey'}"
     metrics = human_metrics(bank, answers, n_boot, seed)
-    with ResultsStore(results) as rs:
-        # keep the track's own baseline flag for each tool: the report marks a tool a baseline from its rows
-        baseline = {r.tool: bool(r.extra.get("baseline", False)) for r in rs.rows(task=TASK, model_id=zoo_id)
-                    if r.metric not in HUMAN_METRICS and not r.metric.startswith("mc_accuracy_human[")}
-        rows = [ResultRow(tool, zoo_id, TASK, metric, None if np.isnan(est.value) else est.value, seed=seed,
-                          extra={"low": est.low, "high": est.high, "n": est.n, "baseline": baseline.get(tool, False),
-                                 "bank": bank.key})
-                for tool, ms in metrics.items() for metric, est in ms.items()]
-        if write and rows:
-            rs.write(rows)
+    zoo_id = f"zoo:{bank.zoo or 'survey'}"
+    rows = [ResultRow(tool, zoo_id, TASK, metric, None if np.isnan(est.value) else est.value, seed=seed,
+                      extra={"low": est.low, "high": est.high, "n": est.n, "bank": bank.key})
+            for tool, ms in metrics.items() for metric, est in ms.items()]
+    if write and rows:
+        with ResultsStore(results) as rs:
+            target = rs.start_run("survey", {"bank": bank.key, "title": bank.title, "zoo": bank.zoo,
+                                             "answers": len(answers), "n_boot": n_boot}, seed)
+        with ResultsStore(target) as rs:
+            view = View("Human study: which trigger is it? (accuracy per answer; 95% two-way cluster bootstrap over "
+                        "participants and trojans)", "mc_accuracy_human", True,
+                        ("mc_accuracy_human", "mc_chance_human", "mc_accuracy_judge_answered", "judge_human_agreement",
+                         "human_answers", "human_participants"))
+            rs.write(rows + [view_row(TASK, view)])
+            rs.finish_run(target.run_id)
     return rows

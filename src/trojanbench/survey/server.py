@@ -2,9 +2,17 @@
 
 Routes
     GET  /                     start page: asks for a participant id (a pseudonym, 1-40 of [A-Za-z0-9_-])
-    GET  /q?participant=ID     the participant's next unanswered question (order shuffled per id), or "done"
-    POST /answer               participant, question, choice (0-7), ms (response time); committed, then 303 -> /q
+    GET  /q?participant=ID     the participant's next unanswered question, or "done"
+    POST /answer               participant, question, choice (the option's index in the bank, 0-7), ms (response
+                               time); committed, then 303 -> /q
     GET  /img/<path>           a PNG of the bank, served only if a question names it
+
+Each participant sees at most one tool's question per trojaned model: the bank holds one question per (model, tool),
+and a participant id fixes which tool it gets for each model (`assigned_questions`), rotating through the tools so
+that every participant sees them in equal shares and, over participants, every (model, tool) pair is asked about
+equally often. The order of the questions and of each question's options is shuffled per participant, so no
+position is tied to the true trigger or to a tool. All of it is a function of the id alone: a reload or a restart
+of the server resumes the same sequence.
 
 Everything a browser sends is validated here (a page's own checks are a convenience, not a defence); a bad
 request gets 400 and stores nothing. Pages use no external resource, and a Content-Security-Policy says so.
@@ -29,7 +37,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from ..errors import UserError
 from .answers import AnswerStore, valid_participant
-from .bank import N_OPTIONS, Bank, Question
+from .bank import Bank, Question
 
 LETTERS = "ABCDEFGH"
 MAX_BODY = 4096
@@ -50,12 +58,39 @@ h1{font-size:1.3rem}.progress{color:#666}
 """
 
 
+def _seed(*parts: str) -> int:
+    return int.from_bytes(hashlib.sha256("\0".join(parts).encode()).digest()[:8], "big")
+
+
+def assigned_questions(bank: Bank, participant: str) -> list[Question]:
+    """One question per trojaned model: for the i-th model (in bank order) the tool at position (slot + i) of that
+    model's tools (sorted by name), with `slot` drawn from the participant id. A Latin-square rotation: within a
+    participant the tools take turns across models (equal shares, up to one), and over participants each model's
+    tools are drawn equally often."""
+    by_model: dict[str, list[Question]] = {}
+    for q in bank.questions:
+        by_model.setdefault(q.model_id, []).append(q)
+    slot = _seed("slot", participant)
+    out = []
+    for i, questions in enumerate(by_model.values()):
+        tools = sorted(questions, key=lambda q: (q.tool, q.id))
+        out.append(tools[(slot + i) % len(tools)])
+    return out
+
+
 def question_order(bank: Bank, participant: str) -> list[Question]:
-    """The bank's questions in an order fixed by the participant id (so a reload or a restart of the server
-    resumes the same sequence) and different across participants (so order effects average out)."""
-    seed = int.from_bytes(hashlib.sha256(participant.encode()).digest()[:8], "big")
-    order = list(bank.questions)
-    random.Random(seed).shuffle(order)
+    """The participant's questions (`assigned_questions`) in an order fixed by the participant id (so a reload or a
+    restart of the server resumes the same sequence) and different across participants (so order effects average
+    out)."""
+    order = assigned_questions(bank, participant)
+    random.Random(_seed("order", participant)).shuffle(order)
+    return order
+
+
+def option_order(question: Question, participant: str) -> list[int]:
+    """The bank indices of `question`'s options in the order this participant sees them (letters A, B, ...)."""
+    order = list(range(len(question.options)))
+    random.Random(_seed("options", participant, question.id)).shuffle(order)
     return order
 
 
@@ -175,8 +210,11 @@ class _Handler(BaseHTTPRequestHandler):
         question = app.bank.question(fields["question"])
         if question is None:
             return self._error(400, "unknown question")
-        if not _CHOICE.match(fields["choice"]):
-            return self._error(400, f"choice must be a whole number from 0 to {N_OPTIONS - 1}")
+        if question.id not in {q.id for q in assigned_questions(app.bank, pid)}:
+            return self._error(400, "this question is not one of this participant's (each participant answers one "
+                                    "tool's question per model)")
+        if not _CHOICE.match(fields["choice"]) or int(fields["choice"]) >= len(question.options):
+            return self._error(400, f"choice must be a whole number from 0 to {len(question.options) - 1}")
         ms = fields["ms"]
         if ms and (not _MS.match(ms) or int(ms) > MAX_MS):
             return self._error(400, "ms must be the response time in whole milliseconds (at most a day) or empty")
@@ -192,10 +230,10 @@ class _Handler(BaseHTTPRequestHandler):
     # -- pages ----------------------------------------------------------------------------------------------
     def _start(self):
         title = html.escape(self.server.app.bank.title)
-        n = len(self.server.app.bank.questions)
+        n = len({q.model_id for q in self.server.app.bank.questions})
         body = (f"<h1>{title}</h1><p>You will see {n} questions. Each shows a few images that a tool produced while "
-                "searching a neural network for a hidden trigger, and 8 candidate triggers (each pasted on a clean "
-                "image). Pick the candidate the tool's images resemble most. There is no time limit; go with your "
+                "searching a neural network for a hidden trigger, and up to 8 candidate triggers (each applied to a "
+                "clean image). Pick the candidate the tool's images resemble most. There is no time limit; go with your "
                 "first impression.</p><p>Enter a participant id you were given (a pseudonym: no names or e-mail "
                 "addresses). With the same id you can stop and come back later.</p>"
                 "<form method=get action='/q'><label>participant id <input name=participant id=participant required "
@@ -206,7 +244,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _question(self, pid: str):
         app = self.server.app
         order = question_order(app.bank, pid)
-        done = app.store.answered(app.bank.key, pid)
+        done = app.store.answered(app.bank.key, pid) & {q.id for q in order}
         todo = [q for q in order if q.id not in done]
         title = html.escape(app.bank.title)
         if not todo:
@@ -215,10 +253,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, _page(app.bank.title, body))
         q = todo[0]
         tool_imgs = "".join(f"<img src='/img/{quote(p)}' alt='tool image {i + 1}'>" for i, p in enumerate(q.images))
+        # each button posts the option's index in the bank (its id says the same); the letter is its place here
         buttons = "".join(f"<button type=submit class=option name=choice value={i} id=option-{i} "
-                          f"aria-label='option {LETTERS[i]}'><img src='/img/{quote(p)}' alt='option {LETTERS[i]}'>"
-                          f"<span>{LETTERS[i]}</span></button>" for i, p in enumerate(q.options))
-        body = (f"<h1>{title}</h1><p class=progress>question {len(done & app.bank_ids) + 1} of {len(order)} "
+                          f"aria-label='option {LETTERS[pos]}'><img src='/img/{quote(q.options[i])}' "
+                          f"alt='option {LETTERS[pos]}'><span>{LETTERS[pos]}</span></button>"
+                          for pos, i in enumerate(option_order(q, pid)))
+        body = (f"<h1>{title}</h1><p class=progress>question {len(done) + 1} of {len(order)} "
                 f"&middot; participant {html.escape(pid)}</p>"
                 "<p>The tool produced these images:</p>"
                 f"<div class=tool>{tool_imgs}</div>"
@@ -255,7 +295,6 @@ class SurveyServer:
     def __init__(self, bank: Bank, results: str | Path, host: str = "127.0.0.1", port: int = 8765,
                  on_answer: Callable[[str, str, int], None] | None = None):
         self.bank = bank
-        self.bank_ids = frozenset(q.id for q in bank.questions)
         self.on_answer = on_answer
         self.store = AnswerStore(results)
         try:

@@ -1,1 +1,31 @@
-"""Tasks pair a tool family with ground truth and return metrics; the runner, not the tool, writes them."""
+"""Tasks pair a tool family with ground truth and return metrics; the runner, not the tool, writes them.
+
+Each track writes one row per (tool, model, per-model metric) into its run with `results.boards.model_row`, and
+its board spec once; the boards (intervals, verdicts) are computed from those rows by `results.boards`.
+"""
+
+from __future__ import annotations
+
+
+def groups_of(job) -> list[str]:
+    """The groups a model is reported in besides "all": its trigger kind and crude vs insidious (none if clean)."""
+    if not job.trojaned:
+        return []
+    return [f"kind={job.trojan.trigger.kind}", "insidious" if job.trojan.insidious else "crude"]
+
+
+def role_of(tool_cls) -> str:
+    return "baseline" if getattr(tool_cls, "is_baseline", False) else "tool"
+
+
+def population(zoo, split: str | None, models, what: str = "models") -> str:
+    """What a board's numbers are conditional on: the zoo, the split, how many clean and trojaned models, and
+    the quality gate every trojan passed."""
+    n_trojaned = sum(1 for j, _, _ in models if j.trojaned)
+    n_clean = len(models) - n_trojaned
+    cfg = zoo.config()
+    rejected = len(zoo.status().get("rejected", []))
+    where = {"test": "held-out split", "train": "training split", None: "both splits"}[split]
+    counts = f"{n_trojaned} trojaned" if n_clean == 0 else f"{n_clean} clean + {n_trojaned} trojaned"
+    return (f"zoo {cfg.name}, {where}: {counts} {what}. Trojans are kept only if their ASR >= {cfg.gate.min_asr:g} and "
+            f"clean accuracy >= their clean twin's - {cfg.gate.max_clean_drop:g} ({rejected} job(s) rejected by this gate).")

@@ -1,17 +1,21 @@
 """The detection track: score model-level and sample-level detectors on a zoo with ground truth.
 
-Model level (zoo's held-out split; learned detectors are fitted on its training split only):
-AUROC, AUPR, FPR at 95% TPR, each with a bootstrap 95% CI and split by trigger kind and by crude vs
-insidious; target-label accuracy among all-to-one trojans; trigger IoU for detectors that return a mask
-(against patch triggers at a fixed place; the mask is binarised at half its maximum); wall time per model.
-Sample level (every trojaned model; nothing is learned): poisoned-sample AUROC and TPR at 5% FPR.
+Model level (the zoo's held-out split; learned detectors are fitted on its training split only, and a trojan
+and its clean twin are always on one side of the split): per model the detector's score against the truth
+(AUROC, bootstrap stratified by label), whether the target label it names is the trojan's (all-to-one trojans;
+a proportion with a Wilson interval), the IoU of its trigger mask with the true footprint (patch triggers at a
+fixed place; the mask binarised at half its maximum), and wall time. Learned detectors are also scored
+leave-one-trigger-kind-out (`auroc_unseen_kind`): for each kind, refitted without that kind's trojans and
+scored on the held-out clean models and that kind's trojans — a detector that only learned our trigger shapes
+shows it there. Detectors that learn nothing give the same score either way.
+Sample level (every trojaned model of the split; nothing is learned): per model, the AUROC and TPR at 5% FPR of
+each detector's per-sample suspicion against the recorded poisoned indices; each model's poisoned training set
+is rebuilt from its card, used and dropped before the next.
 """
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,31 +23,17 @@ import torch
 
 from ..errors import UserError
 from ..implant import prepare
-from ..results import ResultRow, ResultsStore
-from ..report.html import figure_row
-from ..report.plots import roc_plot
-from ..results.stats import Estimate, aupr, auroc, bootstrap, fpr_at_tpr, mean, tpr_at_fpr
+from ..results import ResultsStore
+from ..results.boards import Board, BoardSpec, Column, compute_board, model_row, spec_row, tool_info_rows
+from ..results.stats import auroc, tpr_at_fpr
+from ..results.store import recording
 from ..tools.detect import DETECTORS, SAMPLE_DETECTORS, DetectContext
 from ..trojans import make_trigger
 from ..zoo.build import Zoo
-from ..zoo.plan import Job
 from ..zoo.store import load_model, load_poisoned_indices
+from . import groups_of, population, role_of
 
 TASK_MODEL, TASK_SAMPLE = "detect-model", "detect-samples"
-
-
-@dataclass
-class ToolScores:
-    tool: str
-    is_baseline: bool
-    metrics: dict[str, Estimate] = field(default_factory=dict)
-    curve: tuple[np.ndarray, np.ndarray] | None = None  # (labels, scores) of model-level detectors, for ROC plots
-
-
-def _group(job: Job) -> list[str]:
-    if not job.trojaned:
-        return []
-    return [f"kind={job.trojan.trigger.kind}", "insidious" if job.trojan.insidious else "crude"]
 
 
 def _iou(mask: torch.Tensor, truth: torch.Tensor) -> float:
@@ -58,118 +48,131 @@ def detection_context(zoo: Zoo, n_clean: int = 200, seed: int = 0, device: str =
     return ds, DetectContext(ds.x_test[:n_clean], ds.y_test[:n_clean], ds.num_classes, torch.device(device), seed)
 
 
+def model_board_spec(pop: str) -> BoardSpec:
+    return BoardSpec(
+        task=TASK_MODEL, title="Is this model trojaned?", key="auroc", population=pop,
+        columns=[Column(name="auroc", source="score", stat="auroc", header="AUROC"),
+                 Column(name="auroc_unseen_kind", source="score_unseen_kind", stat="auroc", header="AUROC unseen kind"),
+                 Column(name="target_accuracy", source="target_hit", stat="proportion", header="target acc"),
+                 Column(name="trigger_iou", source="trigger_iou", header="trigger IoU"),
+                 Column(name="seconds_per_model", source="seconds", stat="timing", header="s/model", groups=False)],
+        main=["auroc", "auroc[crude]", "auroc[insidious]", "auroc_unseen_kind", "target_accuracy", "trigger_iou",
+              "seconds_per_model"],
+        note="auroc_unseen_kind: learned detectors refitted without each trigger kind and scored on it (pooled over kinds)")
+
+
+def sample_board_spec(pop: str) -> BoardSpec:
+    return BoardSpec(
+        task=TASK_SAMPLE, title="Which training samples were poisoned?", key="auroc", population=pop,
+        columns=[Column(name="auroc", source="auroc", header="AUROC"),
+                 Column(name="tpr@5fpr", source="tpr@5fpr", header="TPR@5%FPR"),
+                 Column(name="seconds_per_model", source="seconds", stat="timing", header="s/model", groups=False)],
+        main=["auroc", "tpr@5fpr", "auroc[kind=patch]", "auroc[crude]", "auroc[insidious]", "seconds_per_model"],
+        note="per model: the AUROC of the per-sample suspicion against the recorded poisoned indices; mean over models")
+
+
+def _fit(name: str, train, ctx: DetectContext, leave_out: str | None = None):
+    det = DETECTORS.get(name)()
+    if det.learned:
+        keep = [(j, m) for j, m in train if not (j.trojaned and j.trojan.trigger.kind == leave_out)]
+        det.fit([m for _, m in keep], [int(j.trojaned) for j, _ in keep], ctx)
+    return det
+
+
 def score_model_detectors(zoo: Zoo, names: list[str], ctx: DetectContext, image_shape, store: ResultsStore | None,
-                          zoo_id: str, n_boot: int = 1000, progress=None) -> list[ToolScores]:
-    train = None  # loaded once, and only if a learned detector needs it
-    test = [(j, f, c) for j, f, c in zoo.models(split="test")]
+                          progress=None, split: str = "test") -> list:
+    """Per-model rows of every model-level detector on the zoo's `split` (written to `store` as they come)."""
+    test = zoo.models(split=split)
     if not test or len({j.trojaned for j, _, _ in test}) < 2:
-        raise UserError(f"zoo {zoo.root} has no held-out split with both clean and trojaned models")
-    out = []
+        raise UserError(f"zoo {zoo.root} has no {split} split with both clean and trojaned models")
+    train = None  # loaded once, and only if a learned detector needs it
+    kinds = sorted({j.trojan.trigger.kind for j, _, _ in test if j.trojaned})
+    rows = []
+
+    def emit(new):
+        rows.extend(new)
+        if store is not None:
+            store.write(new)
+
     for name in names:
-        det = DETECTORS.get(name)()
-        if det.learned:
-            if train is None:
-                train = [(j, load_model(f, ctx.device)[0]) for j, f, _ in zoo.models(split="train")]
-            det.fit([m for _, m in train], [int(j.trojaned) for j, _ in train], ctx)
-        labels, scores, groups, target_hits, ious, seconds = [], [], [], [], [], []
+        cls = DETECTORS.get(name)
+        role = role_of(cls)
+        if cls().learned and train is None:
+            train = [(j, load_model(f, ctx.device)[0]) for j, f, _ in zoo.models(split="train")]
+        det = _fit(name, train, ctx)
         for job, folder, card in test:
             model, _ = load_model(folder, ctx.device)
             start = time.perf_counter()
             d = det.detect(model, ctx)
-            seconds.append(time.perf_counter() - start)
-            labels.append(int(job.trojaned))
-            scores.append(d.score)
-            groups.append(_group(job))
+            seconds = time.perf_counter() - start
+            common = dict(role=role, groups=groups_of(job), version=det.version, seed=ctx.seed, job=job.id)
+            new = [model_row(name, card.id, TASK_MODEL, "score", d.score, label=int(job.trojaned),
+                             target_label=d.target_label, **common),
+                   model_row(name, card.id, TASK_MODEL, "seconds", seconds, **common)]
+            if not det.learned:
+                new.append(model_row(name, card.id, TASK_MODEL, "score_unseen_kind", d.score, label=int(job.trojaned), **common))
             if job.trojaned and job.trojan.poison.target is not None and d.target_label is not None:
-                target_hits.append(float(d.target_label == job.trojan.poison.target))
+                new.append(model_row(name, card.id, TASK_MODEL, "target_hit", float(d.target_label == job.trojan.poison.target),
+                                     **common))
             if job.trojaned and d.mask is not None:
                 truth = make_trigger(job.trojan.trigger, image_shape).mask()
                 if truth is not None:
-                    ious.append(_iou(d.mask, truth))
-            if store is not None:
-                store.write([ResultRow(name, card.id, TASK_MODEL, "score", d.score, seed=ctx.seed, tool_version=det.version,
-                                       extra={"target_label": d.target_label, "seconds": seconds[-1], "job": job.id,
-                                              "trojaned": job.trojaned})])
+                    new.append(model_row(name, card.id, TASK_MODEL, "trigger_iou", _iou(d.mask, truth), **common))
+            emit(new)
             if progress:
                 progress()
-        labels_a, scores_a = np.asarray(labels), np.asarray(scores)
-        res = ToolScores(name, det.is_baseline)
-        res.metrics["auroc"] = bootstrap(auroc, labels_a, scores_a, n_boot=n_boot, seed=ctx.seed, stratify=labels_a)
-        res.metrics["aupr"] = bootstrap(aupr, labels_a, scores_a, n_boot=n_boot, seed=ctx.seed, stratify=labels_a)
-        res.metrics["fpr@95tpr"] = bootstrap(fpr_at_tpr, labels_a, scores_a, n_boot=n_boot, seed=ctx.seed, stratify=labels_a)
-        for g in sorted({g for gs in groups for g in gs}):
-            keep = np.array([lab == 0 or g in gs for lab, gs in zip(labels, groups)])
-            res.metrics[f"auroc[{g}]"] = bootstrap(auroc, labels_a[keep], scores_a[keep], n_boot=n_boot, seed=ctx.seed,
-                                                   stratify=labels_a[keep])
-        if target_hits:
-            res.metrics["target_accuracy"] = bootstrap(mean, np.asarray(target_hits), n_boot=n_boot, seed=ctx.seed)
-        if ious:
-            res.metrics["trigger_iou"] = bootstrap(mean, np.asarray(ious), n_boot=n_boot, seed=ctx.seed)
-        res.metrics["seconds_per_model"] = Estimate(float(np.mean(seconds)), float("nan"), float("nan"), len(seconds))
-        _store_aggregates(store, res, zoo_id, TASK_MODEL, ctx.seed, det.version)
-        res.curve = (labels_a, scores_a)
-        out.append(res)
-    return out
+        if det.learned:  # leave one trigger kind out: refit without it, score the clean models and that kind
+            for kind in kinds:
+                if not any(j.trojaned and j.trojan.trigger.kind != kind for j, _ in train):
+                    continue  # no other kind to learn from
+                held = _fit(name, train, ctx, leave_out=kind)
+                for job, folder, card in test:
+                    if job.trojaned and job.trojan.trigger.kind != kind:
+                        continue
+                    model, _ = load_model(folder, ctx.device)
+                    d = held.detect(model, ctx)
+                    emit([model_row(name, f"{card.id}@without-{kind}", TASK_MODEL, "score_unseen_kind", d.score,
+                                    label=int(job.trojaned), role=role, groups=[f"kind={kind}"] + groups_of(job)[1:],
+                                    version=det.version, seed=ctx.seed, job=job.id)])
+    return rows
 
 
-def score_sample_detectors(zoo: Zoo, names: list[str], ds, ctx: DetectContext, store: ResultsStore | None, zoo_id: str,
-                           n_boot: int = 1000, progress=None, split: str | None = None) -> list[ToolScores]:
-    trojaned = [(j, f, c) for j, f, c in zoo.models(split=split) if j.trojaned]
-    poisoned = []
-    for job, folder, card in trojaned:  # rebuild each model's exact training set from its card
-        p = prepare(ds, job.arch, job.arch_kwargs, job.trojan, seed=card.seed)
+def score_sample_detectors(zoo: Zoo, names: list[str], ds, ctx: DetectContext, store: ResultsStore | None,
+                           progress=None, split: str | None = None) -> list:
+    """Per-model rows of every sample-level detector on the trojaned models of `split` (None: every split)."""
+    rows = []
+    for job, folder, card in [(j, f, c) for j, f, c in zoo.models(split=split) if j.trojaned]:
+        p = prepare(ds, job.arch, job.arch_kwargs, job.trojan, seed=card.seed)  # the model's exact training set
         recorded = load_poisoned_indices(folder, card)
         if not torch.equal(p.poisoned_indices, recorded):
             raise UserError(f"{folder}: rebuilt poisoning differs from the recorded indices; was the data changed?")
-        flags = torch.zeros(len(p.x), dtype=torch.bool)
-        flags[recorded] = True
-        poisoned.append((job, folder, card, p.x, p.y, flags))
-    out = []
-    for name in names:
-        det = SAMPLE_DETECTORS.get(name)()
-        aurocs, tprs, groups, seconds = [], [], [], []
-        for job, folder, card, x, y, flags in poisoned:
-            model, _ = load_model(folder, ctx.device)
+        flags = np.zeros(len(p.x), dtype=bool)
+        flags[recorded.numpy()] = True
+        model, _ = load_model(folder, ctx.device)
+        for name in names:
+            det = SAMPLE_DETECTORS.get(name)()
             start = time.perf_counter()
-            s = det.suspicion(model, x, y, ctx).numpy()
-            seconds.append(time.perf_counter() - start)
-            aurocs.append(auroc(flags.numpy(), s))
-            tprs.append(tpr_at_fpr(flags.numpy(), s, 0.05))
-            groups.append(_group(job))
+            s = det.suspicion(model, p.x, p.y, ctx).numpy()
+            seconds = time.perf_counter() - start
+            common = dict(role=role_of(type(det)), groups=groups_of(job), version=det.version, seed=ctx.seed, job=job.id)
+            new = [model_row(name, card.id, TASK_SAMPLE, "auroc", auroc(flags, s), **common),
+                   model_row(name, card.id, TASK_SAMPLE, "tpr@5fpr", tpr_at_fpr(flags, s, 0.05), **common),
+                   model_row(name, card.id, TASK_SAMPLE, "seconds", seconds, **common)]
+            rows.extend(new)
             if store is not None:
-                store.write(ResultRow(name, card.id, TASK_SAMPLE, "auroc", aurocs[-1], seed=ctx.seed, tool_version=det.version,
-                                      extra={"tpr@5fpr": tprs[-1], "seconds": seconds[-1], "job": job.id}))
+                store.write(new)
             if progress:
                 progress()
-        res = ToolScores(name, det.is_baseline)
-        res.metrics["auroc"] = bootstrap(mean, np.asarray(aurocs), n_boot=n_boot, seed=ctx.seed)
-        res.metrics["tpr@5fpr"] = bootstrap(mean, np.asarray(tprs), n_boot=n_boot, seed=ctx.seed)
-        by_group = defaultdict(list)
-        for a, gs in zip(aurocs, groups):
-            for g in gs:
-                by_group[g].append(a)
-        for g, vals in sorted(by_group.items()):
-            res.metrics[f"auroc[{g}]"] = bootstrap(mean, np.asarray(vals), n_boot=n_boot, seed=ctx.seed)
-        res.metrics["seconds_per_model"] = Estimate(float(np.mean(seconds)), float("nan"), float("nan"), len(seconds))
-        _store_aggregates(store, res, zoo_id, TASK_SAMPLE, ctx.seed, det.version)
-        out.append(res)
-    return out
+        del p, model  # per-model data is built and dropped per model: memory does not grow with the zoo
+    return rows
 
 
-def _store_aggregates(store, res: ToolScores, zoo_id: str, task: str, seed: int, version: str) -> None:
-    if store is None:
-        return
-    store.write([ResultRow(res.tool, zoo_id, task, metric, est.value, seed=seed, tool_version=version,
-                           extra={"low": est.low, "high": est.high, "n": est.n, "baseline": res.is_baseline})
-                 for metric, est in res.metrics.items()])
-
-
-def run_detect_track(zoo_dir: str | Path, results: str | Path, tools: list[str] | None = None, seed: int = 0,
-                     device: str = "cpu", n_boot: int = 1000, progress=None,
-                     figures: str | Path | None = None, sample_split: str | None = None) -> tuple[list[ToolScores], list[ToolScores]]:
-    """Score detectors on a zoo, write rows to `results`; with `figures`, also draw the ROC curves there and
-    register them for the report. Sample-level detectors run on every trojaned model (`sample_split`: only
-    those of one split)."""
+def run_detect_track(zoo_dir: str | Path, results, tools: list[str] | None = None, seed: int = 0,
+                     device: str = "cpu", n_boot: int = 2000, progress=None,
+                     figures: str | Path | None = None, sample_split: str | None = "test") -> list[Board]:
+    """Score detectors on a zoo, write per-model rows into `results` (a RunTarget, a store path — then the track is
+    a run of its own — or None); with `figures`, also draw the ROC curves and register them for the report.
+    Returns the model-level and sample-level boards (those that ran)."""
     zoo = Zoo(zoo_dir)
     zoo.plan()  # a clear error if this is not a zoo
     model_names = [n for n in DETECTORS.names() if tools is None or n in tools]
@@ -179,15 +182,43 @@ def run_detect_track(zoo_dir: str | Path, results: str | Path, tools: list[str] 
         known = sorted(set(DETECTORS.names()) | set(SAMPLE_DETECTORS.names()))
         raise UserError(f"unknown detector {sorted(unknown)[0]!r}; known: {', '.join(known)}")
     ds, ctx = detection_context(zoo, seed=seed, device=device)
-    zoo_id = f"zoo:{zoo.config().name}"
-    with ResultsStore(results) as store:
-        model_scores = score_model_detectors(zoo, model_names, ctx, ds.image_shape, store, zoo_id, n_boot, progress) \
-            if model_names else []
-        sample_scores = score_sample_detectors(zoo, sample_names, ds, ctx, store, zoo_id, n_boot, progress, sample_split) \
-            if sample_names else []
-        if figures is not None and model_scores:
-            path = roc_plot({s.tool: s.curve for s in model_scores}, Path(figures) / f"roc-{zoo.config().name}.png",
-                            f"model detection, {zoo.config().name} (held-out)", {s.tool for s in model_scores if s.is_baseline})
-            store.write(figure_row("detect", TASK_MODEL, path, "ROC curves of every model-level detector on the held-out "
-                                   "split (AUROC in the legend; baselines dashed)", seed))
-    return model_scores, sample_scores
+    config = {"track": "detect", "zoo": zoo.config().model_dump(), "tools": tools, "sample_split": sample_split}
+    boards = []
+    with recording(results, "track:detect", config, seed) as target:
+        store = ResultsStore(target) if target is not None else None
+        try:
+            if model_names:
+                spec = model_board_spec(population(zoo, "test", zoo.models(split="test")))
+                if store is not None:
+                    store.write([spec_row(spec), *tool_info_rows(spec.task, "detect", DETECTORS, model_names)])
+                rows = score_model_detectors(zoo, model_names, ctx, ds.image_shape, store, progress)
+                boards.append(compute_board(rows, spec, n_boot, seed))
+                if figures is not None and store is not None:
+                    _roc_figure(rows, boards[-1], zoo, figures, store, seed)
+            if sample_names:
+                trojaned = [m for m in zoo.models(split=sample_split) if m[0].trojaned]
+                spec = sample_board_spec(population(zoo, sample_split, trojaned))
+                if store is not None:
+                    store.write([spec_row(spec), *tool_info_rows(spec.task, "detect-samples", SAMPLE_DETECTORS, sample_names)])
+                rows = score_sample_detectors(zoo, sample_names, ds, ctx, store, progress, sample_split)
+                boards.append(compute_board(rows, spec, n_boot, seed))
+        finally:
+            if store is not None:
+                store.close()
+    return boards
+
+
+def _roc_figure(rows, board: Board, zoo: Zoo, figures, store: ResultsStore, seed: int) -> None:
+    from ..report.html import figure_row
+    from ..report.plots import roc_plot
+
+    curves = {}
+    for s in board.scores:
+        pts = [(r.extra["label"], r.value) for r in rows if r.tool == s.tool and r.metric == "score" and r.value is not None]
+        if pts:
+            curves[s.tool] = (np.array([p[0] for p in pts]), np.array([p[1] for p in pts]))
+    name = zoo.config().name
+    path = roc_plot(curves, Path(figures) / f"roc-{name}.png", f"model detection, {name} (held-out)",
+                    {s.tool for s in board.scores if s.is_baseline})
+    store.write(figure_row("detect", TASK_MODEL, path, "ROC curves of every model-level detector on the held-out "
+                           "split (AUROC in the legend; baselines dashed)", seed))

@@ -18,11 +18,13 @@ on them. Each map is scored against the ground-truth footprint of the trigger:
   (blended and style triggers change nearly every pixel, warps most of them).
 - sanity check (Adebayo et al. 2018, full cascading randomization): the maps of the first `n_sanity` images
   again, on a copy of the model with every layer re-initialised; similarity = Spearman rank correlation
-  between the original and the randomized map. A method passes if its mean similarity is below 0.5
-  (`SANITY_THRESHOLD`); maps that ignore the model (the baselines) score 1.0 and fail.
+  between the original and the randomized map. A method passes on a model if its mean similarity there is
+  below 0.5 (`SANITY_THRESHOLD`); the board gives the share of models passed (Wilson interval). Maps that ignore
+  the model (the baselines) score 1.0 and fail.
 
-Per model, each metric is the mean over its images; aggregates are the mean over models with a 95% bootstrap
-CI over models (images of one model are not independent), overall and per trigger kind and crude / insidious.
+Per model, each metric is the mean over its images; the board (results.boards) gives the mean over models with a
+95% bootstrap CI over models (images of one model are not independent), overall and per trigger kind and crude /
+insidious, and each method's verdict against the strongest baseline, paired over the same models.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +42,15 @@ from scipy.stats import rankdata
 from ..errors import UserError
 from ..implant import prepare
 from ..results import ResultRow, ResultsStore
-from ..results.stats import Estimate, bootstrap, mean
-from ..tools.attribute import ATTRIBUTORS, Attributor, randomized_copy
+from ..results.boards import Board, BoardSpec, Column, compute_board, model_row, spec_row, tool_info_rows
+from ..results.store import recording
+from ..tools.attribute import ATTRIBUTORS, randomized_copy, reference_sample
 from ..train import predict
 from ..train.evaluate import clean_test_mask
 from ..trojans.poison import attack_mask, relabel
 from ..zoo.build import Zoo
 from ..zoo.store import load_model
-from .detect import ToolScores
+from . import groups_of, population, role_of
 
 TASK = "diagnose-attribution"
 SANITY_THRESHOLD = 0.5
@@ -58,7 +60,6 @@ METRICS = ("correlation", "pointing_game", "pointing_game_strict", "mask_auroc")
 __all__ = [
     "SANITY_THRESHOLD",
     "TASK",
-    "ToolScores",
     "footprints",
     "rank_similarity",
     "run_diagnose_track",
@@ -120,14 +121,6 @@ def rank_similarity(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
 
 # ---- the track ----------------------------------------------------------------------------------------------
 
-@dataclass
-class _ModelResult:
-    model_id: str
-    kind: str
-    insidious: bool
-    values: dict[str, float] = field(default_factory=dict)
-
-
 def _nanmean(v: np.ndarray) -> float:
     v = np.asarray(v, dtype=np.float64)
     v = v[~np.isnan(v)]
@@ -143,105 +136,126 @@ def _select(tools: list[str] | None) -> list[str]:
     return list(dict.fromkeys(tools))
 
 
-def _estimate(values: list[float], n_boot: int, seed: int) -> Estimate:
-    v = np.asarray([x for x in values if not math.isnan(x)])
-    return bootstrap(mean, v, n_boot=n_boot, seed=seed)
+def board_spec(pop: str) -> BoardSpec:
+    return BoardSpec(
+        task=TASK, title="Do attribution maps point at the trigger? (ranked by correlation with the patch footprint)",
+        key="correlation[kind=patch]", population=pop,
+        columns=[Column(name=m, source=m, header=h) for m, h in (
+                     ("correlation", "corr"), ("pointing_game", "pointing game"), ("pointing_game_strict", "PG strict"),
+                     ("mask_auroc", "mask AUROC"), ("sanity_similarity", "sanity sim"))]
+                + [Column(name="sanity_pass", source="sanity_pass", stat="proportion", header="sanity pass", groups=False),
+                   Column(name="seconds_per_model", source="seconds", stat="timing", header="s/model", groups=False)],
+        main=["correlation[kind=patch]", "pointing_game[kind=patch]", "pointing_game_strict[kind=patch]",
+              "mask_auroc[kind=patch]", "correlation", "sanity_similarity", "sanity_pass", "seconds_per_model"],
+        note=f"sanity pass: the share of models whose maps change under full cascading randomization (rank similarity "
+             f"< {SANITY_THRESHOLD})")
 
 
-def run_diagnose_track(zoo_dir: str | Path, results: str | Path, tools: list[str] | None = None, seed: int = 0,
-                       n_images: int = 32, n_boot: int = 1000, progress=None, images_dir: str | Path | None = None,
+def run_diagnose_track(zoo_dir: str | Path, results, tools: list[str] | None = None, seed: int = 0,
+                       n_images: int = 32, n_boot: int = 2000, progress=None, images_dir: str | Path | None = None,
                        max_models: int | None = None, split: str | None = None, n_sanity: int = 8,
-                       device: str = "cpu") -> list[ToolScores]:
+                       device: str = "cpu") -> Board:
     """Score attributors (all registered, or `tools`) on the trojaned models of a zoo (`split` None = both
-    splits; `max_models` caps how many, in plan order); write per-model and aggregate rows to `results` and,
-    with `images_dir`, one PNG panel per trigger kind. Returns one ToolScores per attributor (metrics:
-    correlation, pointing_game, pointing_game_strict, mask_auroc, each also [kind=K] / [crude] / [insidious]; sanity_similarity,
-    sanity_pass, seconds_per_model). `progress()` is called once per (model, attributor)."""
+    splits; `max_models` caps how many, in plan order); write per-model rows into `results` (a RunTarget, a store
+    path — then the track is a run of its own — or None) and, with `images_dir`, one PNG panel per trigger kind.
+    Returns the board (columns: correlation, pointing_game, pointing_game_strict, mask_auroc, each also
+    [kind=K] / [crude] / [insidious]; sanity_similarity, sanity_pass, seconds_per_model). `progress()` is called
+    once per (model, attributor)."""
     names = _select(tools)
     zoo = Zoo(zoo_dir)
     zoo.plan()  # a clear error if this is not a zoo
-    cfg = zoo.config()
     models = [(j, f, c) for j, f, c in zoo.models(split=split) if j.trojaned]
     if max_models is not None:
         models = models[:max_models]
     if not models:
         raise UserError(f"zoo {zoo.root} has no finished trojaned models" + (f" in split {split!r}" if split else ""))
     ds = zoo.dataset()
-    tools_ = {n: ATTRIBUTORS.get(n)(seed=seed) for n in names}
+    reference = reference_sample(ds.x_train, seed=seed)  # every attributor gets the same clean sample
+    tools_ = {n: ATTRIBUTORS.get(n)(seed=seed).fit_reference(reference) for n in names}
     dev = torch.device(device)
-    per_tool: dict[str, list[_ModelResult]] = defaultdict(list)
-    seconds: dict[str, list[float]] = defaultdict(list)
     panels: dict[str, list[dict]] = defaultdict(list)
-    zoo_id = f"zoo:{cfg.name}"
-    with ResultsStore(results) as store:
-        for job, folder, card in models:
-            model, _ = load_model(folder, dev)
-            model.eval()
-            p = prepare(ds, job.arch, job.arch_kwargs, job.trojan, seed=card.seed)
-            trigger, poison = p.trigger, job.trojan.poison
-            keep = attack_mask(ds.y_test, poison) & clean_test_mask(trigger, ds.x_test)
-            idx = torch.nonzero(keep).flatten()
-            idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))[:n_images]]
-            x, y = ds.x_test[idx], ds.y_test[idx]
-            x_trig, mask = trigger.apply_with_mask(x, generator=torch.Generator().manual_seed(seed))
-            target = relabel(y, poison, ds.num_classes)
-            soft, binary = footprints(x, x_trig, mask)
-            asr = float((predict(model, x_trig) == target).float().mean())
-            randomized = randomized_copy(model, seed=seed)
-            kind, insidious = job.trojan.trigger.kind, bool(job.trojan.insidious)
-            example = {"image": x_trig[0], "footprint": soft[0], "maps": {}, "model": card.id}
-            for name, tool in tools_.items():
-                start = time.perf_counter()
-                maps = tool.attribute(model, x_trig, target)
-                seconds[name].append(time.perf_counter() - start)
-                scores = score_maps(maps, soft, binary)
-                k = min(n_sanity, len(x_trig))
-                sim = rank_similarity(maps[:k], tool.attribute(randomized, x_trig[:k], target[:k])) if k else np.array([])
-                res = _ModelResult(card.id, kind, insidious,
-                                   {m: _nanmean(v) for m, v in scores.items()} | {"sanity_similarity": _nanmean(sim)})
-                per_tool[name].append(res)
-                example["maps"][name] = maps[0]
-                store.write([ResultRow(name, card.id, TASK, metric, None if math.isnan(v) else v, seed=seed,
-                                       tool_version=tool.version,
-                                       extra={"job": job.id, "kind": kind, "insidious": insidious, "n_images": len(x),
-                                              "attack_success": asr, "seconds": seconds[name][-1]})
-                             for metric, v in res.values.items()])
-                if progress:
-                    progress()
-            panels[kind].append(example)
-        out = []
-        for name, tool in tools_.items():
-            out.append(_aggregate(name, tool, per_tool[name], seconds[name], n_boot, seed))
-            _store_aggregates(store, out[-1], zoo_id, seed, tool.version)
+    spec = board_spec(population(zoo, split, models))
+    config = {"track": "diagnose", "zoo": zoo.config().model_dump(), "tools": names, "n_images": n_images,
+              "split": split, "max_models": max_models, "n_sanity": n_sanity}
+    rows = []
+    checked, collapsed = False, {}
+    with recording(results, "track:diagnose", config, seed) as target:
+        store = ResultsStore(target) if target is not None else None
+        try:
+            if store is not None:
+                store.write([spec_row(spec), *tool_info_rows(spec.task, "attribute", ATTRIBUTORS, names)])
+            for job, folder, card in models:
+                model, _ = load_model(folder, dev)
+                model.eval()
+                p = prepare(ds, job.arch, job.arch_kwargs, job.trojan, seed=card.seed)
+                trigger, poison = p.trigger, job.trojan.poison
+                keep = attack_mask(ds.y_test, poison) & clean_test_mask(trigger, ds.x_test)
+                idx = torch.nonzero(keep).flatten()
+                idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))[:n_images]]
+                x, y = ds.x_test[idx], ds.y_test[idx]
+                x_trig, mask = trigger.apply_with_mask(x, generator=torch.Generator().manual_seed(seed))
+                target_y = relabel(y, poison, ds.num_classes)
+                soft, binary = footprints(x, x_trig, mask)
+                asr = float((predict(model, x_trig) == target_y).float().mean())
+                randomized = randomized_copy(model, seed=seed)
+                example = {"image": x_trig[0], "footprint": soft[0], "maps": {}, "model": card.id}
+                if not checked:  # on the first model: a method whose maps equal another's is reported once
+                    collapsed.update(collapsed_methods(tools_, model, x_trig[:4], target_y[:4]))
+                    for name, same in collapsed.items():
+                        del tools_[name]
+                        if store is not None:
+                            store.write(ResultRow(name, "collapsed", TASK, "collapsed_onto", None,
+                                                  extra={"onto": same, "arch": job.arch}))
+                    checked = True
+                for name, tool in tools_.items():
+                    start = time.perf_counter()
+                    maps = tool.attribute(model, x_trig, target_y)
+                    seconds = time.perf_counter() - start
+                    scores = score_maps(maps, soft, binary)
+                    k = min(n_sanity, len(x_trig))
+                    sim = rank_similarity(maps[:k], tool.attribute(randomized, x_trig[:k], target_y[:k])) if k else np.array([])
+                    values = {m: _nanmean(v) for m, v in scores.items()} | {"sanity_similarity": _nanmean(sim)}
+                    values["sanity_pass"] = float(values["sanity_similarity"] < SANITY_THRESHOLD) \
+                        if not math.isnan(values["sanity_similarity"]) else float("nan")
+                    values["seconds"] = seconds
+                    example["maps"][name] = maps[0]
+                    new = [model_row(name, card.id, TASK, metric, v, role=role_of(type(tool)), groups=groups_of(job),
+                                     version=tool.version, seed=seed, job=job.id, n_images=len(x), attack_success=asr)
+                           for metric, v in values.items()]
+                    rows.extend(new)
+                    if store is not None:
+                        store.write(new)
+                    if progress:
+                        progress()
+                panels[job.trojan.trigger.kind].append(example)
+            if collapsed:
+                spec.note += "; reported once (identical maps on this architecture): " + ", ".join(
+                    f"{n} = {same}" for n, same in collapsed.items())
+                if store is not None:
+                    store.write(spec_row(spec))
+        finally:
+            if store is not None:
+                store.close()
     if images_dir is not None:
-        write_panels(panels, images_dir, names)
+        write_panels(panels, images_dir, [n for n in names if n not in collapsed])
+    return compute_board(rows, spec, n_boot, seed)
+
+
+def collapsed_methods(tools: dict, model, x: torch.Tensor, target: torch.Tensor) -> dict[str, str]:
+    """{method: the earlier method whose maps it reproduces exactly on these inputs}. On architectures whose
+    activations captum cannot override (functional calls, GELU), DeepLIFT falls back to input x gradient and
+    guided backprop / deconvolution to the plain gradient: one method under three names, scored once."""
+    maps, out = {}, {}
+    for name, tool in tools.items():
+        if not tool.uses_model:
+            continue
+        m = tool.attribute(model, x, target)
+        same = next((other for other, mo in maps.items() if mo.shape == m.shape and torch.allclose(mo, m, rtol=1e-5, atol=1e-7)), None)
+        if same is not None:
+            out[name] = same
+        else:
+            maps[name] = m
     return out
-
-
-def _aggregate(name: str, tool: Attributor, rows: list[_ModelResult], secs: list[float], n_boot: int,
-               seed: int) -> ToolScores:
-    res = ToolScores(name, tool.is_baseline)
-    for metric in METRICS:
-        res.metrics[metric] = _estimate([r.values[metric] for r in rows], n_boot, seed)
-        groups = defaultdict(list)
-        for r in rows:
-            groups[f"kind={r.kind}"].append(r.values[metric])
-            groups["insidious" if r.insidious else "crude"].append(r.values[metric])
-        for g, vals in sorted(groups.items()):
-            res.metrics[f"{metric}[{g}]"] = _estimate(vals, n_boot, seed)
-    sim = _estimate([r.values["sanity_similarity"] for r in rows], n_boot, seed)
-    res.metrics["sanity_similarity"] = sim
-    res.metrics["sanity_pass"] = Estimate(float(sim.value < SANITY_THRESHOLD) if not math.isnan(sim.value) else float("nan"),
-                                          float("nan"), float("nan"), sim.n)
-    res.metrics["seconds_per_model"] = Estimate(float(np.mean(secs)), float("nan"), float("nan"), len(secs))
-    return res
-
-
-def _store_aggregates(store: ResultsStore, res: ToolScores, zoo_id: str, seed: int, version: str) -> None:
-    store.write([ResultRow(res.tool, zoo_id, TASK, metric, None if math.isnan(est.value) else est.value, seed=seed,
-                           tool_version=version, extra={"low": est.low, "high": est.high, "n": est.n,
-                                                        "baseline": res.is_baseline})
-                 for metric, est in res.metrics.items()])
 
 
 def write_panels(panels: dict[str, list[dict]], images_dir: str | Path, names: list[str], rows: int = 3) -> list[Path]:

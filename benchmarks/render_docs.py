@@ -1,0 +1,275 @@
+"""Regenerate every measured block of README.md and docs/*.md from the JSON files under benchmarks/results/.
+
+A measured block sits between `<!-- measured:NAME -->` and `<!-- /measured:NAME -->`; its text is what the renderer
+NAME below makes of its source files, nothing typed by hand. tests/test_docs_numbers.py fails when a block differs
+from its rendering, when a number in a block is not in its sources, or when a source lacks its provenance.
+
+    .venv/bin/python benchmarks/render_docs.py          # rewrite the blocks
+    .venv/bin/python benchmarks/render_docs.py --check  # exit 1 if any block is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+BLOCK = re.compile(r"(<!-- measured:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /measured:(?P=name) -->)", re.S)
+PROVENANCE_FIELDS = ("run_id", "commit", "config", "cores", "torch_threads", "date")
+
+
+def load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def fmt(x, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def cell(m: dict | None, digits: int = 3) -> str:
+    """A board cell as the terminal prints it: value [low, high], or value (n=3) below 5 units."""
+    if not m or m.get("value") is None:
+        return "-"
+    if "low" in m:
+        return f"{fmt(m['value'], digits)} [{fmt(m['low'], digits)}, {fmt(m['high'], digits)}]"
+    return f"{fmt(m['value'], digits)} (n={m['n']})"
+
+
+def verdict(tool: dict) -> str:
+    v = tool["verdict"]
+    cmp = tool.get("vs_reference")
+    if cmp and cmp.get("p_holm") is not None and v in ("beats", "ties", "worse"):
+        return f"{v} ({cmp['diff']['value']:+.3f}, p={cmp['p_holm']:.2g})"
+    return v
+
+
+def board_table(board: dict, columns: list[tuple[str, str]]) -> str:
+    """A markdown table of one stored board: rank, tool, the given cells, n, verdict."""
+    head = ["rank", "tool", *[h for _, h in columns], "n", f"vs {board['reference']}" if board.get("reference") else "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for rank, t in enumerate(board["tools"], 1):
+        cells = [cell(t["metrics"].get(m)) for m, _ in columns]
+        lines.append("| " + " | ".join([str(rank), t["tool"], *cells, str(t["n_models"]), verdict(t)]) + " |")
+    return "\n".join(lines)
+
+
+def provenance_line(data: dict, source: str) -> str:
+    p = data["provenance"]
+    commit = p.get("commit") or "?"
+    commit = commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
+    return (f"Source: `benchmarks/results/{source}` (run `{p['run_id']}`, commit `{commit}`, "
+            f"{p['cores']} cores, {p['torch_threads']} torch threads, {p['date'][:10]}).")
+
+
+# ---- the blocks ---------------------------------------------------------------------------------------------
+# NAME -> (source files, renderer(data by source) -> markdown)
+RENDERERS: dict[str, tuple[list[str], Callable[[dict], str]]] = {}
+
+
+def block(name: str, *sources: str):
+    def deco(fn):
+        RENDERERS[name] = (list(sources), fn)
+        return fn
+
+    return deco
+
+
+def pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _value(t: dict, key: str):
+    return (t["metrics"].get(key) or {}).get("value")
+
+
+def boards_summary(data: dict) -> str:
+    """One line per board: the population, the best tool and the strongest baseline on the ranking column, and
+    how many tools beat / tie / are worse than that baseline (paired bootstrap, Holm-corrected)."""
+    lines = ["| board (ranked by) | models | best tool | strongest baseline | tools: beats / ties / worse |",
+             "|---|---|---|---|---|"]
+    for b in data["boards"]:
+        tools = [t for t in b["tools"] if t["role"] == "tool"]
+        ref = next((t for t in b["tools"] if t["tool"] == b.get("reference")), None)
+        best = tools[0] if tools else None
+        counts = [sum(t["verdict"] == v for t in tools) for v in ("beats", "ties", "worse")]
+        n = max((t["n_models"] for t in b["tools"]), default=0)
+        lines.append(f"| {b['title']} ({b['key']}) | {n} | "
+                     + (f"{best['tool']} {cell(best['metrics'].get(b['key']))}" if best else "-") + " | "
+                     + (f"{ref['tool']} {cell(ref['metrics'].get(b['key']))}" if ref else "-") + " | "
+                     + " / ".join(map(str, counts)) + " |")
+    return "\n".join(lines)
+
+
+def boards_full(data: dict) -> str:
+    out = []
+    for b in data["boards"]:
+        out += [f"#### {b['title']}", "", f"Ranked by `{b['key']}` ({'higher' if b['higher_is_better'] else 'lower'} "
+                f"is better). {b.get('population', '')}", ""]
+        out += [board_table(b, [(a, h) for a, h in b.get("main", [])]), ""]
+    return "\n".join(out)
+
+
+@block("boards", "board_digits-bench.json")
+def _boards(d):
+    data = d["board_digits-bench.json"]
+    return boards_summary(data) + "\n\n" + provenance_line(data, "board_digits-bench.json")
+
+
+@block("leaderboards", "board_digits-bench.json")
+def _leaderboards(d):
+    data = d["board_digits-bench.json"]
+    return provenance_line(data, "board_digits-bench.json") + "\n\n" + boards_full(data)
+
+
+@block("leaderboards-eval2", "board_digits-eval2.json")
+def _leaderboards_eval2(d):
+    data = d["board_digits-eval2.json"]
+    return provenance_line(data, "board_digits-eval2.json") + "\n\n" + boards_full(data)
+
+
+@block("carry-over", "carry_over.json")
+def _carry_over(d):
+    data = d["carry_over.json"]
+    lines = ["| board | tools in both | Kendall tau | p | verdicts that changed (default -> eval2) |", "|---|---|---|---|---|"]
+    for b in data["boards"]:
+        changes = ", ".join(f"{c['tool']} {c['default']} -> {c['eval2']}" for c in b["verdict_changes"]) or "none"
+        lines.append(f"| {b['task']} | {b['n_tools']} | {fmt(b['kendall_tau'], 2)} | {fmt(b['p_value'], 3)} | {changes} |")
+    return "\n".join(lines) + "\n\n" + provenance_line(data, "carry_over.json")
+
+
+@block("end-to-end", "end_to_end.json")
+def _end_to_end(d):
+    data = d["end_to_end.json"]
+    lines = ["| run | total (s) | " + " | ".join(data["runs"]["cold"]["stages_s"]) + " |",
+             "|---|---|" + "---|" * len(data["runs"]["cold"]["stages_s"])]
+    for label, r in data["runs"].items():
+        lines.append(f"| {label} | {r['total_s']:.1f} | " + " | ".join(f"{v:.1f}" for v in r["stages_s"].values()) + " |")
+    return "\n".join(lines) + "\n\n" + provenance_line(data, "end_to_end.json")
+
+
+@block("implant-kinds", "implant_kinds.json")
+def _implant_kinds(d):
+    data = d["implant_kinds.json"]
+    lines = ["| model | clean accuracy | attack success rate |", "|---|---|---|"]
+    for name, m in data["models"].items():
+        lines.append(f"| {name} | {pct(m['clean_accuracy'])} | {pct(m.get('attack_success_rate'))} |")
+    return "\n".join(lines) + "\n\n" + provenance_line(data, "implant_kinds.json")
+
+
+@block("judge-ceiling", "judge_ceiling.json")
+def _judge_ceiling(d):
+    data = d["judge_ceiling.json"]
+    rows = [("held-out trojans", data)] + ([("all trojans of the zoo", data["all_splits"])] if "all_splits" in data else [])
+    kinds = sorted({k for _, part in rows for k in part["perfect_tool_accuracy"]} - {"overall"}) + ["overall"]
+    lines = ["| trojans | accuracy of | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
+    for label, part in rows:
+        for field, name in (("perfect_tool_accuracy", "perfect tool"), ("random_prior_accuracy", "random prior"),
+                            ("chance", "chance")):
+            cells = [part[field].get(k) for k in kinds]
+            lines.append(f"| {label} | {name} | " + " | ".join(
+                "-" if c is None else f"{c['value']:.3f} (n={c['n']})" for c in cells) + " |")
+    return "\n".join(lines) + "\n\n" + provenance_line(data, "judge_ceiling.json")
+
+
+@block("zoo-determinism", "zoo_determinism.json")
+def _zoo_determinism(d):
+    data = d["zoo_determinism.json"]
+    lines = ["| arch | comparison | result |", "|---|---|---|"]
+    for arch, part in data["archs"].items():
+        for what, result in part["summary"].items():
+            lines.append(f"| {arch} | {what} | {result} |")
+    return "\n".join(lines) + "\n\n" + provenance_line(data, "zoo_determinism.json")
+
+
+@block("vs-art", "vs_art.json")
+def _vs_art(d):
+    data = d["vs_art.json"]
+    sp, ac = data["summary"]["spectral"], data["summary"]["activation_clustering"]
+    lines = ["| detector | ours: ranking AUROC | ART: ranking AUROC | ART's decisions: TPR / FPR | ours: TPR at ART's FPR |"
+             " seconds per model: ours / ART |", "|---|---|---|---|---|---|"]
+    op = sp["at_art_operating_point"]
+    lines.append(f"| spectral signatures | {fmt(sp['ranking_auroc']['ours'])} | {fmt(sp['ranking_auroc']['art'])} | "
+                 f"{fmt(op['art_tpr'])} / {fmt(op['art_fpr'])} | {fmt(op['ours_tpr_at_art_fpr'])} | "
+                 f"{fmt(sp['seconds_per_model']['ours'], 2)} / {fmt(sp['seconds_per_model']['art'], 2)} |")
+    for key, label in (("art_default", "ART defaults"), ("art_paper_like", "ART, paper-like settings")):
+        a = ac[key]
+        lines.append(f"| activation clustering vs {label} | {fmt(ac['ranking_auroc_ours'])} | - (decisions only) | "
+                     f"{fmt(a['art_tpr'])} / {fmt(a['art_fpr'])} | {fmt(a['ours_tpr_at_art_fpr'])} | "
+                     f"{fmt(ac['seconds_per_model']['ours'], 2)} / {fmt(ac['seconds_per_model'][key], 2)} |")
+    return "\n".join(lines) + "\n\n" + provenance_line(data, "vs_art.json")
+
+
+def _track_boards(prefix: str, source: str):
+    def fn(d):
+        data = d[source]
+        picked = {**data, "boards": [b for b in data["boards"] if b["task"].split("@")[0] in prefix.split(",")]}
+        return provenance_line(data, source) + "\n\n" + boards_full(picked)
+    return fn
+
+
+# `board-<track>`: the default zoo's boards of one track (docs/<track>.md); `board2-<track>`: the second zoo's
+for _name, _tasks in {"detect": "detect-model,detect-samples", "diagnose": "diagnose-attribution",
+                      "synthesize": "synthesize,synthesize-mc", "repair": "repair", "edit": "edit"}.items():
+    block(f"board-{_name}", "board_digits-bench.json")(_track_boards(_tasks, "board_digits-bench.json"))
+    block(f"board2-{_name}", "board_digits-eval2.json")(_track_boards(_tasks, "board_digits-eval2.json"))
+
+# more renderers, one file per document, in benchmarks/blocks/*.py: each is run in this module's namespace, so it
+# uses `block`, `load`, `cell`, `fmt`, `pct`, `board_table`, `provenance_line` directly
+for _path in sorted((Path(__file__).resolve().parent / "blocks").glob("*.py")):
+    exec(compile(_path.read_text(), str(_path), "exec"), globals())  # noqa: S102
+
+
+def render(name: str) -> str:
+    sources, fn = RENDERERS[name]
+    return fn({s: load(s) for s in sources}).rstrip("\n") + "\n"
+
+
+def documents() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def blocks_in(path: Path) -> list[tuple[str, str]]:
+    return [(m["name"], m["body"]) for m in BLOCK.finditer(path.read_text())]
+
+
+def rewrite(path: Path) -> bool:
+    text = path.read_text()
+
+    def sub(m):
+        if m["name"] not in RENDERERS:
+            raise SystemExit(f"{path.name}: unknown measured block {m['name']!r}")
+        return m.group(1) + render(m["name"]) + m.group(4)
+
+    new = BLOCK.sub(sub, text)
+    if new != text:
+        path.write_text(new)
+        return True
+    return False
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="only report stale blocks (exit 1 if any)")
+    args = ap.parse_args()
+    stale = []
+    for doc in documents():
+        for name, body in blocks_in(doc):
+            if name not in RENDERERS:
+                stale.append(f"{doc.name}: unknown block {name}")
+            elif body != render(name):
+                stale.append(f"{doc.name}: {name}")
+        if not args.check:
+            rewrite(doc)
+    if args.check and stale:
+        print("stale measured blocks:\n  " + "\n  ".join(stale))
+        sys.exit(1)
+    print("checked" if args.check else "rewrote", sum(len(blocks_in(d)) for d in documents()), "blocks")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Run the studies and store what docs/studies.md quotes: each study's findings and its stored tables.
+
+    .venv/bin/python benchmarks/studies.py [--studies text,width-depth,subnetworks,continuum] [--quick]
+
+Each study runs as `trojanbench study NAME` does (one run of runs/study-NAME/results.sqlite); its findings (the
+lines the CLI prints) and every aggregate row of its run (value, 95% CI, n) go to
+benchmarks/results/study_<name>.json with the run id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from trojanbench.results import ResultsStore
+from trojanbench.results.provenance import write_benchmark
+from trojanbench.studies import run_study
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--studies", default="text,width-depth,subnetworks,continuum")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    for name in args.studies.split(","):
+        started = time.time()
+        summary = run_study(name, Path("runs") / f"study-{name}", seed=args.seed, quick=args.quick,
+                            progress=lambda m: print(m, flush=True))
+        with ResultsStore(summary.results) as store:
+            rows = store.rows(summary.run_id)
+        tables = [{"task": r.task, "tool": r.tool, "metric": r.metric, "value": r.value,
+                   "low": r.extra.get("low"), "high": r.extra.get("high"), "n": r.extra.get("n")}
+                  for r in rows if "low" in r.extra and r.value is not None]
+        path = write_benchmark(f"study_{name}", {"study": name, "seconds": round(summary.seconds, 1),
+                                                 "findings": summary.findings, "tables": tables},
+                               config={"study": name, "seed": args.seed, "quick": args.quick}, run_id=summary.run_id,
+                               seed=args.seed, started=started)
+        print(f"{name}: {len(tables)} cells -> {path}")
+
+
+if __name__ == "__main__":
+    main()

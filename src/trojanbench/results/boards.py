@@ -1,0 +1,291 @@
+"""Leaderboards computed from one run's per-model rows: the one place where scores get intervals and verdicts.
+
+A track writes one row per (tool, model, per-model metric) into its run, each row's `extra` holding the model's
+`groups` (["kind=patch", "crude"], ...), its truth `label` where a detector is scored (1 = trojaned) and the
+tool's `role` ("tool", "baseline" or "anchor"), and it writes its `BoardSpec` once (`spec_row`). Everything
+else — means, proportions, AUROCs, per-group cells, the verdict against baselines — is computed here, the same
+way for the terminal board, the HTML report and the benchmark scripts:
+
+- a column is a statistic of one per-model metric over the board's models: `mean` (percentile bootstrap over
+  models), `proportion` (0/1 outcomes, Wilson interval), `auroc` (per-model scores against their labels,
+  bootstrap stratified by label), or `timing` (a mean, no interval); every column is also computed per group
+  (`auroc[kind=patch]`: the clean models and the patch trojans);
+- the verdict: each tool against the strongest baseline (best point estimate of the ranking column), paired —
+  the same resampled models for both — by bootstrap of the difference, two-sided p-values Holm-corrected
+  across the board's tools, printed as beats / ties / worse. Anchors (do-nothing, retrain) get no verdict;
+- cells with n < 5 print no interval (see `stats.Estimate`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from .stats import Comparison, Estimate, bootstrap_auroc, bootstrap_mean, holm, paired_test, proportion
+from .store import ResultRow
+
+SPEC_TOOL, SPEC_MODEL, SPEC_METRIC = "trojanbench", "board", "spec"
+INFO = "info"
+ROLES = ("tool", "baseline", "anchor")
+
+
+class Column(BaseModel):
+    """One statistic of one per-model metric."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str  # the aggregate's name, e.g. "auroc", "target_accuracy", "asr@0.05"
+    source: str  # the per-model metric it is computed from, e.g. "score", "target_hit", "asr@0.05"
+    stat: Literal["mean", "proportion", "auroc", "timing"] = "mean"
+    header: str = ""
+    groups: bool = True  # also computed per group of models
+
+
+class BoardSpec(BaseModel):
+    """How one task's board is computed and shown; stored in the run, so a report needs no code of the task."""
+
+    model_config = ConfigDict(extra="forbid")
+    task: str
+    title: str
+    key: str  # the aggregate the board is ranked by and the verdict is about (may be a group cell: "x[kind=patch]")
+    higher_is_better: bool = True
+    columns: list[Column]
+    main: list[str]  # aggregates shown in the main table, in order (the rest go to the long table)
+    population: str = ""  # which models, from which split, under which quality gate
+    note: str = ""
+
+    def header(self, aggregate: str) -> str:
+        """A column header: the column's own header, plus the group it is restricted to ("AUROC patch")."""
+        base, _, group = aggregate.partition("[")
+        try:
+            text = self.column(base).header or base
+        except KeyError:
+            text = base
+        if group:
+            text += " " + group.rstrip("]").removeprefix("kind=")
+        return text
+
+    def column(self, aggregate: str) -> Column:
+        base = aggregate.split("[")[0]
+        for c in self.columns:
+            if c.name == base:
+                return c
+        raise KeyError(f"board {self.task!r} has no column {base!r}")
+
+
+def spec_row(spec: BoardSpec) -> ResultRow:
+    return ResultRow(SPEC_TOOL, SPEC_MODEL, spec.task, SPEC_METRIC, None, extra={"spec": spec.model_dump()})
+
+
+def tool_info_rows(task: str, family: str, registry, names) -> list[ResultRow]:
+    """What the report says about each tool of a board: family, paper, fidelity note and version, as the run used it."""
+    rows = []
+    for name in names:
+        cls = registry.get(name)
+        doc = (cls.__doc__ or "").strip().split("\n")[0]
+        rows.append(ResultRow(name, "tool", task, INFO, None, tool_version=getattr(cls, "version", ""),
+                              extra={"family": family, "paper": getattr(cls, "paper", ""), "doc": doc,
+                                     "fidelity": getattr(cls, "fidelity", ""),
+                                     "baseline": bool(getattr(cls, "is_baseline", False))}))
+    return rows
+
+
+def model_row(tool: str, model_id: str, task: str, metric: str, value: float | None, *, role: str, groups: list[str],
+              version: str = "", seed: int = 0, label: int | None = None, **extra) -> ResultRow:
+    """A per-model row as boards read it (nan values are stored as NULL and left out of statistics)."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}")
+    value = None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+    body = {"role": role, "groups": list(groups), **({"label": int(label)} if label is not None else {}), **extra}
+    return ResultRow(tool, model_id, task, metric, value, seed=seed, tool_version=version, extra=body)
+
+
+@dataclass
+class ToolScores:
+    """One tool's row of a board."""
+
+    tool: str
+    is_baseline: bool
+    metrics: dict[str, Estimate] = field(default_factory=dict)
+    role: str = "tool"
+    comparison: Comparison | None = None  # against the strongest baseline, on the key column
+    n_models: int = 0
+    version: str = ""
+
+    @property
+    def verdict(self) -> str:
+        if self.role != "tool":
+            return self.role
+        return self.comparison.verdict if self.comparison is not None else "n/a"
+
+
+@dataclass
+class Board:
+    spec: BoardSpec
+    scores: list[ToolScores]  # ranked
+    reference: str | None  # the strongest baseline the verdicts compare with
+    n_boot: int = 0
+
+    @property
+    def title(self) -> str:
+        return self.spec.title
+
+    def get(self, tool: str) -> ToolScores:
+        return next(s for s in self.scores if s.tool == tool)
+
+
+class _Data:
+    """A task's per-model rows, indexed for the statistics: (tool, metric) -> {model_id: (value, extra)}."""
+
+    def __init__(self, rows: list[ResultRow]):
+        self.values: dict[tuple[str, str], dict[str, tuple[float, dict]]] = defaultdict(dict)
+        self.roles: dict[str, str] = {}
+        self.versions: dict[str, str] = {}
+        for r in rows:
+            if r.tool == SPEC_TOOL or "role" not in r.extra:
+                continue
+            self.values[(r.tool, r.metric)][r.model_id] = (float("nan") if r.value is None else r.value, r.extra)
+            self.roles.setdefault(r.tool, r.extra["role"])
+            self.versions.setdefault(r.tool, r.tool_version)
+
+    def tools(self) -> list[str]:
+        return sorted(self.roles)
+
+    def units(self, tool: str, column: Column, group: str | None) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+        """(model ids, values, labels or None) of one tool's cell. For AUROC a group keeps every negative."""
+        cell = self.values.get((tool, column.source), {})
+        # an AUROC cell of a group compares that group's positives with the negatives tagged with the group, or
+        # with every negative when none is tagged (clean models belong to no trigger kind)
+        tagged = group is not None and column.stat == "auroc" and any(
+            e.get("label") == 0 and group in e.get("groups", []) for _, e in cell.values())
+        ids, vals, labels = [], [], []
+        for mid, (v, extra) in sorted(cell.items()):
+            label = extra.get("label")
+            in_group = group is None or group in extra.get("groups", [])
+            if not in_group and not (column.stat == "auroc" and label == 0 and not tagged):
+                continue
+            ids.append(mid)
+            vals.append(v)
+            labels.append(label)
+        labels_a = np.asarray([int(x) for x in labels]) if column.stat == "auroc" else None
+        return ids, np.asarray(vals, dtype=np.float64), labels_a
+
+    def groups(self, column: Column) -> list[str]:
+        found = set()
+        for (tool, metric), cell in self.values.items():
+            if metric == column.source:
+                for _, extra in cell.values():
+                    found.update(extra.get("groups", []))
+        return sorted(found)
+
+
+def _estimate(column: Column, values: np.ndarray, labels: np.ndarray | None, n_boot: int, seed: int) -> Estimate:
+    if column.stat == "auroc":
+        keep = ~np.isnan(values)
+        return bootstrap_auroc(labels[keep], values[keep], n_boot, seed)
+    if column.stat == "proportion":
+        return proportion(values)
+    if column.stat == "timing":
+        v = values[~np.isnan(values)]
+        return Estimate(float(v.mean()) if len(v) else float("nan"), n=len(v))
+    return bootstrap_mean(values, n_boot, seed)
+
+
+def _split(aggregate: str) -> tuple[str, str | None]:
+    if "[" in aggregate:
+        base, group = aggregate.split("[", 1)
+        return base, group.rstrip("]")
+    return aggregate, None
+
+
+def compute_board(rows: list[ResultRow], spec: BoardSpec, n_boot: int = 2000, seed: int = 0) -> Board:
+    """Every tool's cells and its verdict against the strongest baseline, from one run's rows of `spec.task`."""
+    data = _Data([r for r in rows if r.task == spec.task])
+    scores = []
+    for tool in data.tools():
+        s = ToolScores(tool, data.roles[tool] == "baseline", role=data.roles[tool], version=data.versions[tool])
+        for column in spec.columns:
+            ids, vals, labels = data.units(tool, column, None)
+            if not ids:
+                continue
+            s.metrics[column.name] = _estimate(column, vals, labels, n_boot, seed)
+            s.n_models = max(s.n_models, len(ids))
+            if column.groups:
+                for g in data.groups(column):
+                    ids_g, vals_g, labels_g = data.units(tool, column, g)
+                    if ids_g:
+                        s.metrics[f"{column.name}[{g}]"] = _estimate(column, vals_g, labels_g, n_boot, seed)
+        scores.append(s)
+    reference = _compare(data, spec, scores, n_boot, seed)
+    sign = 1 if spec.higher_is_better else -1
+
+    def rank_key(s: ToolScores):
+        v = s.metrics.get(spec.key, Estimate(float("nan"))).value
+        return (math.isnan(v), -sign * v if not math.isnan(v) else 0.0, s.tool)
+
+    return Board(spec, sorted(scores, key=rank_key), reference, n_boot)
+
+
+def _compare(data: _Data, spec: BoardSpec, scores: list[ToolScores], n_boot: int, seed: int) -> str | None:
+    """Set each tool's paired comparison with the strongest baseline on the key aggregate; returns its name."""
+    base, group = _split(spec.key)
+    column = spec.column(spec.key)
+    sign = 1 if spec.higher_is_better else -1
+    baselines = [s for s in scores if s.role == "baseline" and not math.isnan(s.metrics.get(spec.key, Estimate(math.nan)).value)]
+    if not baselines:
+        return None
+    best = max(baselines, key=lambda s: (sign * s.metrics[spec.key].value, s.tool))
+    ref_ids, ref_vals, ref_labels = data.units(best.tool, column, group)
+    ref = dict(zip(ref_ids, ref_vals))
+    comparisons = []
+    for s in scores:
+        if s.role != "tool" or spec.key not in s.metrics:
+            continue
+        ids, vals, labels = data.units(s.tool, column, group)
+        common = [i for i, mid in enumerate(ids) if mid in ref]
+        a = vals[common]
+        b = np.asarray([ref[ids[i]] for i in common])
+        kind = "auroc" if column.stat == "auroc" else "mean"
+        if column.stat == "timing":
+            continue
+        s.comparison = paired_test(a, b, kind, None if labels is None else labels[common], n_boot, seed)
+        comparisons.append(s.comparison)
+    holm(comparisons, spec.higher_is_better)
+    return best.tool
+
+
+def board_specs(rows: list[ResultRow]) -> dict[str, BoardSpec]:
+    """The board specs a run stored, by task."""
+    return {r.task: BoardSpec.model_validate(r.extra["spec"]) for r in rows
+            if r.tool == SPEC_TOOL and r.model_id == SPEC_MODEL and r.metric == SPEC_METRIC}
+
+
+def boards_of_run(rows: list[ResultRow], n_boot: int = 2000, seed: int = 0) -> list[Board]:
+    """Every board of one run's rows, in the order their specs were stored."""
+    return [compute_board(rows, spec, n_boot, seed) for spec in board_specs(rows).values()]
+
+
+def board_json(board: Board) -> dict:
+    """A board as plain data (for benchmarks/results/*.json and exports)."""
+    def est(e: Estimate) -> dict:
+        out = {"value": None if math.isnan(e.value) else round(e.value, 6), "n": e.n}
+        if e.has_interval:
+            out.update(low=round(e.low, 6), high=round(e.high, 6), method=e.method)
+        return out
+
+    tools = []
+    for s in board.scores:
+        item = {"tool": s.tool, "role": s.role, "verdict": s.verdict, "n_models": s.n_models,
+                "metrics": {m: est(e) for m, e in sorted(s.metrics.items())}}
+        if s.comparison is not None:
+            item["vs_reference"] = {"diff": est(s.comparison.diff), "p": round(s.comparison.p, 6),
+                                    "p_holm": None if math.isnan(s.comparison.p_holm) else round(s.comparison.p_holm, 6)}
+        tools.append(item)
+    return {"task": board.spec.task, "title": board.spec.title, "key": board.spec.key,
+            "higher_is_better": board.spec.higher_is_better, "population": board.spec.population,
+            "main": [[a, board.spec.header(a)] for a in board.spec.main], "note": board.spec.note,
+            "reference": board.reference, "n_boot": board.n_boot, "tools": tools}
