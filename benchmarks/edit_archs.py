@@ -7,26 +7,23 @@ uniformly drawn layer gets on average) -- reported whether or not the edits work
 
 Every editor gets the same `EditInputs`, as the edit task builds them: the 5% clean budget stamped with the
 trigger and its true labels, the budget as the clean twins, the budget itself. Writes
-benchmarks/results/edit_archs.json (with commit, date, cores and torch threads).
+benchmarks/results/edit_archs.json with its provenance (`write_benchmark`: run id, commit, config, cores, torch
+threads, date); the file holds one run only, so a partial run (`--archs cnn`) should write elsewhere
+(`--out edit_archs_cnn`). About 16 minutes on one CPU thread for the four architectures (training included).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 from dataclasses import replace
-from datetime import UTC, datetime
-from pathlib import Path
 
 import torch
-from edit_tune import git_state
 
 from trojanbench.config import default_train_config
 from trojanbench.data import load_dataset
 from trojanbench.implant import implant, prepare
+from trojanbench.results.provenance import write_benchmark
 from trojanbench.tasks.repair import draw_budget
 from trojanbench.tools.edit import EDITORS, EditInputs
 from trojanbench.tools.edit.finetune import FineTuneLayer
@@ -35,7 +32,6 @@ from trojanbench.tools.edit.rome import Rome
 from trojanbench.tools.locate import causal_trace
 from trojanbench.train.evaluate import clean_accuracy, predict
 from trojanbench.trojans import PoisonSpec, TriggerSpec, TrojanSpec
-from trojanbench.utils import library_versions
 
 ARCHS = {"cnn": {"width": 16, "depth": 3}, "mlp": {"width": 256}, "resnet18": {"width": 16}, "vit": {"dim": 64, "depth": 3}}
 EPOCHS = {"cnn": 25, "mlp": 25, "resnet18": 12, "vit": 40}
@@ -91,24 +87,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--archs", default=",".join(ARCHS))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="edit_archs", help="a name under benchmarks/results/, or a .json path")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     ds = load_dataset("digits")
     spec = TrojanSpec(trigger=TriggerSpec(kind="patch"), poison=PoisonSpec(target=3, rate=0.1))
     idx = draw_budget(ds.y_train, 0.05, ds.num_classes)
-    path = Path(__file__).parent / "results" / "edit_archs.json"
-    start = time.perf_counter()
+    started, start = time.time(), time.perf_counter()
     archs = {arch: one_arch(ds, arch, spec, ds.x_train[idx], ds.y_train[idx]) for arch in a.archs.split(",")}
-    old = json.loads(path.read_text()) if path.exists() else {}
-    keep = {k: v for k, v in old.get("archs", {}).items() if k not in archs and "editors" in v}
     result = {"trigger": "3x3 checkerboard patch, bottom-right, 10% poison, target 3",
               "budget": "5% of the training set (class-balanced, seed 0); every editor gets the same EditInputs",
-              **git_state(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {a.threads}, no GPU (shared, loaded)",
-              "wall_seconds": round(time.perf_counter() - start, 1), "archs": {**keep, **archs},
-              "versions": library_versions()}
-    path.write_text(json.dumps(result, indent=1) + "\n")
+              "wall_seconds": round(time.perf_counter() - start, 1), "archs": archs}
+    path = write_benchmark(a.out, result, config=vars(a), started=started)
     print(f"wrote {path}")
 
 

@@ -5,34 +5,30 @@ and each setting is scored by mean ASR after the edit and mean clean-accuracy co
 
     .venv/bin/python benchmarks/edit_tune.py --zoo /work/zoos/digits-dev
 
-Writes benchmarks/results/edit_tune.json (sections are replaced, others kept). One knob at a time from ROME's
+Writes benchmarks/results/edit_tune.json with its provenance (`write_benchmark`): one knob at a time from ROME's
 GPT-2 XL settings (and from the old fine-tuning baseline's and projection's), then every registered editor
-with its chosen defaults (`--only final`).
+with its chosen defaults. The file holds one run only: a partial run (`--only final`) should write elsewhere
+(`--out edit_tune_final`). About 200 s on one CPU thread.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import time
 from dataclasses import asdict
-from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from trojanbench.implant import prepare
+from trojanbench.results.provenance import write_benchmark
 from trojanbench.tasks.repair import draw_budget, measure_repair
 from trojanbench.tools.edit import EDITORS, EditInputs
 from trojanbench.tools.edit.finetune import FineTuneLayer
 from trojanbench.tools.edit.projection import TriggerKeyProjection
 from trojanbench.tools.edit.rome import Rome, RomeHParams
 from trojanbench.tools.locate import causal_trace
-from trojanbench.utils import library_versions
 from trojanbench.zoo.build import Zoo
 from trojanbench.zoo.store import load_model
 
@@ -101,25 +97,19 @@ def sweep(make, base: dict, grid: dict, cs: list[dict], log: list) -> dict:
     return best
 
 
-def git_state() -> dict:
-    """The commit the numbers were measured at, and whether the working tree had uncommitted changes."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], check=False, capture_output=True, text=True, cwd=Path(__file__).parent).stdout
-
-    return {"commit": git("rev-parse", "HEAD").strip(), "dirty_tree": bool(git("status", "--porcelain").strip())}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--zoo", default="/work/zoos/digits-dev")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default="rome,finetune,projection,final")
+    ap.add_argument("--out", default="edit_tune", help="a name under benchmarks/results/, or a .json path")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    start = time.perf_counter()
+    started, start = time.time(), time.perf_counter()
     cs = cases(a.zoo)
-    print(f"{len(cs)} trojaned train-split models:", {k: sum(c['kind'] == k for c in cs) for k in sorted({c['kind'] for c in cs})})
-    out = {"zoo": a.zoo, "split": "train", "models": len(cs), "objective": "mean ASR after + mean clean cost"}
+    kinds = {k: sum(c["kind"] == k for c in cs) for k in sorted({c["kind"] for c in cs})}
+    print(f"{len(cs)} trojaned train-split models:", kinds)
+    out = {"zoo": a.zoo, "split": "train", "models": len(cs), "kinds": kinds, "objective": "mean ASR after + mean clean cost"}
     only = a.only.split(",")
     if "rome" in only:
         log: list = []
@@ -138,13 +128,8 @@ def main() -> None:
     if "final" in only:  # every registered editor with its chosen defaults, on the same dev models
         out["final"] = {name: score(EDITORS.get(name)(), cs) for name in EDITORS.names()}
         print(json.dumps(out["final"], indent=1))
-    out.update({**git_state(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {a.threads}, no GPU",
-                "wall_seconds": round(time.perf_counter() - start, 1), "versions": library_versions()})
-    path = Path(__file__).parent / "results" / "edit_tune.json"
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data.update(out)
-    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    out["wall_seconds"] = round(time.perf_counter() - start, 1)
+    path = write_benchmark(a.out, out, config=vars(a), started=started)  # provenance: run id, commit, machine, date
     print(f"wrote {path}")
 
 

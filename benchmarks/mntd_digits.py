@@ -10,7 +10,14 @@ chosen (`--sweep`: shadow recipe x number of shadows, scored on every model of t
 since it never reads a zoo label, and on its held-out split); `--bench` (default: `digits-bench` as `trojanbench
 run` caches it) is scored with those defaults and nothing is chosen from it. MNTD and MNTD-OC are built from
 their own shadow models only; output-stats-meta (and the learned baselines) are fitted on each zoo's training
-split, as the detect track does. Writes benchmarks/results/mntd_digits.json.
+split, as the detect track does. Writes benchmarks/results/mntd_digits.json (`--cold`: mntd_digits_cold.json) with
+its provenance (`write_benchmark`: run id, commit, config, cores, torch threads, date). A run without --sweep keeps
+the dev study of an earlier run that recorded provenance, under that run's provenance (`sweep_provenance`).
+
+Run time (1 torch thread, loaded 2-core machine): with the shadow cache warm (`$TROJANBENCH_CACHE/shadows`), a few
+minutes for both zoos; cold, add the default MNTD's shadows (320, about 1.2 CPU-seconds each: 6-7 CPU-minutes, about
+half an hour wall on a machine shared with other jobs) and output-stats-meta's shadow zoo. `--sweep` adds the Adam
+recipe's shadows (another 320 when cold) and 5 meta-classifier seeds per variant (seconds each, warm).
 """
 
 from __future__ import annotations
@@ -18,28 +25,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import tempfile
 import time
 from dataclasses import asdict, replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from trojanbench.data import load_dataset
+from trojanbench.results.provenance import write_benchmark
 from trojanbench.results.stats import auroc, bootstrap
 from trojanbench.tasks.detect import detection_context
 from trojanbench.tools.detect import DETECTORS
 from trojanbench.tools.detect.jumbo import JumboConfig, shadow_states, shadow_trojan
 from trojanbench.tools.detect.mntd import DEFAULT_SHADOWS, MNTD, MetaConfig, MNTDOneClass
 from trojanbench.tools.detect.shadow import fresh_copy
-from trojanbench.utils import library_versions
 from trojanbench.zoo.build import Zoo
 from trojanbench.zoo.store import load_model
 
 OUT = Path(__file__).parent / "results" / "mntd_digits.json"
+OUT_COLD = Path(__file__).parent / "results" / "mntd_digits_cold.json"
 PAPER = {"shadows_train_per_kind": 2048, "shadows_val_per_kind": 256, "shadow_epochs": 100,
          "shadow_optimizer": "Adam lr 1e-3, batch 100, no augmentation", "defender_data": "2% of the training set",
          "queries": 10, "hidden": 20, "meta_epochs": 10, "meta_optimizer": "Adam lr 1e-3, one shadow per step",
@@ -53,16 +59,6 @@ RECIPES = {
 }
 SWEEP_COUNTS = [16, 32, 64, 128]
 BASELINES = ["entropy", "final-layer-outlier", "weight-stats", "random"]
-
-
-def provenance(threads: int) -> dict:
-    def git(*args):
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=False,
-                              cwd=Path(__file__).parent).stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD"), "dirty_tree": bool(git("status", "--porcelain")),
-            "date": datetime.now(UTC).isoformat(timespec="seconds"), "cores": os.cpu_count(),
-            "torch_threads": threads, "load_average_at_start": os.getloadavg(), "versions": library_versions()}
 
 
 def cached_zoo(name: str) -> Path:
@@ -117,6 +113,7 @@ def score_zoo(zoo_dir: Path, sweep: bool) -> dict:
     test_jobs, test_models = load_split(zoo, "test")
     train_jobs, train_models = load_split(zoo, "train")
     entry = {"path": str(zoo_dir), "test_models": len(test_jobs), "test_trojaned": sum(j.trojaned for j in test_jobs),
+             "test_clean": sum(not j.trojaned for j in test_jobs), "all_models": len(test_jobs) + len(train_jobs),
              "test_crude_trojaned": sum(j.trojaned and not j.trojan.insidious for j in test_jobs),
              "train_models": len(train_jobs), "detectors": {}}
     for name in ["mntd", "mntd-oc"]:
@@ -206,21 +203,16 @@ def cold_build(zoo_dir: Path) -> dict:
                 "note": "wall time on a machine shared with other jobs; cpu_seconds is the work done by this process"}
 
 
-def previous_cold(out: str) -> dict:
-    """Earlier cold-build measurements (one per thread count)."""
-    cold = json.loads(Path(out).read_text()).get("cold_build", {}) if Path(out).is_file() else {}
-    return {k: v for k, v in cold.items() if k.startswith("threads=")}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dev", default=None, help="the dev zoo (default /work/zoos/digits-dev or the cached one)")
     ap.add_argument("--bench", default=None, help="the scored zoo (default: digits-bench as `trojanbench run` caches it)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sweep", action="store_true", help="also the dev-zoo study behind the defaults")
-    ap.add_argument("--cold", action="store_true", help="only time a cold build of the default MNTD (merged into --out)")
-    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--cold", action="store_true", help=f"only time a cold build of the default MNTD (into {OUT_COLD.name})")
+    ap.add_argument("--out", default=None, help=f"default {OUT.name}, with --cold {OUT_COLD.name}")
     args = ap.parse_args()
+    started = time.time()
     torch.set_num_threads(args.threads)
     dev = Path(args.dev) if args.dev else next((p for p in [Path("/work/zoos/digits-dev"), cached_zoo("digits-dev")]
                                                 if (p / "models").is_dir()), None)
@@ -229,25 +221,27 @@ def main() -> None:
     for name, path in zoos[:1] if args.cold else zoos:
         if path is None or not (path / "models").is_dir():
             raise SystemExit(f"zoo {name} not found at {path}: build it (`trojanbench zoo build --config {name}`)")
+    config = {"dev": str(dev), "bench": str(bench) if not args.cold else None, "threads": args.threads,
+              "sweep": args.sweep, "cold": args.cold,
+              "ours": {"shadows": asdict(DEFAULT_SHADOWS), "meta": asdict(MetaConfig())}}
+    out = Path(args.out) if args.out else (OUT_COLD if args.cold else OUT)
+    load_at_start = os.getloadavg()
     if args.cold:
-        start = provenance(args.threads)
-        update = {"cold_build": {**previous_cold(args.out), f"threads={args.threads}": {**start, **cold_build(dev)}}}
+        result = {"load_average_at_start": load_at_start, "threads": args.threads, "cold_build": cold_build(dev)}
     else:
-        update = {**provenance(args.threads), "paper": PAPER,
+        result = {"load_average_at_start": load_at_start, "paper": PAPER,
                   "ours": {"shadows": asdict(DEFAULT_SHADOWS), "meta": asdict(MetaConfig())}, "zoos": {}}
         for name, path in zoos:
-            update["zoos"][name] = score_zoo(path, args.sweep and name == "digits-dev")
-    out = Path(args.out)
-    previous = json.loads(out.read_text()) if out.is_file() else {}  # read late: a --cold run may finish meanwhile
-    if args.cold:
-        result = {**previous, **update}
-    else:  # kept from earlier runs until rerun: the cold build and the dev study
-        result = {**update, **({"cold_build": previous["cold_build"]} if "cold_build" in previous else {})}
-        for name, entry in result["zoos"].items():
-            if "sweep" not in entry and "sweep" in previous.get("zoos", {}).get(name, {}):
-                entry["sweep"] = previous["zoos"][name]["sweep"]
+            result["zoos"][name] = score_zoo(path, args.sweep and name == "digits-dev")
+        previous = json.loads(out.read_text()) if out.is_file() else {}
+        if "provenance" in previous:  # the dev study of an earlier run, kept under that run's provenance
+            for name, entry in result["zoos"].items():
+                old = previous.get("zoos", {}).get(name, {})
+                if "sweep" not in entry and "sweep" in old:
+                    entry["sweep"] = old["sweep"]
+                    entry["sweep_provenance"] = old.get("sweep_provenance", previous["provenance"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_benchmark(out, result, config=config, started=started)
     print(f"wrote {out}")
 
 

@@ -3,19 +3,27 @@
     .venv/bin/python benchmarks/studies.py [--studies text,width-depth,subnetworks,continuum] [--quick]
 
 Each study runs as `trojanbench study NAME` does (one run of runs/study-NAME/results.sqlite); its findings (the
-lines the CLI prints) and every aggregate row of its run (value, 95% CI, n) go to
-benchmarks/results/study_<name>.json with the run id.
+lines the CLI prints), the study's configuration as its run recorded it, and every aggregate row of its run
+(value, 95% CI, n; NaN stored as null) go to benchmarks/results/study_<name>.json with the run id:
+study_text.json, study_width-depth.json, study_subnetworks.json, study_continuum.json. The measured blocks
+`study-<name>` of docs/studies.md render them (benchmarks/blocks/studies.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
 from trojanbench.results import ResultsStore
 from trojanbench.results.provenance import write_benchmark
 from trojanbench.studies import run_study
+
+
+def _num(x):
+    """A float for JSON, None for a missing or undefined (NaN) value."""
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
 
 
 def main() -> None:
@@ -30,11 +38,13 @@ def main() -> None:
                             progress=lambda m: print(m, flush=True))
         with ResultsStore(summary.results) as store:
             rows = store.rows(summary.run_id)
-        tables = [{"task": r.task, "tool": r.tool, "metric": r.metric, "value": r.value,
-                   "low": r.extra.get("low"), "high": r.extra.get("high"), "n": r.extra.get("n")}
+            study_config = store.run(summary.run_id).info.get("config")
+        tables = [{"task": r.task, "tool": r.tool, "metric": r.metric, "value": _num(r.value),
+                   "low": _num(r.extra.get("low")), "high": _num(r.extra.get("high")), "n": r.extra.get("n")}
                   for r in rows if "low" in r.extra and r.value is not None]
         path = write_benchmark(f"study_{name}", {"study": name, "seconds": round(summary.seconds, 1),
-                                                 "findings": summary.findings, "tables": tables},
+                                                 "findings": summary.findings, "study_config": study_config,
+                                                 "tables": tables},
                                config={"study": name, "seed": args.seed, "quick": args.quick}, run_id=summary.run_id,
                                seed=args.seed, started=started)
         print(f"{name}: {len(tables)} cells -> {path}")

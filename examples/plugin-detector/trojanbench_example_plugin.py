@@ -7,7 +7,10 @@ from trojanbench.tools.detect import Detection, Detector, register
 
 @register("noise-sensitivity")
 class NoiseSensitivity(Detector):
-    version = "0.1.0"
+    version = "0.1.0"  # bump when a change alters its scores (every result row records it)
+    paper = ""  # no paper: the project's own heuristic, so its fidelity says what it is and where the idea comes from
+    fidelity = ("adapted: a model-level take on input-perturbation tests such as STRIP (Gao et al. 2019), not STRIP: "
+                "mean |logit change| under Gaussian noise (sigma 0.1) on the auditor's clean sample")
 
     def detect(self, model, ctx):
         g = torch.Generator().manual_seed(ctx.seed)

@@ -1,0 +1,32 @@
+# ruff: noqa: F821  (the helpers are names of render_docs, which execs this file)
+# Measured blocks of docs/repair.md (run inside benchmarks/render_docs.py's namespace: `block`, `cell`, `fmt`,
+# `verdict`, `provenance_line` come from there). Every number comes from the source JSON; none is typed here.
+
+
+def _repair_kind_table(board: dict) -> str:
+    """ASR after repair (all models and per trigger kind), clean cost and robust accuracy, with the verdict."""
+    tools = board["tools"]
+    kinds = sorted({k[len("asr[kind="):-1] for t in tools for k in t["metrics"] if k.startswith("asr[kind=")})
+    ref = next((t for t in tools if t["tool"] == board.get("reference")), tools[0])
+
+    def n_of(key):
+        m = ref["metrics"].get(key) or {}
+        return f" (n={m['n']})" if "n" in m else ""
+
+    head = ["tool", "ASR after" + n_of("asr"), *[f"ASR {k}" + n_of(f"asr[kind={k}]") for k in kinds],
+            "clean cost", "robust acc", f"vs {board['reference']}" if board.get("reference") else "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for t in tools:
+        m = t["metrics"]
+        kind_cells = [fmt((m.get(f"asr[kind={k}]") or {}).get("value")) for k in kinds]
+        lines.append("| " + " | ".join([f"`{t['tool']}`", cell(m.get("asr")), *kind_cells, cell(m.get("clean_cost")),
+                                        cell(m.get("robust_acc")), verdict(t)]) + " |")
+    return "\n".join(lines)
+
+
+@block("repair-matched-dev", "repair_matched_dev.json")
+def _repair_matched_dev(d):
+    data = d["repair_matched_dev.json"]
+    board = data["board"]
+    return (f"{board['title']}. {board.get('population', '')}\n\n" + _repair_kind_table(board) + "\n\n"
+            + provenance_line(data, "repair_matched_dev.json"))
