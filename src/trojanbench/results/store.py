@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -268,11 +269,16 @@ def machine_info() -> dict[str, Any]:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
                                 timeout=5).stdout.strip() or None
         if commit:
-            # the code only: results files and docs that a benchmark rewrites do not make the code dirty
+            # the code that ran: the package, its pins and the script running it (results files and docs that a
+            # benchmark rewrites, or other scripts being edited, do not make it dirty)
             top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=here, capture_output=True, text=True,
                                  timeout=5).stdout.strip()
-            dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "benchmarks/*.py", "pyproject.toml"],
-                                   cwd=top or here, capture_output=True, text=True, timeout=5).stdout.strip()
+            paths = ["src", "pyproject.toml"]
+            script = Path(sys.argv[0]).resolve() if sys.argv and sys.argv[0] else None
+            if top and script is not None and script.is_file() and script.is_relative_to(top):
+                paths.append(str(script.relative_to(top)))
+            dirty = subprocess.run(["git", "status", "--porcelain", "--", *paths], cwd=top or here,
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
             commit += "-dirty" if dirty else ""
     except (OSError, subprocess.SubprocessError):
         pass

@@ -138,15 +138,17 @@ def _select(tools: list[str] | None) -> list[str]:
 
 def board_spec(pop: str) -> BoardSpec:
     return BoardSpec(
-        task=TASK, title="Do attribution maps point at the trigger? (ranked by correlation with the patch footprint)",
-        key="correlation[kind=patch]", population=pop,
+        task=TASK, title="Do attribution maps point at the trigger? (ranked by correlation with the trigger's footprint)",
+        # ranked over every held-out trojan (the footprint of a global trigger is the pixels it changes): ranked by
+        # the patch cell alone, the default zoo's held-out split left n = 1 and no verdict at all
+        key="correlation", population=pop,
         columns=[Column(name=m, source=m, header=h) for m, h in (
                      ("correlation", "corr"), ("pointing_game", "pointing game"), ("pointing_game_strict", "PG strict"),
                      ("mask_auroc", "mask AUROC"), ("sanity_similarity", "sanity sim"))]
                 + [Column(name="sanity_pass", source="sanity_pass", stat="proportion", header="sanity pass", groups=False),
                    Column(name="seconds_per_model", source="seconds", stat="timing", header="s/model", groups=False)],
-        main=["correlation[kind=patch]", "pointing_game[kind=patch]", "pointing_game_strict[kind=patch]",
-              "mask_auroc[kind=patch]", "correlation", "sanity_similarity", "sanity_pass", "seconds_per_model"],
+        main=["correlation", "correlation[kind=patch]", "pointing_game[kind=patch]", "pointing_game_strict[kind=patch]",
+              "mask_auroc[kind=patch]", "sanity_similarity", "sanity_pass", "seconds_per_model"],
         note=f"sanity pass: the share of models whose maps change under full cascading randomization (rank similarity "
              f"< {SANITY_THRESHOLD})")
 
