@@ -24,6 +24,7 @@ import torch
 from trojanbench.config import TrainConfig
 from trojanbench.data import load_dataset
 from trojanbench.implant import implant
+from trojanbench.results.provenance import write_benchmark
 from trojanbench.trojans import PoisonSpec, TriggerSpec, TrojanSpec
 from trojanbench.utils import library_versions, resolve_device
 from trojanbench.zoo.store import save_model
@@ -74,8 +75,8 @@ def main() -> None:
         "versions": library_versions(),
     }
     out = args.out or Path(__file__).parent / "results" / f"cifar10_patch{'' if device.type == 'cpu' else '-' + device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    write_benchmark(out, record, config={k: str(v) for k, v in vars(args).items() if k not in ("out", "save")},
+                    seed=args.seed)
     print(json.dumps({k: record[k] for k in ("clean_accuracy", "attack_success_rate", "seconds", "meets_floors")}))
 
 

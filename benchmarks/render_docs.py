@@ -224,8 +224,16 @@ for _path in sorted((Path(__file__).resolve().parent / "blocks").glob("*.py")):
     exec(compile(_path.read_text(), str(_path), "exec"), globals())  # noqa: S102
 
 
+def missing_sources(name: str) -> list[str]:
+    return [s for s in RENDERERS[name][0] if not (RESULTS / s).is_file()]
+
+
 def render(name: str) -> str:
+    """The block's text; a block whose source file does not exist yet says so (a placeholder holds no number)."""
     sources, fn = RENDERERS[name]
+    if missing := missing_sources(name):
+        return ("*Not measured with recorded provenance yet: " + ", ".join(f"`benchmarks/results/{s}`" for s in missing)
+                + " does not exist; the text above names the script that writes it.*\n")
     return fn({s: load(s) for s in sources}).rstrip("\n") + "\n"
 
 

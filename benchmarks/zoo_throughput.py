@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from trojanbench.config import ZooConfig
+from trojanbench.results.provenance import write_benchmark
 from trojanbench.utils import library_versions
 from trojanbench.zoo.build import Zoo, build_zoo
 
@@ -67,8 +68,7 @@ def main() -> None:
                                                        record["serial"]["mean_clean_accuracy"]), 2)
     suffix = ("" if args.arch == "cnn" else f"-{args.arch}") + ("" if args.device == "cpu" else f"-{args.device.split(':')[0]}")
     out = args.out or Path(__file__).parent / "results" / f"zoo_throughput{suffix}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    write_benchmark(out, record, config={k: str(v) for k, v in vars(args).items() if k != "out"})
     print(json.dumps({k: record[k] for k in ("speedup_batched_over_loop", "clean_accuracy_gap_points")}))
 
 
