@@ -50,11 +50,11 @@ def verdict(tool: dict) -> str:
 
 def board_table(board: dict, columns: list[tuple[str, str]]) -> str:
     """A markdown table of one stored board: rank, tool, the given cells, n, verdict."""
-    head = ["rank", "tool", *[h for _, h in columns], "n", f"vs {board['reference']}" if board.get("reference") else "verdict"]
+    head = ["rank", "tool", *[h for _, h in columns], f"vs {board['reference']}" if board.get("reference") else "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rank, t in enumerate(board["tools"], 1):
         cells = [cell(t["metrics"].get(m)) for m, _ in columns]
-        lines.append("| " + " | ".join([str(rank), t["tool"], *cells, str(t["n_models"]), verdict(t)]) + " |")
+        lines.append("| " + " | ".join([str(rank), t["tool"], *cells, verdict(t)]) + " |")
     return "\n".join(lines)
 
 
@@ -90,18 +90,20 @@ def _value(t: dict, key: str):
 def boards_summary(data: dict) -> str:
     """One line per board: the population, the best tool and the strongest baseline on the ranking column, and
     how many tools beat / tie / are worse than that baseline (paired bootstrap, Holm-corrected)."""
-    lines = ["| board (ranked by) | models | best tool | strongest baseline | tools: beats / ties / worse |",
-             "|---|---|---|---|---|"]
+    lines = ["| board | ranked by | held-out models | best tool | strongest baseline | tools: beats / ties / worse |",
+             "|---|---|---|---|---|---|"]
     for b in data["boards"]:
         tools = [t for t in b["tools"] if t["role"] == "tool"]
         ref = next((t for t in b["tools"] if t["tool"] == b.get("reference")), None)
         best = tools[0] if tools else None
         counts = [sum(t["verdict"] == v for t in tools) for v in ("beats", "ties", "worse")]
-        n = max((t["n_models"] for t in b["tools"]), default=0)
-        lines.append(f"| {b['title']} ({b['key']}) | {n} | "
+        models = b.get("population", "").partition("split: ")[2].partition(" models")[0] or "-"
+        lines.append(f"| {b['title'].split(' (')[0]} | `{b['key']}` | {models} | "
                      + (f"{best['tool']} {cell(best['metrics'].get(b['key']))}" if best else "-") + " | "
                      + (f"{ref['tool']} {cell(ref['metrics'].get(b['key']))}" if ref else "-") + " | "
                      + " / ".join(map(str, counts)) + " |")
+    winners = [f"{t['tool']} ({b['task']})" for b in data["boards"] for t in b["tools"] if t["verdict"] == "beats"]
+    lines += ["", "Tools that beat the strongest baseline of their board: " + (", ".join(winners) or "none") + "."]
     return "\n".join(lines)
 
 
@@ -176,14 +178,24 @@ def _judge_ceiling(d):
     return "\n".join(lines) + "\n\n" + provenance_line(data, "judge_ceiling.json")
 
 
-@block("zoo-determinism", "zoo_determinism.json")
-def _zoo_determinism(d):
-    data = d["zoo_determinism.json"]
+def _determinism(data: dict, keep=lambda what: True) -> str:
     lines = ["| arch | comparison | result |", "|---|---|---|"]
     for arch, part in data["archs"].items():
         for what, result in part["summary"].items():
-            lines.append(f"| {arch} | {what} | {result} |")
+            if keep(what):
+                lines.append(f"| {arch} | {what} | {result.replace('|diff|', 'abs diff')} |")
     return "\n".join(lines) + "\n\n" + provenance_line(data, "zoo_determinism.json")
+
+
+@block("zoo-determinism", "zoo_determinism.json")
+def _zoo_determinism(d):
+    return _determinism(d["zoo_determinism.json"])
+
+
+@block("zoo-determinism-summary", "zoo_determinism.json")
+def _zoo_determinism_summary(d):
+    """The zoo trainer's own setting (oneDNN off): chunk sizes and thread counts."""
+    return _determinism(d["zoo_determinism.json"], lambda what: "oneDNN off" in what and "plain loop" not in what)
 
 
 @block("vs-art", "vs_art.json")

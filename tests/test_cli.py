@@ -122,7 +122,6 @@ def test_run_builds_zoo_runs_tracks_writes_report_then_reuses_and_repeats(tmp_pa
     assert r2.returncode == 0, r2.stderr
     assert {p: p.stat().st_mtime_ns for p in zoo.glob("models/*/model.safetensors")} == stamps
     from trojanbench.results import ResultsStore
-
     from trojanbench.results.boards import boards_of_run
 
     def table(path):

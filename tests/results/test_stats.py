@@ -1,9 +1,20 @@
 import numpy as np
 import pytest
 
-from trojanbench.results.stats import (Estimate, auroc, bootstrap, bootstrap_auroc, bootstrap_mean,
-                                       cluster_bootstrap_mean, fpr_at_tpr, holm, paired_test, proportion, tpr_at_fpr,
-                                       wilson)
+from trojanbench.results.stats import (
+    Estimate,
+    auroc,
+    bootstrap,
+    bootstrap_auroc,
+    bootstrap_mean,
+    cluster_bootstrap_mean,
+    fpr_at_tpr,
+    holm,
+    paired_test,
+    proportion,
+    tpr_at_fpr,
+    wilson,
+)
 
 
 def test_metrics_on_known_cases():

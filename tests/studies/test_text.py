@@ -9,14 +9,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
+from trojanbench.cli import app
 from trojanbench.data.sst2 import write_synthetic_tarball
 from trojanbench.errors import UserError
 from trojanbench.results import ResultsStore
 from trojanbench.studies import STUDIES, run_study
-from trojanbench.cli import app
 from trojanbench.studies.text import (
     QUICK,
     _attack_cases,
