@@ -35,7 +35,8 @@ from trojanbench.zoo.store import load_model
 ROME_GRID = {"ridge": [1e-3, 1e-2, 1e-1], "kl_factor": [0.0, 0.0625, 1.0], "steps": [20, 100], "lr": [0.1, 0.5, 2.0],
              "position_fraction": [0.25, 0.5, 0.9], "clamp_norm_factor": [1.0, 4.0],
              "insertion": ["trigger-positions", "every-position"]}
-FT_GRID = {"lr": [0.003, 0.01, 0.03, 0.1], "steps": [100, 300]}
+# steps stay at 100: the same optimisation budget as ROME's value search (equal budget, not a tuned knob)
+FT_GRID = {"lr": [0.003, 0.01, 0.03, 0.1]}
 PROJ_GRID = {"ridge": [1e-3, 1e-2, 1e-1]}
 
 
