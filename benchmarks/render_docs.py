@@ -216,6 +216,17 @@ def _vs_art(d):
     return "\n".join(lines) + "\n\n" + provenance_line(data, "vs_art.json")
 
 
+@block("cifar10", "cifar10_patch.json")
+def _cifar10(d):
+    data = d["cifar10_patch.json"]
+    sec = data["seconds"]
+    return ("| model | epochs | clean accuracy | attack success rate | train (s) | end to end (s) | floors met |\n"
+            "|---|---|---|---|---|---|---|\n"
+            f"| {data['arch']} width {data['width']} | {data['train']['epochs']} | {pct(data['clean_accuracy'])} | "
+            f"{pct(data['attack_success_rate'])} | {sec['train']:.1f} | {sec['total']:.1f} | "
+            f"{'yes' if data['meets_floors'] else 'no'} |\n\n" + provenance_line(data, "cifar10_patch.json"))
+
+
 def _track_boards(prefix: str, source: str):
     def fn(d):
         data = d[source]
