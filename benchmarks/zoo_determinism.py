@@ -90,8 +90,8 @@ def _null():
 
 
 def max_diff(tmp: Path, arch: str, a: tuple[str, int], b: tuple[str, int], seed: int) -> float:
-    x = torch.load(tmp / f"{arch}-{a[0]}-t{a[1]}-{seed}.pt")
-    y = torch.load(tmp / f"{arch}-{b[0]}-t{b[1]}-{seed}.pt")
+    x = torch.load(tmp / f"{arch}-{a[0]}-t{a[1]}-{seed}.pt", weights_only=True)
+    y = torch.load(tmp / f"{arch}-{b[0]}-t{b[1]}-{seed}.pt", weights_only=True)
     return max(float((x[k].double() - y[k].double()).abs().max()) for k in x if x[k].is_floating_point())
 
 

@@ -31,10 +31,10 @@ class FineTuneLayer(Editor):
                 "plus the clean twins and budget (the data the edit sees)")
 
     def __init__(self, steps: int = 100, lr: float = 0.003, batch_size: int = 64):
-        """100 steps (momentum 0.9, batch 64) as the old clean-only baseline; lr 0.003 chosen on the dev zoo
-        (digits-dev, its 12 train-split trojans; benchmarks/edit_tune.py, objective mean ASR after + mean clean
-        cost): lr 0.003 / 0.01 / 0.03 / 0.1 left ASR 1.1% / 0.9% / 1.0% / 0% at 1.4 / 2.3 / 19 / 81 points of
-        clean cost; 300 steps instead of 100 gained 0.4 points (kept 100, the edit's own step count)."""
+        """100 steps (momentum 0.9, batch 64): the same optimisation budget as `rome`'s value search, not tuned;
+        lr 0.003 chosen on the dev zoo from 0.003 / 0.01 / 0.03 / 0.1 (digits-dev train split;
+        benchmarks/edit_tune.py, objective mean ASR after + mean clean cost; the measured sweep in
+        benchmarks/results/edit_tune.json and docs/edit.md)."""
         self.steps, self.lr, self.batch_size = steps, lr, batch_size
 
     def edit(self, model: nn.Module, inputs: EditInputs) -> nn.Module:

@@ -61,8 +61,8 @@ class TriggerKeyProjection(Editor):
                 "(triggered minus clean twin) and the value zero; no value optimisation")
 
     def __init__(self, ridge: float = 0.1):
-        """ridge 0.1 chosen on the dev zoo (digits-dev, 12 train-split trojans; benchmarks/edit_tune.py): ridge
-        1e-3 / 1e-2 / 1e-1 left ASR 6.1% / 5.7% / 4.8%, each at no clean cost."""
+        """ridge 0.1 chosen on the dev zoo from 1e-3 / 1e-2 / 1e-1 (digits-dev train split;
+        benchmarks/edit_tune.py; the measured sweep in benchmarks/results/edit_tune.json and docs/edit.md)."""
         self.ridge = ridge
 
     def edit(self, model: nn.Module, inputs: EditInputs) -> nn.Module:

@@ -50,12 +50,10 @@ from . import (
 @dataclass(frozen=True)
 class RomeHParams:
     """ROME's knobs. Defaults: ROME's hparams/ROME/gpt2-xl.json, except `steps` and `lr`, which the dev zoo
-    chose (digits-dev, its 12 train-split trojans; `benchmarks/edit_tune.py`, one knob at a time, objective
-    mean ASR after + mean clean cost; numbers in benchmarks/results/edit_tune.json): ROME's 20 steps at lr 0.5
-    left ASR 1.1% at 3.5 points of clean cost, 100 steps at lr 0.1 ASR 1.0% at 0.35 points. The other knobs
-    were swept too and kept: ridge (1e-3 / 1e-2 / 1e-1 within 0.3 points), KL factor (0 / 0.0625 / 1: 1 leaves
-    ASR 6.7%), position fraction (0.25 / 0.5 equal; 0.9 costs 2.9 points), clamp (1 leaves ASR 2.9%), and
-    ROME's insertion at the trigger's positions (every-position: ASR 1.9%)."""
+    chose (digits-dev, its train-split all-to-one trojans; `benchmarks/edit_tune.py`, one knob at a time,
+    objective mean ASR after + mean clean cost): 100 steps at lr 0.1 instead of ROME's 20 at 0.5. The other
+    knobs (ridge, KL factor, position fraction, clamp, insertion at the trigger's positions) were swept and kept.
+    The measured sweep: benchmarks/results/edit_tune.json, rendered in docs/edit.md."""
 
     steps: int = 100                # v_num_grad_steps: ROME 20; dev zoo 100
     lr: float = 0.1                 # v_lr (Adam): ROME 0.5; dev zoo 0.1
