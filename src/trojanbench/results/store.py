@@ -286,16 +286,42 @@ def machine_info() -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+class RunWriter:
+    """Where a track's rows go as they come: its run's store, or nowhere when the track records no run (then
+    `write` does nothing and `stored` is False)."""
+
+    def __init__(self, target: RunTarget | None):
+        self.target = target
+        self._store = ResultsStore(target) if target is not None else None
+
+    @property
+    def stored(self) -> bool:
+        return self._store is not None
+
+    def write(self, rows: ResultRow | Iterable[ResultRow]) -> int:
+        return 0 if self._store is None else self._store.write(rows)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
 @contextmanager
 def recording(results: str | Path | RunTarget | None, kind: str, config: dict[str, Any], seed: int = 0,
-              info: dict[str, Any] | None = None) -> Iterator[RunTarget | None]:
-    """The run a track writes into: the caller's (a RunTarget: the caller starts and finishes it), a new one of
-    its own (a plain path: finished when the block ends without an error), or none (None: nothing is stored)."""
+              info: dict[str, Any] | None = None) -> Iterator[RunWriter]:
+    """A writer into the run a track writes into: the caller's (a RunTarget: the caller starts and finishes it),
+    a new one of its own (a plain path: finished when the block ends without an error), or none (None: nothing
+    is stored)."""
     if results is None or isinstance(results, RunTarget):
-        yield results
-        return
-    with ResultsStore(results) as store:
-        target = store.start_run(kind, config, seed, info)
-    yield target
-    with ResultsStore(results) as store:
-        store.finish_run(target.run_id)
+        target = results
+    else:
+        with ResultsStore(results) as store:
+            target = store.start_run(kind, config, seed, info)
+    writer = RunWriter(target)
+    try:
+        yield writer
+    finally:
+        writer.close()
+    if target is not None and target is not results:
+        with ResultsStore(results) as store:
+            store.finish_run(target.run_id)

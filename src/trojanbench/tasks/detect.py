@@ -23,10 +23,9 @@ import torch
 
 from ..errors import UserError
 from ..implant import prepare
-from ..results import ResultsStore
 from ..results.boards import Board, BoardSpec, Column, compute_board, model_row, spec_row, tool_info_rows
 from ..results.stats import auroc, tpr_at_fpr
-from ..results.store import recording
+from ..results.store import RunWriter, recording
 from ..tools.detect import DETECTORS, SAMPLE_DETECTORS, DetectContext
 from ..trojans import make_trigger
 from ..zoo.build import Zoo
@@ -79,9 +78,10 @@ def _fit(name: str, train, ctx: DetectContext, leave_out: str | None = None):
     return det
 
 
-def score_model_detectors(zoo: Zoo, names: list[str], ctx: DetectContext, image_shape, store: ResultsStore | None,
+def score_model_detectors(zoo: Zoo, names: list[str], ctx: DetectContext, image_shape, store: RunWriter | None,
                           progress=None, split: str = "test") -> list:
     """Per-model rows of every model-level detector on the zoo's `split` (written to `store` as they come)."""
+    store = store if store is not None else RunWriter(None)  # None: rows are only returned
     test = zoo.models(split=split)
     if not test or len({j.trojaned for j, _, _ in test}) < 2:
         raise UserError(f"zoo {zoo.root} has no {split} split with both clean and trojaned models")
@@ -91,8 +91,7 @@ def score_model_detectors(zoo: Zoo, names: list[str], ctx: DetectContext, image_
 
     def emit(new):
         rows.extend(new)
-        if store is not None:
-            store.write(new)
+        store.write(new)
 
     for name in names:
         cls = DETECTORS.get(name)
@@ -137,9 +136,10 @@ def score_model_detectors(zoo: Zoo, names: list[str], ctx: DetectContext, image_
     return rows
 
 
-def score_sample_detectors(zoo: Zoo, names: list[str], ds, ctx: DetectContext, store: ResultsStore | None,
+def score_sample_detectors(zoo: Zoo, names: list[str], ds, ctx: DetectContext, store: RunWriter | None,
                            progress=None, split: str | None = None) -> list:
     """Per-model rows of every sample-level detector on the trojaned models of `split` (None: every split)."""
+    store = store if store is not None else RunWriter(None)  # None: rows are only returned
     rows = []
     for job, folder, card in [(j, f, c) for j, f, c in zoo.models(split=split) if j.trojaned]:
         p = prepare(ds, job.arch, job.arch_kwargs, job.trojan, seed=card.seed)  # the model's exact training set
@@ -159,8 +159,7 @@ def score_sample_detectors(zoo: Zoo, names: list[str], ds, ctx: DetectContext, s
                    model_row(name, card.id, TASK_SAMPLE, "tpr@5fpr", tpr_at_fpr(flags, s, 0.05), **common),
                    model_row(name, card.id, TASK_SAMPLE, "seconds", seconds, **common)]
             rows.extend(new)
-            if store is not None:
-                store.write(new)
+            store.write(new)
             if progress:
                 progress()
         del p, model  # per-model data is built and dropped per model: memory does not grow with the zoo
@@ -184,31 +183,24 @@ def run_detect_track(zoo_dir: str | Path, results, tools: list[str] | None = Non
     ds, ctx = detection_context(zoo, seed=seed, device=device)
     config = {"track": "detect", "zoo": zoo.config().model_dump(), "tools": tools, "sample_split": sample_split}
     boards = []
-    with recording(results, "track:detect", config, seed) as target:
-        store = ResultsStore(target) if target is not None else None
-        try:
-            if model_names:
-                spec = model_board_spec(population(zoo, "test", zoo.models(split="test")))
-                if store is not None:
-                    store.write([spec_row(spec), *tool_info_rows(spec.task, "detect", DETECTORS, model_names)])
-                rows = score_model_detectors(zoo, model_names, ctx, ds.image_shape, store, progress)
-                boards.append(compute_board(rows, spec, n_boot, seed))
-                if figures is not None and store is not None:
-                    _roc_figure(rows, boards[-1], zoo, figures, store, seed)
-            if sample_names:
-                trojaned = [m for m in zoo.models(split=sample_split) if m[0].trojaned]
-                spec = sample_board_spec(population(zoo, sample_split, trojaned))
-                if store is not None:
-                    store.write([spec_row(spec), *tool_info_rows(spec.task, "detect-samples", SAMPLE_DETECTORS, sample_names)])
-                rows = score_sample_detectors(zoo, sample_names, ds, ctx, store, progress, sample_split)
-                boards.append(compute_board(rows, spec, n_boot, seed))
-        finally:
-            if store is not None:
-                store.close()
+    with recording(results, "track:detect", config, seed) as store:
+        if model_names:
+            spec = model_board_spec(population(zoo, "test", zoo.models(split="test")))
+            store.write([spec_row(spec), *tool_info_rows(spec.task, "detect", DETECTORS, model_names)])
+            rows = score_model_detectors(zoo, model_names, ctx, ds.image_shape, store, progress)
+            boards.append(compute_board(rows, spec, n_boot, seed))
+            if figures is not None and store.stored:
+                _roc_figure(rows, boards[-1], zoo, figures, store, seed)
+        if sample_names:
+            trojaned = [m for m in zoo.models(split=sample_split) if m[0].trojaned]
+            spec = sample_board_spec(population(zoo, sample_split, trojaned))
+            store.write([spec_row(spec), *tool_info_rows(spec.task, "detect-samples", SAMPLE_DETECTORS, sample_names)])
+            rows = score_sample_detectors(zoo, sample_names, ds, ctx, store, progress, sample_split)
+            boards.append(compute_board(rows, spec, n_boot, seed))
     return boards
 
 
-def _roc_figure(rows, board: Board, zoo: Zoo, figures, store: ResultsStore, seed: int) -> None:
+def _roc_figure(rows, board: Board, zoo: Zoo, figures, store: RunWriter, seed: int) -> None:
     from ..report.html import figure_row
     from ..report.plots import roc_plot
 

@@ -41,7 +41,7 @@ from scipy.stats import rankdata
 
 from ..errors import UserError
 from ..implant import prepare
-from ..results import ResultRow, ResultsStore
+from ..results import ResultRow
 from ..results.boards import Board, BoardSpec, Column, compute_board, model_row, spec_row, tool_info_rows
 from ..results.store import recording
 from ..tools.attribute import ATTRIBUTORS, randomized_copy, reference_sample
@@ -181,63 +181,54 @@ def run_diagnose_track(zoo_dir: str | Path, results, tools: list[str] | None = N
               "split": split, "max_models": max_models, "n_sanity": n_sanity}
     rows = []
     checked, collapsed = False, {}
-    with recording(results, "track:diagnose", config, seed) as target:
-        store = ResultsStore(target) if target is not None else None
-        try:
-            if store is not None:
-                store.write([spec_row(spec), *tool_info_rows(spec.task, "attribute", ATTRIBUTORS, names)])
-            for job, folder, card in models:
-                model, _ = load_model(folder, dev)
-                model.eval()
-                p = prepare(ds, job.arch, job.arch_kwargs, job.trojan, seed=card.seed)
-                trigger, poison = p.trigger, job.trojan.poison
-                keep = attack_mask(ds.y_test, poison) & clean_test_mask(trigger, ds.x_test)
-                idx = torch.nonzero(keep).flatten()
-                idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))[:n_images]]
-                x, y = ds.x_test[idx], ds.y_test[idx]
-                x_trig, mask = trigger.apply_with_mask(x, generator=torch.Generator().manual_seed(seed))
-                target_y = relabel(y, poison, ds.num_classes)
-                soft, binary = footprints(x, x_trig, mask)
-                asr = float((predict(model, x_trig) == target_y).float().mean())
-                randomized = randomized_copy(model, seed=seed)
-                example = {"image": x_trig[0], "footprint": soft[0], "maps": {}, "model": card.id}
-                if not checked:  # on the first model: a method whose maps equal another's is reported once
-                    collapsed.update(collapsed_methods(tools_, model, x_trig[:4], target_y[:4]))
-                    for name, same in collapsed.items():
-                        del tools_[name]
-                        if store is not None:
-                            store.write(ResultRow(name, "collapsed", TASK, "collapsed_onto", None,
-                                                  extra={"onto": same, "arch": job.arch}))
-                    checked = True
-                for name, tool in tools_.items():
-                    start = time.perf_counter()
-                    maps = tool.attribute(model, x_trig, target_y)
-                    seconds = time.perf_counter() - start
-                    scores = score_maps(maps, soft, binary)
-                    k = min(n_sanity, len(x_trig))
-                    sim = rank_similarity(maps[:k], tool.attribute(randomized, x_trig[:k], target_y[:k])) if k else np.array([])
-                    values = {m: _nanmean(v) for m, v in scores.items()} | {"sanity_similarity": _nanmean(sim)}
-                    values["sanity_pass"] = float(values["sanity_similarity"] < SANITY_THRESHOLD) \
-                        if not math.isnan(values["sanity_similarity"]) else float("nan")
-                    values["seconds"] = seconds
-                    example["maps"][name] = maps[0]
-                    new = [model_row(name, card.id, TASK, metric, v, role=role_of(type(tool)), groups=groups_of(job),
-                                     version=tool.version, seed=seed, job=job.id, n_images=len(x), attack_success=asr)
-                           for metric, v in values.items()]
-                    rows.extend(new)
-                    if store is not None:
-                        store.write(new)
-                    if progress:
-                        progress()
-                panels[job.trojan.trigger.kind].append(example)
-            if collapsed:
-                spec.note += "; reported once (identical maps on this architecture): " + ", ".join(
-                    f"{n} = {same}" for n, same in collapsed.items())
-                if store is not None:
-                    store.write(spec_row(spec))
-        finally:
-            if store is not None:
-                store.close()
+    with recording(results, "track:diagnose", config, seed) as store:
+        store.write([spec_row(spec), *tool_info_rows(spec.task, "attribute", ATTRIBUTORS, names)])
+        for job, folder, card in models:
+            model, _ = load_model(folder, dev)
+            model.eval()
+            p = prepare(ds, job.arch, job.arch_kwargs, job.trojan, seed=card.seed)
+            trigger, poison = p.trigger, job.trojan.poison
+            keep = attack_mask(ds.y_test, poison) & clean_test_mask(trigger, ds.x_test)
+            idx = torch.nonzero(keep).flatten()
+            idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))[:n_images]]
+            x, y = ds.x_test[idx], ds.y_test[idx]
+            x_trig, mask = trigger.apply_with_mask(x, generator=torch.Generator().manual_seed(seed))
+            target_y = relabel(y, poison, ds.num_classes)
+            soft, binary = footprints(x, x_trig, mask)
+            asr = float((predict(model, x_trig) == target_y).float().mean())
+            randomized = randomized_copy(model, seed=seed)
+            example = {"image": x_trig[0], "footprint": soft[0], "maps": {}, "model": card.id}
+            if not checked:  # on the first model: a method whose maps equal another's is reported once
+                collapsed.update(collapsed_methods(tools_, model, x_trig[:4], target_y[:4]))
+                for name, same in collapsed.items():
+                    del tools_[name]
+                    store.write(ResultRow(name, "collapsed", TASK, "collapsed_onto", None,
+                                          extra={"onto": same, "arch": job.arch}))
+                checked = True
+            for name, tool in tools_.items():
+                start = time.perf_counter()
+                maps = tool.attribute(model, x_trig, target_y)
+                seconds = time.perf_counter() - start
+                scores = score_maps(maps, soft, binary)
+                k = min(n_sanity, len(x_trig))
+                sim = rank_similarity(maps[:k], tool.attribute(randomized, x_trig[:k], target_y[:k])) if k else np.array([])
+                values = {m: _nanmean(v) for m, v in scores.items()} | {"sanity_similarity": _nanmean(sim)}
+                values["sanity_pass"] = float(values["sanity_similarity"] < SANITY_THRESHOLD) \
+                    if not math.isnan(values["sanity_similarity"]) else float("nan")
+                values["seconds"] = seconds
+                example["maps"][name] = maps[0]
+                new = [model_row(name, card.id, TASK, metric, v, role=role_of(type(tool)), groups=groups_of(job),
+                                 version=tool.version, seed=seed, job=job.id, n_images=len(x), attack_success=asr)
+                       for metric, v in values.items()]
+                rows.extend(new)
+                store.write(new)
+                if progress:
+                    progress()
+            panels[job.trojan.trigger.kind].append(example)
+        if collapsed:
+            spec.note += "; reported once (identical maps on this architecture): " + ", ".join(
+                f"{n} = {same}" for n, same in collapsed.items())
+            store.write(spec_row(spec))
     if images_dir is not None:
         write_panels(panels, images_dir, [n for n in names if n not in collapsed])
     return compute_board(rows, spec, n_boot, seed)

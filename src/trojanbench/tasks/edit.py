@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 from ..implant import prepare
-from ..results import ResultsStore
 from ..results.boards import Board, BoardSpec, Column, compute_board, model_row, spec_row, tool_info_rows
 from ..results.store import recording
 from ..tools.edit import EDITORS, EditInputs
@@ -60,54 +59,47 @@ def run_edit_track(zoo_dir: str | Path, results, tools: list[str] | None = None,
     config = {"track": "edit", "zoo": zoo.config().model_dump(), "tools": names, "budget": budget, "n_images": n_images,
               "split": split, "max_models": max_models}
     rows, traces = [], []
-    with recording(results, "track:edit", config, seed) as target:
-        store = ResultsStore(target) if target is not None else None
-        try:
-            if store is not None:
-                store.write([spec_row(spec), *tool_info_rows(spec.task, "edit", EDITORS, names)])
-            for job, folder, card in models:
-                model, _ = load_model(folder)
-                target_label = job.trojan.poison.target
-                trigger = prepare(ds, job.arch, job.arch_kwargs, job.trojan, seed=card.seed).trigger
-                xc = ds.x_test[ds.y_test != target_label][:n_images]
-                g = torch.Generator().manual_seed(seed)
-                xt = trigger.apply(xc, generator=g)
+    with recording(results, "track:edit", config, seed) as store:
+        store.write([spec_row(spec), *tool_info_rows(spec.task, "edit", EDITORS, names)])
+        for job, folder, card in models:
+            model, _ = load_model(folder)
+            target_label = job.trojan.poison.target
+            trigger = prepare(ds, job.arch, job.arch_kwargs, job.trojan, seed=card.seed).trigger
+            xc = ds.x_test[ds.y_test != target_label][:n_images]
+            g = torch.Generator().manual_seed(seed)
+            xt = trigger.apply(xc, generator=g)
+            start = time.perf_counter()
+            trace = causal_trace(model, xt, xc, target_label)
+            trace_s = time.perf_counter() - start
+            layer = trace.best
+            traces.append((job, trace))
+            before = measure_repair(model, ds, job, trigger)
+            inputs = EditInputs(layer=layer, x_triggered=trigger.apply(x_budget, generator=g), y_triggered=y_budget,
+                                x_clean=x_budget, x_budget=x_budget, y_budget=y_budget, seed=seed)  # the same for all
+            for name in names:
+                editor = EDITORS.get(name)()
                 start = time.perf_counter()
-                trace = causal_trace(model, xt, xc, target_label)
-                trace_s = time.perf_counter() - start
-                layer = trace.best
-                traces.append((job, trace))
-                before = measure_repair(model, ds, job, trigger)
-                inputs = EditInputs(layer=layer, x_triggered=trigger.apply(x_budget, generator=g), y_triggered=y_budget,
-                                    x_clean=x_budget, x_budget=x_budget, y_budget=y_budget, seed=seed)  # the same for all
-                for name in names:
-                    editor = EDITORS.get(name)()
-                    start = time.perf_counter()
-                    edited = editor.edit(model, inputs)
-                    seconds = time.perf_counter() - start + (trace_s if editor.uses_trace else 0.0)
-                    after = measure_repair(edited, ds, job, trigger)
-                    values = {"asr": after["asr"], "clean_acc": after["clean_acc"], "asr_drop": before["asr"] - after["asr"],
-                              "clean_cost": before["clean_acc"] - after["clean_acc"], "seconds": seconds}
-                    new = [model_row(name, card.id, TASK, m, v, role=role_of(type(editor)), groups=groups_of(job),
-                                     version=editor.version, seed=seed, job=job.id, layer=editor.layer_for(model, inputs),
-                                     traced_layer=layer, peak=trace.peak,
-                                     budget=budget) for m, v in values.items()]
-                    rows.extend(new)
-                    if store is not None:
-                        store.write(new)
-                    if progress:
-                        progress()
-            if store is not None and figures is not None:
-                from ..report.html import figure_row
+                edited = editor.edit(model, inputs)
+                seconds = time.perf_counter() - start + (trace_s if editor.uses_trace else 0.0)
+                after = measure_repair(edited, ds, job, trigger)
+                values = {"asr": after["asr"], "clean_acc": after["clean_acc"], "asr_drop": before["asr"] - after["asr"],
+                          "clean_cost": before["clean_acc"] - after["clean_acc"], "seconds": seconds}
+                new = [model_row(name, card.id, TASK, m, v, role=role_of(type(editor)), groups=groups_of(job),
+                                 version=editor.version, seed=seed, job=job.id, layer=editor.layer_for(model, inputs),
+                                 traced_layer=layer, peak=trace.peak,
+                                 budget=budget) for m, v in values.items()]
+                rows.extend(new)
+                store.write(new)
+                if progress:
+                    progress()
+        if store.stored and figures is not None:
+            from ..report.html import figure_row
 
-                path = trace_figure(traces, Path(figures) / "edit-causal-trace.png")
-                if path is not None:
-                    store.write(figure_row("edit", TASK, path, "causal tracing of one patch trojan: for each layer, how much "
-                                           "of the pull toward the target restoring a 2x2 window of clean activations removes",
-                                           seed))
-        finally:
-            if store is not None:
-                store.close()
+            path = trace_figure(traces, Path(figures) / "edit-causal-trace.png")
+            if path is not None:
+                store.write(figure_row("edit", TASK, path, "causal tracing of one patch trojan: for each layer, how much "
+                                       "of the pull toward the target restoring a 2x2 window of clean activations removes",
+                                       seed))
     return compute_board(rows, spec, n_boot, seed)
 
 

@@ -18,7 +18,6 @@ import torch
 from ..data import ImageDataset
 from ..errors import UserError
 from ..implant import prepare
-from ..results import ResultsStore
 from ..results.boards import Board, BoardSpec, Column, compute_board, model_row, spec_row, tool_info_rows
 from ..results.store import recording
 from ..tools.repair import REPAIRERS, RepairContext
@@ -97,38 +96,31 @@ def run_repair_track(zoo_dir: str | Path, results, tools: list[str] | None = Non
     config = {"track": "repair", "zoo": zoo.config().model_dump(), "tools": names, "budgets": list(budgets),
               "max_models": max_models, "kinds": kinds, "split": split}
     rows = []
-    with recording(results, "track:repair", config, seed) as target:
-        store = ResultsStore(target) if target is not None else None
-        try:
-            if store is not None:
-                store.write([r for s in specs.values() for r in (spec_row(s), *tool_info_rows(s.task, "repair", REPAIRERS, names))])
-            for job, folder, card in models:
-                model, _ = load_model(folder, dev)
-                trigger = prepare(ds, job.arch, job.arch_kwargs, job.trojan, seed=card.seed).trigger
-                before = measure_repair(model, ds, job, trigger)
-                for b in budgets:
-                    idx = budget_idx[b]
-                    ctx = RepairContext(ds.num_classes, card.arch, dict(card.arch_kwargs), dict(ds.augment), dev, seed)
-                    for name in names:
-                        rep = REPAIRERS.get(name)()
-                        start = time.perf_counter()
-                        repaired = rep.repair(model, ds.x_train[idx], ds.y_train[idx], ctx)
-                        seconds = time.perf_counter() - start
-                        after = measure_repair(repaired.cpu(), ds, job, trigger)
-                        values = {**after, "asr_drop": before["asr"] - after["asr"],
-                                  "clean_cost": before["clean_acc"] - after["clean_acc"], "seconds": seconds}
-                        new = [model_row(name, card.id, specs[b].task, metric, v, role=_role(name), groups=groups_of(job),
-                                         version=rep.version, seed=seed, job=job.id, n_budget=len(idx),
-                                         asr_before=before["asr"], clean_before=before["clean_acc"])
-                               for metric, v in values.items()]
-                        rows.extend(new)
-                        if store is not None:
-                            store.write(new)
-                        if progress:
-                            progress()
-        finally:
-            if store is not None:
-                store.close()
+    with recording(results, "track:repair", config, seed) as store:
+        store.write([r for s in specs.values() for r in (spec_row(s), *tool_info_rows(s.task, "repair", REPAIRERS, names))])
+        for job, folder, card in models:
+            model, _ = load_model(folder, dev)
+            trigger = prepare(ds, job.arch, job.arch_kwargs, job.trojan, seed=card.seed).trigger
+            before = measure_repair(model, ds, job, trigger)
+            for b in budgets:
+                idx = budget_idx[b]
+                ctx = RepairContext(ds.num_classes, card.arch, dict(card.arch_kwargs), dict(ds.augment), dev, seed)
+                for name in names:
+                    rep = REPAIRERS.get(name)()
+                    start = time.perf_counter()
+                    repaired = rep.repair(model, ds.x_train[idx], ds.y_train[idx], ctx)
+                    seconds = time.perf_counter() - start
+                    after = measure_repair(repaired.cpu(), ds, job, trigger)
+                    values = {**after, "asr_drop": before["asr"] - after["asr"],
+                              "clean_cost": before["clean_acc"] - after["clean_acc"], "seconds": seconds}
+                    new = [model_row(name, card.id, specs[b].task, metric, v, role=_role(name), groups=groups_of(job),
+                                     version=rep.version, seed=seed, job=job.id, n_budget=len(idx),
+                                     asr_before=before["asr"], clean_before=before["clean_acc"])
+                           for metric, v in values.items()]
+                    rows.extend(new)
+                    store.write(new)
+                    if progress:
+                        progress()
     out = {b: compute_board(rows, specs[b], n_boot, seed) for b in budgets}
     if plot is not None:
         frontier_plot(out, plot)

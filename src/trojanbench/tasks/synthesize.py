@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 from ..implant import prepare
-from ..results import ResultsStore
 from ..results.boards import Board, BoardSpec, Column, compute_board, model_row, spec_row, tool_info_rows
 from ..results.store import recording
 from ..tools.detect import DetectContext
@@ -92,8 +91,7 @@ def run_synthesize_track(zoo_dir: str | Path, results, tools: list[str] | None =
     specs = board_specs(population(zoo, split, models, "models (all-to-one trojans)"))
     config = {"track": "synthesize", "zoo": cfg.model_dump(), "tools": names, "split": split, "max_models": max_models}
     rows = []
-    with recording(results, "track:synthesize", config, seed) as target:
-        store = ResultsStore(target) if target is not None else None
+    with recording(results, "track:synthesize", config, seed) as store:
 
         def emit(tool, job, card, values: dict, version: str):
             role = "tool" if tool == ALL else role_of(SYNTHESIZERS.get(tool))
@@ -101,72 +99,66 @@ def run_synthesize_track(zoo_dir: str | Path, results, tools: list[str] | None =
                              groups=groups_of(job), version=version, seed=seed, job=job.id)
                    for metric, v in values.items()]
             rows.extend(new)
-            if store is not None:
-                store.write(new)
+            store.write(new)
 
-        try:
-            if store is not None:
-                store.write([spec_row(s) for s in specs] + tool_info_rows(TASK, "synthesize", SYNTHESIZERS, names))
-            for m_index, (job, folder, card) in enumerate(models):
-                model, _ = load_model(folder)
-                twin = load_model(zoo.root / "models" / job.twin)[0] if job.twin and zoo._valid_model(job.twin) else None
-                target_label = job.trojan.poison.target
-                others = x_eval[y_eval != target_label]
-                ctx_others = ctx.x_clean[ctx.y_clean != target_label]
-                true = find(library, trigger_key(card))
-                q_seed = seed * 100_003 + m_index
-                options, answer = draw_options(true, library, q_seed)
-                option_sigs = [judge.signature(judge.apply_candidate(o)) for o in options]
-                stamps, twin_stamps, mc_scores = {}, {}, {}
-                for name in names:
-                    tool = SYNTHESIZERS.get(name)()
-                    start = time.perf_counter()
-                    stamp = tool.synthesize(model, target_label, ctx)
-                    seconds = time.perf_counter() - start
-                    stamps[name] = stamp
-                    asr = _asr(model, stamp, others, target_label)
-                    mc_scores[name] = judge.scores(judge.signature(stamp.apply(judge.probes)), option_sigs)
-                    order = option_order(len(options), q_seed, name)
-                    choice = judge.choose(mc_scores[name], order)
-                    values = {"transfer_asr": asr, "mc_correct": float(choice == answer), "chance": 1 / len(options),
-                              "seconds": seconds}
-                    if twin is not None:
-                        twin_stamps[name] = SYNTHESIZERS.get(name)().synthesize(twin, target_label, ctx)
-                        values["transfer_asr_clean_twin"] = _asr(twin, twin_stamps[name], others, target_label)
-                        values["specificity"] = asr - values["transfer_asr_clean_twin"]
-                    emit(name, job, card, values, tool.version)
-                    questions.append(_question(job, card, name, [stamp], options, answer, choice, judge, order))
-                    if progress:
-                        progress()
-                if ALL in conditions:
-                    order = option_order(len(options), q_seed, ALL)
-                    rec = _all_methods(model, twin, stamps, twin_stamps, mc_scores, pooled, ctx_others, others,
-                                       target_label, answer, order)
-                    rec["chance"] = 1 / len(options)
-                    if "transfer_asr_clean_twin" in rec:
-                        rec["specificity"] = rec["transfer_asr"] - rec["transfer_asr_clean_twin"]
-                    choice = rec.pop("choice")
-                    emit(ALL, job, card, rec, "1")
-                    questions.append(_question(job, card, ALL, [stamps[n] for n in pooled], options, answer, choice, judge,
-                                               order))
-                if panel is None and job.trojan.trigger.kind == "patch":
-                    trigger = prepare(ds, job.arch, job.arch_kwargs, job.trojan, seed=card.seed).trigger
-                    panel = (others[:1], trigger.apply(others[:1]), stamps, target_label)
-            if store is not None and figures is not None and panel is not None:
-                from ..report.html import figure_row
+        store.write([spec_row(s) for s in specs] + tool_info_rows(TASK, "synthesize", SYNTHESIZERS, names))
+        for m_index, (job, folder, card) in enumerate(models):
+            model, _ = load_model(folder)
+            twin = load_model(zoo.root / "models" / job.twin)[0] if job.twin and zoo._valid_model(job.twin) else None
+            target_label = job.trojan.poison.target
+            others = x_eval[y_eval != target_label]
+            ctx_others = ctx.x_clean[ctx.y_clean != target_label]
+            true = find(library, trigger_key(card))
+            q_seed = seed * 100_003 + m_index
+            options, answer = draw_options(true, library, q_seed)
+            option_sigs = [judge.signature(judge.apply_candidate(o)) for o in options]
+            stamps, twin_stamps, mc_scores = {}, {}, {}
+            for name in names:
+                tool = SYNTHESIZERS.get(name)()
+                start = time.perf_counter()
+                stamp = tool.synthesize(model, target_label, ctx)
+                seconds = time.perf_counter() - start
+                stamps[name] = stamp
+                asr = _asr(model, stamp, others, target_label)
+                mc_scores[name] = judge.scores(judge.signature(stamp.apply(judge.probes)), option_sigs)
+                order = option_order(len(options), q_seed, name)
+                choice = judge.choose(mc_scores[name], order)
+                values = {"transfer_asr": asr, "mc_correct": float(choice == answer), "chance": 1 / len(options),
+                          "seconds": seconds}
+                if twin is not None:
+                    twin_stamps[name] = SYNTHESIZERS.get(name)().synthesize(twin, target_label, ctx)
+                    values["transfer_asr_clean_twin"] = _asr(twin, twin_stamps[name], others, target_label)
+                    values["specificity"] = asr - values["transfer_asr_clean_twin"]
+                emit(name, job, card, values, tool.version)
+                questions.append(_question(job, card, name, [stamp], options, answer, choice, judge, order))
+                if progress:
+                    progress()
+            if ALL in conditions:
+                order = option_order(len(options), q_seed, ALL)
+                rec = _all_methods(model, twin, stamps, twin_stamps, mc_scores, pooled, ctx_others, others,
+                                   target_label, answer, order)
+                rec["chance"] = 1 / len(options)
+                if "transfer_asr_clean_twin" in rec:
+                    rec["specificity"] = rec["transfer_asr"] - rec["transfer_asr_clean_twin"]
+                choice = rec.pop("choice")
+                emit(ALL, job, card, rec, "1")
+                questions.append(_question(job, card, ALL, [stamps[n] for n in pooled], options, answer, choice, judge,
+                                           order))
+            if panel is None and job.trojan.trigger.kind == "patch":
+                trigger = prepare(ds, job.arch, job.arch_kwargs, job.trojan, seed=card.seed).trigger
+                panel = (others[:1], trigger.apply(others[:1]), stamps, target_label)
+        if store.stored and figures is not None and panel is not None:
+            from ..report.html import figure_row
 
-                path = _panel(panel, Path(figures) / "synthesize-stamps.png")
-                store.write(figure_row("synthesize", TASK, path, "a patch trojan's true trigger beside what each "
-                                       "synthesizer produced, pasted on the same clean image (top: the stamp, bottom: "
-                                       "its mask)", seed))
-            if bank is not None:
-                # a trojan whose zoo has a single distinct trigger has nothing to choose from: no question for people
-                asked = [q for q in questions if len(q["options"]) > 1]
-                if asked:  # a zoo whose trojans all share one look has no question to ask
-                    _write_bank(Path(bank), asked, cfg.name)
-        finally:
-            if store is not None:
-                store.close()
+            path = _panel(panel, Path(figures) / "synthesize-stamps.png")
+            store.write(figure_row("synthesize", TASK, path, "a patch trojan's true trigger beside what each "
+                                   "synthesizer produced, pasted on the same clean image (top: the stamp, bottom: "
+                                   "its mask)", seed))
+        if bank is not None:
+            # a trojan whose zoo has a single distinct trigger has nothing to choose from: no question for people
+            asked = [q for q in questions if len(q["options"]) > 1]
+            if asked:  # a zoo whose trojans all share one look has no question to ask
+                _write_bank(Path(bank), asked, cfg.name)
     return [compute_board(rows, s, n_boot, seed) for s in specs]
 
 
