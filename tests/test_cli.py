@@ -141,3 +141,62 @@ def test_run_builds_zoo_runs_tracks_writes_report_then_reuses_and_repeats(tmp_pa
     bad = subprocess.run([sys.executable, "-m", "trojanbench.cli", "run", "--out", tmp_path / "c", "--track", "astrology"],
                          capture_output=True, text=True, timeout=120, env=env)
     assert bad.returncode == 2 and "unknown track 'astrology'" in bad.stderr
+
+
+def _image_folder(root, size, gray_as_rgb=False, per_class=12):
+    """<root>/<class>/<i>.png, `size` (H, W); classes differ in brightness. `gray_as_rgb`: grayscale pictures stored
+    as RGB files (R = G = B), as many real grayscale folders are."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    h, w = size
+    for c, name in enumerate(["dark", "light"]):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            base = rng.integers(0, 120, (h, w, 1 if gray_as_rgb else 3)) + 120 * c
+            pixels = np.repeat(base, 3, axis=2) if gray_as_rgb else base
+            Image.fromarray(pixels.astype(np.uint8), "RGB").save(root / name / f"{i}.png")
+    return root
+
+
+def test_non_square_images_train_and_a_shape_an_architecture_cannot_take_is_one_line(tmp_path):
+    data = _image_folder(tmp_path / "wide", (20, 12))
+    ok = cli("implant", "--arch", "mlp", "--arch-param", "width=16", "--dataset", "imagefolder", "--data-root", data,
+             "--epochs", "1", "--out", tmp_path / "m")
+    assert ok.returncode == 0, ok.stderr
+    assert "internal error" not in ok.stderr and "Traceback" not in ok.stderr
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    assert card["arch_kwargs"]["image_size"] == [20, 12] and card["arch_kwargs"]["in_channels"] == 3
+    one_line_error(cli("implant", "--arch", "vit", "--arch-param", "patch=8", "--dataset", "imagefolder", "--data-root",
+                       data, "--epochs", "1", "--out", tmp_path / "v"), "vit", "patch size 8 does not divide 20x12")
+
+
+def test_a_natural_feature_that_is_constant_over_the_dataset_is_refused_in_one_line(tmp_path):
+    data = _image_folder(tmp_path / "gray", (12, 12), gray_as_rgb=True)
+    r = cli("implant", "--trigger", "natural", "--dataset", "imagefolder", "--data-root", data, "--arch", "mlp",
+            "--epochs", "1", "--out", tmp_path / "m")
+    one_line_error(r, "natural feature 'warm' is constant", "colour")
+    assert "internal error" not in r.stderr and not (tmp_path / "m" / "card.json").exists()
+
+
+def test_a_data_warning_prints_as_one_line(capsys):
+    import warnings
+
+    import torch
+
+    from trojanbench import cli
+    from trojanbench.data import ImageDataset
+
+    x, y = torch.full((2, 1, 4, 4), 200.0), torch.zeros(2, dtype=torch.long)
+    saved = warnings.showwarning
+    warnings.showwarning = cli._one_line_warning  # as main() installs it
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = cli._one_line_warning
+            ImageDataset("raw", x, y, x, y, ["a"])
+    finally:
+        warnings.showwarning = saved
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == ["warning: raw images (train and test) have 8-bit values in [200, 200]: divided by 255 to [0, 1]"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -13,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import UserError
+from .errors import DataWarning, UserError
 from .survey.cli import survey_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -395,8 +396,17 @@ def zoo_import(model_dir: Path = typer.Argument(..., help="a model folder (model
     console.print(f"imported {model_dir} into {zoo_dir} as job {job_id}")
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    """Our warnings (DataWarning: input accepted after a change) print as one line, `warning: <message>`."""
+    if issubclass(category, DataWarning):
+        err_console.print(f"warning: {message}", markup=False, highlight=False, soft_wrap=True)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main() -> None:
     debug = os.environ.get("TROJANBENCH_DEBUG") == "1"
+    warnings.showwarning = _one_line_warning
     try:
         app()  # typer reports usage errors itself (exit 2); ours arrive here
     except UserError as e:

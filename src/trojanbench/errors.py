@@ -7,3 +7,8 @@ class UserError(Exception):
 
 def unknown_name(kind: str, name: str, known) -> UserError:
     return UserError(f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}")
+
+
+class DataWarning(UserWarning):
+    """Input data that was accepted after a change the user should know of (e.g. 8-bit pixel values rescaled to
+    [0, 1]). Its message is one line; the CLI prints it as `warning: <message>`."""

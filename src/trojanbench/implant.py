@@ -14,7 +14,8 @@ from torch import nn
 
 from .config import TrainConfig, default_train_config
 from .data import ImageDataset
-from .models import build_model, data_kwargs
+from .errors import UserError
+from .models import build_model, check_image_shape, check_input_fits, data_kwargs
 from .train import attack_success_rate, clean_accuracy, predict, train_model
 from .train.evaluate import clean_test_mask
 from .trojans import TrojanSpec, make_trigger, poison_dataset
@@ -46,14 +47,21 @@ class Prepared:
 
 def prepare(dataset: ImageDataset, arch: str = "cnn", arch_kwargs: dict | None = None,
             trojan: TrojanSpec | None = None, seed: int = 0) -> Prepared:
+    """Build the model for the dataset's image shape (C, H, W; non-square too) and poison the training set.
+    Before anything is poisoned or trained, the shape is checked: against explicit `arch_kwargs` (in_channels, image_size)
+    and by one forward pass of a blank image, so a shape the architecture cannot take is a one-line UserError
+    naming both."""
     kwargs = {**data_kwargs(dataset), **(arch_kwargs or {})}
+    check_image_shape(kwargs, dataset.image_shape, what=f"architecture {arch!r} with these arguments")
+    model = init_model(arch, kwargs, seed)  # poisoning draws from its own generators: the order does not matter
+    check_input_fits(model, arch, dataset.image_shape)
     x, y, trigger, poisoned = dataset.x_train, dataset.y_train, None, None
     if trojan is not None:
         trigger = make_trigger(trojan.trigger, dataset.image_shape)
         pd = poison_dataset(x, y, trigger, trojan.poison, dataset.num_classes, seed=seed)
         x, y, poisoned = pd.x, pd.y, pd.indices
         trojan = trojan.model_copy(update={"trigger": trigger.spec()})  # keeps fitted parameters (thresholds)
-    return Prepared(arch, kwargs, init_model(arch, kwargs, seed), x, y, seed, trojan, trigger, poisoned)
+    return Prepared(arch, kwargs, model, x, y, seed, trojan, trigger, poisoned)
 
 
 def init_model(arch: str, kwargs: dict, seed: int) -> nn.Module:
@@ -66,8 +74,12 @@ def init_model(arch: str, kwargs: dict, seed: int) -> nn.Module:
 
 def measure(model: nn.Module, dataset: ImageDataset, trojan: TrojanSpec | None, trigger: Trigger | None,
             batch_size: int = 1024) -> dict[str, float]:
-    """Clean accuracy and, for a trojaned model, attack success rate(s), rounded for the card."""
+    """Clean accuracy and, for a trojaned model, attack success rate(s), rounded for the card. A test set with no
+    clean image left (every one carries a natural feature) is a UserError, never a NaN accuracy."""
     keep = clean_test_mask(trigger, dataset.x_test)
+    if not bool(keep.any()):
+        raise UserError(f"no clean test image to measure clean accuracy on: all {len(keep)} carry the trigger "
+                        f"({trigger.description if trigger is not None else 'none'})")
     metrics = {"clean_accuracy": clean_accuracy(model, dataset.x_test[keep], dataset.y_test[keep], batch_size)}
     if trigger is not None:
         metrics["attack_success_rate"] = attack_success_rate(

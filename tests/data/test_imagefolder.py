@@ -38,3 +38,43 @@ def test_bad_folders_are_user_errors(tmp_path):
     _write(tmp_path, ["b"], 2, size=(9, 9))
     with pytest.raises(UserError, match="differ in size"):
         load_dataset("imagefolder", data_root=str(tmp_path))
+
+
+def test_pixel_values_are_checked_where_images_enter(tmp_path):
+    """[0, 1] passes untouched; 8-bit values (uint8, or whole numbers 0-255 as floats) are rescaled with one
+    warning; NaN, negative, above-255 and fractional out-of-range values are refused in one line."""
+    import re
+    import warnings
+
+    import torch
+
+    from trojanbench.data import ImageDataset
+    from trojanbench.errors import DataWarning
+    from trojanbench.testing import tiny_dataset
+
+    ds = tiny_dataset(n_train=16, n_test=8)
+    y_train, y_test = ds.y_train, ds.y_test
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to say about images already in [0, 1]
+        same = ImageDataset("ok", ds.x_train, y_train, ds.x_test, y_test, ds.classes)
+    assert same.x_train is ds.x_train
+    eight_bit = (ds.x_train * 255).round()
+    for x_train, x_test in ((eight_bit.to(torch.uint8), (ds.x_test * 255).round().to(torch.uint8)),
+                            (eight_bit, (ds.x_test * 255).round())):
+        with pytest.warns(DataWarning) as caught:
+            d = ImageDataset("raw", x_train, y_train, x_test, y_test, ds.classes)
+        assert len(caught) == 1 and "divided by 255" in str(caught[0].message)
+        assert "\n" not in str(caught[0].message)
+        assert d.x_train.dtype == torch.float32 and torch.allclose(d.x_train, eight_bit / 255)
+        assert 0 <= float(d.x_test.min()) and float(d.x_test.max()) <= 1
+    bad = {"normalised": ds.x_train - 0.5, "above 255": ds.x_train * 1000, "NaN": ds.x_train.clone().fill_(float("nan")),
+           "fractional": ds.x_train * 2.5}
+    messages = {"normalised": "pixels must be in [0, 1]", "above 255": "pixels must be in [0, 1]", "NaN": "NaN",
+                "fractional": "with fractions"}
+    for what, x in bad.items():
+        with pytest.raises(UserError, match=re.escape(messages[what])) as e:
+            ImageDataset("bad", x, y_train, ds.x_test, y_test, ds.classes)
+        assert "\n" not in str(e.value), what
+    _write(tmp_path, ["a", "b"], 3, size=(8, 8))  # an image folder is read as 8-bit and lands in [0, 1]
+    folder = load_dataset("imagefolder", data_root=str(tmp_path))
+    assert folder.x_train.dtype == torch.float32 and float(folder.x_train.max()) <= 1 and float(folder.x_train.max()) > 0.5

@@ -64,3 +64,59 @@ def test_airnet_whitening_init_whitens_patches():
         h = model.whiten(model.normalize(x))[:, :12].permute(0, 2, 3, 1).reshape(-1, 12)
     cov = torch.cov(h.T)
     assert torch.allclose(torch.diag(cov), torch.ones(12), atol=0.1)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn", "resnet18", "vit", "airnet"])
+@pytest.mark.parametrize("channels, h, w", [(1, 20, 12), (3, 12, 20)])
+def test_every_image_architecture_takes_non_square_images(arch, channels, h, w):
+    small = {"mlp": {"width": 16}, "cnn": {"width": 8}, "resnet18": {"width": 8}, "vit": {"dim": 16, "depth": 1},
+             "airnet": {"width": 0.125}}[arch]
+    model = build_model(arch, **kwargs(channels, [h, w]), **small)
+    assert model(torch.rand(2, channels, h, w)).shape == (2, 10)
+
+
+def test_data_kwargs_keep_square_cards_and_give_h_w_for_non_square():
+    from trojanbench.models import data_kwargs
+    from trojanbench.testing import tiny_dataset
+
+    assert data_kwargs(tiny_dataset(n_train=8, n_test=4, size=16))["image_size"] == 16  # as every card so far
+    ds = tiny_dataset(n_train=8, n_test=4, size=16)
+    ds.x_train, ds.x_test = ds.x_train[..., :12], ds.x_test[..., :12]
+    assert data_kwargs(ds)["image_size"] == [16, 12]
+
+
+def test_shapes_an_architecture_cannot_take_are_one_line_errors_before_training():
+    from trojanbench.implant import prepare
+    from trojanbench.models import check_image_shape
+    from trojanbench.testing import tiny_dataset
+
+    with pytest.raises(UserError, match=r"architecture 'vit'.*patch size 8 does not divide 20x12 images"):
+        build_model("vit", **kwargs(1, [20, 12]), patch=8)
+    with pytest.raises(UserError, match=r"architecture 'airnet'.*at least 9x9 pixels, got 8x8"):
+        build_model("airnet", **kwargs(3, 8))
+    with pytest.raises(UserError, match="model expects 1x8x8 images, data has 3x32x32"):
+        check_image_shape(kwargs(1, 8), (3, 32, 32))
+    check_image_shape(kwargs(3, [12, 20]), (3, 12, 20))
+    ds = tiny_dataset(n_train=8, n_test=4, size=8)
+    with pytest.raises(UserError, match=r"expects 3x32x32 images, data has 1x8x8") as e:
+        prepare(ds, "cnn", {"in_channels": 3, "image_size": 32, "width": 8})
+    assert "\n" not in str(e.value)
+
+
+def test_an_architecture_that_fails_on_the_data_shape_is_a_one_line_error_before_training():
+    from torch import nn
+
+    from trojanbench.implant import prepare
+    from trojanbench.models import MODELS, Normalize
+    from trojanbench.testing import tiny_dataset
+
+    def fixed16(in_channels, num_classes, image_size, mean, std):  # ignores image_size: 16x16 images only
+        return nn.Sequential(Normalize(mean, std), nn.Flatten(), nn.Linear(in_channels * 16 * 16, num_classes))
+
+    if "fixed16-test" not in MODELS:
+        MODELS.register("fixed16-test")(fixed16)
+    model = prepare(tiny_dataset(n_train=8, n_test=4, size=16), "fixed16-test").model
+    assert model.training  # the check ran it in eval mode and put its mode back
+    with pytest.raises(UserError, match=r"architecture 'fixed16-test' cannot take 1x8x8 images \(mat1 and mat2") as e:
+        prepare(tiny_dataset(n_train=8, n_test=4, size=8), "fixed16-test")
+    assert "\n" not in str(e.value)

@@ -94,3 +94,19 @@ def test_bad_trigger_specs_are_user_errors(spec, message):
 
 def test_registry_lists_all_five_kinds():
     assert TRIGGERS.names() == ["blended", "natural", "patch", "style", "warp"]
+
+
+def test_a_natural_feature_that_cannot_pick_out_carriers_is_refused_in_one_line():
+    """Grayscale pictures stored as RGB have no warm cast anywhere (constant 0); binary-ink images whose ink
+    takes two values put half the images at the threshold (far more than the requested 5%)."""
+    gray = batch((1, 16, 16), n=64).expand(-1, 3, -1, -1)
+    trig = make_trigger(TriggerSpec(kind="natural"), (3, 16, 16))
+    with pytest.raises(UserError, match="natural feature 'warm' is constant .* colour") as e:
+        trig.fit(gray)
+    assert "\n" not in str(e.value) and trig.params.threshold is None
+    two_levels = torch.zeros(64, 1, 16, 16)
+    two_levels[::2] = 1.0
+    with pytest.raises(UserError, match=r"natural feature 'ink': threshold 1 selects 50% .* requested 5% .* 2 distinct"):
+        make_trigger(TriggerSpec(kind="natural"), GRAY).fit(two_levels)
+    with pytest.raises(UserError, match="selects 100%"):  # a threshold given by hand is checked the same way
+        make_trigger(TriggerSpec(kind="natural", params={"threshold": -1.0}), GRAY).fit(batch(GRAY, n=64))

@@ -94,3 +94,92 @@ def test_missing_and_unfinished_folders(tmp_path):
     (tmp_path / "half" / "card.json").write_text("{not json")
     with pytest.raises(UserError, match="not a valid model card"):
         load_card(tmp_path / "half")
+
+
+class TiedNet(torch.nn.Module):
+    """An autoencoder-like classifier whose decoder is its encoder, transposed: one tensor under two names."""
+
+    def __init__(self, in_channels, num_classes, image_size, mean, std, hidden: int = 8):
+        super().__init__()
+        d = in_channels * image_size * image_size
+        self.encode = torch.nn.Linear(d, hidden, bias=False)
+        self.decode = torch.nn.Linear(hidden, d, bias=False)
+        self.decode.weight = self.encode.weight  # tied: registered as encode.weight and decode.weight
+        self.head = torch.nn.Linear(d, num_classes)
+
+    def forward(self, x):
+        flat = x.flatten(1)
+        return self.head(torch.nn.functional.linear(self.encode(flat), self.decode.weight.T))
+
+
+@pytest.fixture
+def tied_arch():
+    from trojanbench.models import MODELS
+
+    if "tied-test" not in MODELS:
+        MODELS.register("tied-test")(TiedNet)
+    return "tied-test"
+
+
+def test_tied_weights_are_stored_once_and_re_tied_on_load(tied_arch, tmp_path):
+    from safetensors import safe_open
+
+    from trojanbench.models import build_model
+    from trojanbench.zoo.store import ModelCard, weights_bytes
+
+    kw = {"in_channels": 1, "num_classes": 3, "image_size": 4, "mean": [0.5], "std": [0.25]}
+    torch.manual_seed(0)
+    model = build_model(tied_arch, **kw)
+    card = ModelCard(arch=tied_arch, arch_kwargs=kw, dataset={"name": "none"}, seed=0)
+    saved = save_model(tmp_path / "m", model, card)
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
+        assert sorted(f.keys()) == ["decode.weight", "head.bias", "head.weight"]  # the tie once, sorted-first name
+        assert f.metadata() == {"format": "pt"}
+    assert weights_bytes(model) == weights_bytes(model)  # deterministic
+    loaded, loaded_card = load_model(tmp_path / "m")
+    assert loaded_card == saved
+    assert loaded.encode.weight is loaded.decode.weight  # re-tied
+    assert torch.equal(loaded.encode.weight, model.encode.weight)
+    x = torch.rand(5, 1, 4, 4)
+    assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_a_missing_key_that_is_not_tied_is_a_one_line_error(tied_arch, tmp_path):
+    from trojanbench.models import build_model
+    from trojanbench.zoo.store import load_state
+
+    kw = {"in_channels": 1, "num_classes": 3, "image_size": 4, "mean": [0.5], "std": [0.25]}
+    state = build_model(tied_arch, **kw).state_dict()
+    with pytest.raises(UserError, match="missing keys head.bias") as e:
+        load_state(build_model(tied_arch, **kw), {k: v for k, v in state.items() if k != "head.bias"}, "w.safetensors")
+    assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="unexpected keys extra"):
+        load_state(build_model(tied_arch, **kw), {**state, "extra": torch.zeros(1)}, "w.safetensors")
+    with pytest.raises(UserError, match="size mismatch") as e:
+        load_state(build_model(tied_arch, **kw), {**state, "head.bias": torch.zeros(7)}, "w.safetensors")
+    assert "\n" not in str(e.value)
+    model = build_model(tied_arch, **kw)
+    load_state(model, {k: v for k, v in state.items() if k != "encode.weight"}, "w.safetensors")  # tied: fine
+    assert model.encode.weight is model.decode.weight and torch.equal(model.encode.weight, state["decode.weight"])
+
+
+def test_a_nan_metric_is_never_saved_and_a_model_is_checked_against_the_data_shape(stored, tmp_path):
+    ds, result, folder, card = stored
+    bad = card.model_copy(update={"metrics": {**card.metrics, "clean_accuracy": float("nan")}})
+    with pytest.raises(UserError, match="clean_accuracy=nan are not finite"):
+        save_model(tmp_path / "nan", result.model, bad)
+    assert not (tmp_path / "nan" / "card.json").exists()
+    load_model(folder, image_shape=ds.image_shape)
+    with pytest.raises(UserError, match="expects 1x16x16 images, data has 3x32x32"):
+        load_model(folder, image_shape=(3, 32, 32))
+
+
+def test_a_test_set_with_no_clean_image_left_is_refused_not_measured_as_nan(stored):
+    from trojanbench.implant import measure
+    from trojanbench.trojans.triggers import NaturalFeatureTrigger
+
+    ds, result, _, _ = stored
+    every_image = NaturalFeatureTrigger(ds.image_shape, threshold=-1.0)  # every test image counts as a carrier
+    spec = TrojanSpec(trigger=every_image.spec(), poison=PoisonSpec(target=1))
+    with pytest.raises(UserError, match="no clean test image"):
+        measure(result.model, ds, spec, every_image)

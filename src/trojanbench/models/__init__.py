@@ -3,10 +3,15 @@ first layer), so triggers, attributions and masks all live in pixel space.
 
 `build_model(arch, **kwargs)` -> nn.Module; the kwargs (with the data-dependent ones: in_channels,
 num_classes, image_size, mean, std) are what a model card stores to rebuild the model exactly.
+`image_size` is an int for square images (as every card before non-square support) and [H, W] otherwise;
+every image architecture takes both (`image_hw`). Where a model meets data, the data's image shape is checked
+against the model's (`check_image_shape`), and a freshly built model is run once on the data's shape before
+training (`check_input_fits`), so a shape an architecture cannot take is a one-line error, not a crash mid-way.
 """
 
 from __future__ import annotations
 
+import operator
 from typing import Callable
 
 import torch
@@ -37,11 +42,74 @@ def build_model(arch: str, **kwargs) -> nn.Module:
         raise UserError(f"bad arguments for architecture {arch!r}: {e}") from None
 
 
+def image_hw(image_size) -> tuple[int, int]:
+    """(H, W) from an architecture's `image_size`: an int (square images) or a pair [H, W]."""
+    if isinstance(image_size, (list, tuple)) and len(image_size) == 2:
+        h, w = image_size
+    elif isinstance(image_size, (list, tuple)):
+        raise TypeError(f"image_size must be an int or [H, W], got {list(image_size)}")
+    else:
+        h = w = image_size
+    try:
+        if isinstance(h, bool) or isinstance(w, bool):
+            raise TypeError
+        h, w = operator.index(h), operator.index(w)
+    except TypeError:
+        raise TypeError(f"image_size must be a positive int or [H, W], got {image_size!r}") from None
+    if h < 1 or w < 1:
+        raise TypeError(f"image_size must be a positive int or [H, W], got {image_size!r}")
+    return h, w
+
+
 def data_kwargs(dataset) -> dict:
-    """The arguments every architecture takes from the data it is trained on."""
+    """The arguments every architecture takes from the data it is trained on. `image_size` is H for square
+    images (so cards of square-image models are what they always were) and [H, W] otherwise."""
     mean, std = dataset.channel_stats()
-    c, h, _ = dataset.image_shape
-    return {"in_channels": c, "num_classes": dataset.num_classes, "image_size": h, "mean": mean, "std": std}
+    c, h, w = dataset.image_shape
+    return {"in_channels": c, "num_classes": dataset.num_classes, "image_size": h if h == w else [h, w],
+            "mean": mean, "std": std}
+
+
+def expected_image_shape(arch_kwargs: dict) -> tuple[int, int, int] | None:
+    """The image shape (C, H, W) a model built with these kwargs takes, or None for non-image models."""
+    if "in_channels" not in arch_kwargs or "image_size" not in arch_kwargs:
+        return None
+    try:
+        return (int(arch_kwargs["in_channels"]), *image_hw(arch_kwargs["image_size"]))
+    except (TypeError, ValueError):
+        return None
+
+
+def check_image_shape(arch_kwargs: dict, image_shape, what: str = "model") -> None:
+    """A one-line UserError when data of `image_shape` (C, H, W) is not what the model was built for (channels
+    or size), e.g. "model expects 1x8x8 images, data has 3x32x32"."""
+    from ..data import shape_text
+
+    expected = expected_image_shape(arch_kwargs)
+    if expected is not None and tuple(expected) != tuple(int(v) for v in image_shape):
+        raise UserError(f"{what} expects {shape_text(expected)} images, data has {shape_text(image_shape)}")
+
+
+def check_input_fits(model: nn.Module, arch: str, image_shape) -> None:
+    """Run one blank image of `image_shape` through a freshly built model (eval mode, no gradient; its mode is
+    restored, no statistics change, no random numbers drawn): a shape the architecture cannot take is a
+    one-line UserError naming the shape and the architecture, before any training starts."""
+    from ..data import shape_text
+
+    was_training = model.training
+    try:
+        device = next(iter(model.parameters())).device
+    except StopIteration:
+        device = torch.device("cpu")
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *image_shape, device=device))
+    except Exception as e:  # noqa: BLE001 - whatever the forward pass raises, the user gets one line
+        first = (str(e).splitlines() or [""])[0][:160]
+        raise UserError(f"architecture {arch!r} cannot take {shape_text(image_shape)} images ({first})") from None
+    finally:
+        model.train(was_training)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -5,7 +5,9 @@ same design serves the CPU (width 0.5) and a GPU (width 1, airbench94's 64/256/2
 import torch
 from torch import nn
 
-from . import Normalize, register
+from . import Normalize, image_hw, register
+
+AIRNET_MIN_SIZE = 9  # a 2x2 unpadded stem (-1 px), then three 2x2 max-pools
 
 
 class ConvGroup(nn.Module):
@@ -58,6 +60,11 @@ class AirNet(nn.Module):
 
 
 @register("airnet")
-def airnet(in_channels: int, num_classes: int, image_size: int, mean, std, width: float = 1.0) -> nn.Module:
+def airnet(in_channels: int, num_classes: int, image_size, mean, std, width: float = 1.0) -> nn.Module:
+    """`image_size` (H, or [H, W]; non-square is fine) is checked only against the smallest size the network
+    can take: the 2x2 stem takes one pixel off and three groups halve the map, so each side needs >= 9 px."""
+    h, w = image_hw(image_size)
+    if min(h, w) < AIRNET_MIN_SIZE:
+        raise TypeError(f"airnet needs images of at least {AIRNET_MIN_SIZE}x{AIRNET_MIN_SIZE} pixels, got {h}x{w}")
     widths = tuple(max(8, int(round(c * width))) for c in (64, 256, 256))
     return AirNet(in_channels, num_classes, mean, std, widths)

@@ -9,7 +9,7 @@ so state dicts are the same as with functional calls and stored models load unch
 from torch import nn
 from torch.nn import functional as F
 
-from . import Normalize, register
+from . import Normalize, image_hw, register
 
 
 class PreActBlock(nn.Module):
@@ -51,5 +51,7 @@ class PreActResNet(nn.Module):
 
 
 @register("resnet18")
-def resnet18(in_channels: int, num_classes: int, image_size: int, mean, std, width: int = 64) -> nn.Module:
+def resnet18(in_channels: int, num_classes: int, image_size, mean, std, width: int = 64) -> nn.Module:
+    """Any image size, square or not (`image_size`: H or [H, W]): global average pooling before the head."""
+    image_hw(image_size)  # a malformed size is refused here, as by the other architectures
     return PreActResNet(in_channels, num_classes, mean, std, (2, 2, 2, 2), width)

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from . import Normalize, register
+from . import Normalize, image_hw, register
 
 
 class Block(nn.Module):
@@ -22,11 +22,13 @@ class Block(nn.Module):
 class ViT(nn.Module):
     def __init__(self, in_channels, num_classes, image_size, mean, std, patch=4, dim=96, depth=4, heads=4, mlp_ratio=2):
         super().__init__()
-        if image_size % patch:
-            raise TypeError(f"image size {image_size} is not a multiple of patch {patch}")
+        h, w = image_hw(image_size)
+        if h % patch or w % patch:
+            raise TypeError(f"patch size {patch} does not divide {h}x{w} images (it must divide both H and W; "
+                            "pass --arch-param patch=N)")
         self.normalize = Normalize(mean, std)
         self.embed = nn.Conv2d(in_channels, dim, patch, patch)
-        n_tokens = (image_size // patch) ** 2 + 1
+        n_tokens = (h // patch) * (w // patch) + 1
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos = nn.Parameter(torch.randn(1, n_tokens, dim) * 0.02)
         self.blocks = nn.Sequential(*[Block(dim, heads, mlp_ratio) for _ in range(depth)])
@@ -40,6 +42,7 @@ class ViT(nn.Module):
 
 
 @register("vit")
-def vit(in_channels: int, num_classes: int, image_size: int, mean, std, patch: int = 4, dim: int = 96,
+def vit(in_channels: int, num_classes: int, image_size, mean, std, patch: int = 4, dim: int = 96,
         depth: int = 4, heads: int = 4, mlp_ratio: int = 2) -> nn.Module:
+    """`image_size`: H, or [H, W] for non-square images; `patch` must divide both."""
     return ViT(in_channels, num_classes, image_size, mean, std, patch, dim, depth, heads, mlp_ratio)

@@ -284,9 +284,32 @@ class NaturalFeatureTrigger(Trigger):
             return x.mean(dim=(1, 2, 3))
         return (x[:, 0] - x[:, 2]).mean(dim=(1, 2))
 
+    # the threshold may select at most this many times the requested share (1 - quantile) of the training images
+    MAX_CARRIER_EXCESS: ClassVar[float] = 2.0
+
     def fit(self, x_train: torch.Tensor) -> "NaturalFeatureTrigger":
+        """Set the threshold at the `quantile` of the feature over the training images, and check that the
+        feature can carry a trojan there: a feature that is constant over the dataset (fewer than 2 distinct
+        values, e.g. the warm colour cast of grayscale images stored as RGB, 0 on every image) or a threshold
+        that selects more than `MAX_CARRIER_EXCESS` x the requested share of images (a feature with a few
+        values and many ties) is a one-line UserError naming the feature; it would otherwise relabel most
+        of the training set."""
+        stat = self.statistic(x_train)
+        feature = self.params.feature
+        if len(stat) == 0 or not bool(torch.isfinite(stat).all()):
+            raise UserError(f"natural feature {feature!r}: no finite feature values over the {len(stat)} training images")
+        distinct = int(torch.unique(stat).numel())
+        if distinct < 2:
+            hint = "a dataset with colour (real RGB images)" if feature == "warm" else "a dataset whose images vary"
+            raise UserError(f"natural feature {feature!r} is constant ({float(stat[0]):g}) over the dataset, so it "
+                            f"cannot pick out carriers: use {hint}, or another feature (feature=ink / warm)")
         if self.params.threshold is None:
-            self.params.threshold = round(float(torch.quantile(self.statistic(x_train), self.params.quantile)), 6)
+            self.params.threshold = round(float(torch.quantile(stat, self.params.quantile)), 6)
+        share, wanted = float((stat >= self.params.threshold).float().mean()), 1 - self.params.quantile
+        if share > self.MAX_CARRIER_EXCESS * wanted:
+            raise UserError(f"natural feature {feature!r}: threshold {self.params.threshold:g} selects {share:.0%} of "
+                            f"the training images, far more than the requested {wanted:.0%} (the feature takes "
+                            f"{distinct} distinct values); use another feature or a dataset where it varies")
         return self
 
     def carriers(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ We never unpickle: a pickle (or a torch.save zip) named model.safetensors is ref
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -86,12 +87,57 @@ def read_weights(path: Path, data: bytes | None = None) -> dict[str, torch.Tenso
         raise UserError(f"{path} is a damaged safetensors file ({str(e).splitlines()[0][:120]})") from None
 
 
+def _storage_key(t: torch.Tensor) -> tuple | None:
+    """What makes two state-dict entries one tensor (tied weights): the same memory viewed the same way. None for
+    empty tensors, which hold no memory to share."""
+    if t.numel() == 0:
+        return None
+    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+
+
+def tied_groups(state: dict[str, torch.Tensor]) -> list[list[str]]:
+    """The names of the state-dict entries that are one tensor under several names (tied weights): each group
+    sorted, groups of two or more only, in sorted order."""
+    groups: dict[tuple, list[str]] = {}
+    for name, t in state.items():
+        key = _storage_key(t)
+        if key is not None:
+            groups.setdefault(key, []).append(name)
+    return sorted(sorted(names) for names in groups.values() if len(names) > 1)
+
+
 def weights_bytes(model: nn.Module) -> bytes:
     """A model's state as safetensors bytes that depend on its values alone, so equal weights give an equal
     sha256. One metadata entry only: safetensors writes its metadata map in no fixed order (two entries came out
-    in either order from one run to the next), while its tensors are written in a fixed, sorted order."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return st_save(state, metadata={"format": "pt"})
+    in either order from one run to the next), while its tensors are written in a fixed, sorted order.
+    Tied weights (one tensor under several names) are stored once, under the first of their names in sorted
+    order; `load_state` re-ties them, since the freshly built architecture ties them itself. Every tensor is
+    written from its own contiguous copy, so other memory sharing (views of one buffer) is stored as values too
+    and comes back as the architecture lays it out."""
+    state = model.state_dict()
+    drop = {name for group in tied_groups(state) for name in group[1:]}
+    return st_save({k: v.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
+                    for k, v in state.items() if k not in drop}, metadata={"format": "pt"})
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], where: str = "weights") -> nn.Module:
+    """Load a state dict into a freshly built `model`, accepting exactly what `weights_bytes` leaves out: a key
+    that is missing is fine only when, in `model`, it is tied to (shares its tensor with) a key that is loaded,
+    so loading that key sets both. Any other missing key, an unexpected key or a shape that does not fit is a
+    one-line UserError naming `where`."""
+    fresh = model.state_dict()
+    loaded_keys = {_storage_key(fresh[k]) for k in state if k in fresh}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise UserError(f"{where}: {' '.join(str(e).split())[:300]}") from None
+    untied = [k for k in missing if _storage_key(fresh[k]) is None or _storage_key(fresh[k]) not in loaded_keys]
+    if untied or unexpected:
+        parts = ([f"missing keys {', '.join(untied[:5])}" + (" ..." if len(untied) > 5 else "")] if untied else []) + \
+                ([f"unexpected keys {', '.join(unexpected[:5])}" + (" ..." if len(unexpected) > 5 else "")]
+                 if unexpected else [])
+        raise UserError(f"{where}: {'; '.join(parts)}")
+    return model
 
 
 def save_model(out_dir: str | Path, model: nn.Module, card: ModelCard,
@@ -101,7 +147,13 @@ def save_model(out_dir: str | Path, model: nn.Module, card: ModelCard,
 
 
 def save_model_bytes(out_dir: str | Path, card: ModelCard, weights: bytes, poisoned_indices=None) -> ModelCard:
-    """`save_model` for weights already serialised as safetensors bytes (as executors return them)."""
+    """`save_model` for weights already serialised as safetensors bytes (as executors return them). A card whose
+    metrics are not all finite numbers (a NaN clean accuracy) is refused before anything is written: a model is
+    only ever stored, and verified on load, with metrics that mean something."""
+    bad = {k: v for k, v in card.metrics.items() if not math.isfinite(v)}
+    if bad:
+        raise UserError(f"refusing to save {out_dir}: metric(s) {', '.join(f'{k}={v}' for k, v in bad.items())} "
+                        "are not finite numbers")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / CARD).unlink(missing_ok=True)  # an overwrite is unfinished until the new card lands
@@ -168,12 +220,17 @@ def check_files(model_dir: str | Path, card: ModelCard) -> str | None:
     return None
 
 
-def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
-    """Load and verify a stored model: weights hash, card hash, poisoned-indices hash."""
-    from ..models import build_model
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu",
+               image_shape: tuple[int, int, int] | None = None) -> tuple[nn.Module, ModelCard]:
+    """Load and verify a stored model: weights hash, card hash, poisoned-indices hash. With `image_shape`
+    (C, H, W of the data it is to be used with), a model built for other images is a one-line UserError
+    ("model ... expects 1x8x8 images, data has 3x32x32") before its weights are read."""
+    from ..models import build_model, check_image_shape
 
     d = Path(model_dir)
     card = load_card(d)
+    if image_shape is not None:
+        check_image_shape(card.arch_kwargs, image_shape, what=f"model {d}")
     data = (d / WEIGHTS).read_bytes() if (d / WEIGHTS).is_file() else b""
     _check_safetensors_bytes(data, d / WEIGHTS)
     if sha256_bytes(data) != card.weights_sha256:
@@ -184,10 +241,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tup
         if sha256_bytes(text) != card.poisoned_sha256:
             raise UserError(f"{d / card.poisoned_indices_file} is missing or does not match its card")
     model = build_model(card.arch, **card.arch_kwargs)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise UserError(f"{d / WEIGHTS} does not fit architecture {card.arch}: {str(e).splitlines()[0]}") from None
+    load_state(model, state, f"{d / WEIGHTS} does not fit architecture {card.arch}")
     return model.to(device).eval(), card
 
 

@@ -23,7 +23,7 @@ from ..implant import finish, prepare
 from ..train import TRAINER_VERSION
 from ..train.batched import train_models_batched
 from .plan import Job
-from .store import weights_bytes
+from .store import load_state, weights_bytes
 
 
 @dataclass
@@ -81,7 +81,7 @@ def _train_chunk(task: ChunkTask) -> list[JobResult]:
         try:
             p = prepare(ds, item.job.arch, item.job.arch_kwargs, item.job.trojan, seed=item.seed)
             if item.twin_weights is not None:  # insidious: start from the clean twin
-                p.model.load_state_dict(st_load(item.twin_weights))
+                load_state(p.model, st_load(item.twin_weights), "the clean twin's weights")
             prepared.append((item, p))
         except Exception as e:  # one bad job must not sink the chunk
             results[item.job.id] = JobResult(item.job.id, item.attempt, item.seed, False, _describe(e))

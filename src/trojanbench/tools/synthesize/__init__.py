@@ -173,8 +173,12 @@ class Exemplar(Synthesizer):
         self.alpha = alpha
 
     def synthesize(self, model, target, ctx):
-        with torch.no_grad():
-            logits = model.eval()(ctx.x_clean.to(ctx.device)).cpu()
+        was_training = model.training
+        try:
+            with torch.no_grad():
+                logits = model.eval()(ctx.x_clean.to(ctx.device)).cpu()
+        finally:
+            model.train(was_training)  # the caller's model keeps its mode
         best = int(logits[:, target].argmax())
         return Stamp(ctx.x_clean[best].clone(), torch.full(ctx.image_shape[1:], self.alpha))
 

@@ -1,0 +1,149 @@
+"""Tools never change the caller's model. For every registered tool of every family (detectors, sample
+detectors, attribution methods, synthesizers, repairers, editors): a small model left in training mode goes in,
+and after the call every submodule's mode, every parameter (values, layout, requires_grad) and every buffer
+(BatchNorm statistics included) is what it was. Repairers and editors return a new model; the one they were
+given stays as it was. Each tool runs with the smallest budget it accepts, so the whole file takes seconds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trojanbench.config import TrainConfig
+from trojanbench.implant import implant
+from trojanbench.testing import fast_train_config, tiny_dataset
+from trojanbench.tools import tool_registries
+from trojanbench.tools.detect import DetectContext
+from trojanbench.tools.detect.jumbo import JumboConfig
+from trojanbench.tools.detect.mntd import MetaConfig
+from trojanbench.tools.detect.shadow import ShadowConfig
+from trojanbench.tools.edit import EditInputs
+from trojanbench.tools.edit.rome import RomeHParams
+from trojanbench.tools.locate import traceable_layers
+from trojanbench.tools.repair import RepairContext
+from trojanbench.trojans import PoisonSpec, TriggerSpec, TrojanSpec, make_trigger
+
+ARCH = {"width": 8, "depth": 2}
+TARGET = 1
+PATCH = TrojanSpec(trigger=TriggerSpec(kind="patch"), poison=PoisonSpec(target=TARGET, rate=0.1))
+
+
+def tiny_params(tmp) -> dict[tuple[str, str], dict]:
+    """The smallest budgets the slow tools accept (family, name) -> constructor arguments."""
+    shadows, meta = JumboConfig(train=2, val=2, epochs=1), MetaConfig(queries=2, epochs=1)
+    steps = {"steps": 2}
+    return {
+        ("detect", "mntd"): {"shadows": shadows, "meta": meta, "cache": tmp},
+        ("detect", "mntd-oc"): {"shadows": shadows, "meta": meta, "cache": tmp},
+        ("detect", "neural-cleanse"): {"steps": 2, "clean_images": 16},
+        ("detect", "output-stats-meta"): {"queries": 4, "epochs": 2, "shadow": ShadowConfig(models=2, epochs=1),
+                                          "cache": tmp},
+        ("detect-samples", "activation-clustering"): {"retrain": TrainConfig(epochs=1, batch_size=64),
+                                                      "min_class_size": 4, "components": 2},
+        ("detect-samples", "strip"): {"overlays": 4},
+        ("synthesize", "adversarial-patch"): {"steps": 2, "starts": 1},
+        ("synthesize", "cppn-fv"): {"steps": 2, "batch_size": 2},
+        ("synthesize", "feature-adversary"): {"steps": 2, "ae_steps": 2, "places": 1},
+        ("synthesize", "fourier-fv"): {"steps": 2, "batch_size": 2},
+        ("synthesize", "natural-patch-search"): {"bank": 16, "carriers": 2, "k": 2, "patch_steps": 2, "starts": 1},
+        ("synthesize", "regularised-inversion"): steps,
+        ("synthesize", "trigger-inversion"): steps,
+        ("repair", "attention-distill"): {"teacher_epochs": 1, "epochs": 1},
+        ("repair", "fine-pruning"): {"epochs": 1},
+        ("repair", "finetune"): {"epochs": 1, "min_steps": 1},
+        ("repair", "finetune-matched"): steps,
+        ("repair", "kd-student"): steps,
+        ("repair", "retrain"): steps,
+        ("repair", "self-distill"): steps,
+        ("edit", "finetune-layer"): steps,
+        ("edit", "finetune-layer@last-layer"): steps,
+        ("edit", "finetune-layer@random-layer"): steps,
+        ("edit", "rome"): {"hparams": RomeHParams(steps=2)},
+        ("edit", "rome@last-layer"): {"hparams": RomeHParams(steps=2)},
+        ("edit", "rome@random-layer"): {"hparams": RomeHParams(steps=2)},
+    }
+
+
+TOOLS = [pytest.param(family, name, id=f"{family}:{name}")
+         for family, registry in tool_registries().items() for name in registry.names()]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is fastest, and two spin-wait on a busy 2-core machine
+    try:
+        yield make_env(tmp_path_factory)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def make_env(tmp_path_factory) -> dict:
+    ds = tiny_dataset(n_train=128, n_test=64, classes=4, seed=0)
+    cfg = fast_train_config(2)
+    audited = implant(ds, "cnn", ARCH, PATCH, cfg, seed=0)
+    others = [implant(ds, "cnn", ARCH, spec, cfg, seed=s).model for s, spec in ((1, None), (2, PATCH))]
+    ctx = DetectContext(ds.x_test[:32], ds.y_test[:32], ds.num_classes, seed=0, prior=[PATCH.trigger])
+    trigger = make_trigger(audited.card.trojan["trigger"], ds.image_shape)
+    x_budget, y_budget = ds.x_train[:32], ds.y_train[:32]
+    return {"ds": ds, "card": audited.card, "state": audited.model.state_dict(), "others": others, "ctx": ctx,
+            "trigger": trigger, "x_budget": x_budget, "y_budget": y_budget, "tmp": tmp_path_factory.mktemp("tools")}
+
+
+def snapshot(model: torch.nn.Module) -> dict:
+    return {"modes": {n: m.training for n, m in model.named_modules()},
+            "params": {n: (p.detach().clone(), p.stride(), p.requires_grad) for n, p in model.named_parameters()},
+            "buffers": {n: (b.detach().clone(), b.stride()) for n, b in model.named_buffers()}}
+
+
+def call(family: str, name: str, model: torch.nn.Module, env: dict):
+    tool = tool_registries()[family].get(name)(**tiny_params(env["tmp"]).get((family, name), {}))
+    ds, ctx, card = env["ds"], env["ctx"], env["card"]
+    if family == "detect":
+        if tool.learned:
+            tool.fit(env["others"], [0, 1], ctx)
+        return tool.detect(model, ctx)
+    if family == "detect-samples":
+        return tool.suspicion(model, ds.x_train[:64], ds.y_train[:64], ctx)
+    if family == "attribute":
+        x = env["trigger"].apply(ds.x_test[:4])
+        return tool.fit_reference(ctx.x_clean).attribute(model, x, TARGET)
+    if family == "synthesize":
+        return tool.synthesize(model, TARGET, ctx)
+    if family == "repair":
+        rctx = RepairContext(ds.num_classes, card.arch, dict(card.arch_kwargs), dict(ds.augment), seed=0)
+        repaired = tool.repair(model, env["x_budget"], env["y_budget"], rctx)
+        assert repaired is not model
+        return repaired
+    if family == "edit":
+        xb, yb = env["x_budget"], env["y_budget"]
+        layer = traceable_layers(model)[0]
+        inputs = EditInputs(layer=layer, x_triggered=env["trigger"].apply(xb), y_triggered=yb, x_clean=xb,
+                            x_budget=xb, y_budget=yb, seed=0)
+        edited = tool.edit(model, inputs)
+        assert edited is not model
+        return edited
+    raise AssertionError(f"no call written for tool family {family!r}: add it to this test")
+
+
+@pytest.mark.parametrize("family, name", TOOLS)
+def test_a_tool_leaves_the_callers_model_as_it_was(family, name, env):
+    from trojanbench.models import build_model
+
+    model = build_model(env["card"].arch, **env["card"].arch_kwargs)
+    model.load_state_dict(env["state"])
+    model.train()  # a caller in the middle of training: the tool must not leave it in eval mode
+    before = snapshot(model)
+    call(family, name, model, env)
+    after = snapshot(model)
+    changed_modes = [n or "(model)" for n, m in before["modes"].items() if after["modes"].get(n) != m]
+    assert not changed_modes, f"{family}:{name} changed the train/eval mode of {changed_modes[:5]}"
+    assert after["params"].keys() == before["params"].keys() and after["buffers"].keys() == before["buffers"].keys()
+    for n, (value, stride, grad) in before["params"].items():
+        now, now_stride, now_grad = after["params"][n]
+        assert torch.equal(now, value), f"{family}:{name} changed parameter {n}"
+        assert now_stride == stride, f"{family}:{name} changed the memory layout of parameter {n}"
+        assert now_grad == grad, f"{family}:{name} changed requires_grad of parameter {n}"
+    for n, (value, stride) in before["buffers"].items():
+        assert torch.equal(after["buffers"][n][0], value), f"{family}:{name} changed buffer {n}"
+        assert after["buffers"][n][1] == stride, f"{family}:{name} changed the memory layout of buffer {n}"
