@@ -132,6 +132,51 @@ def inspect(model_dir: Path = typer.Argument(..., help="a model folder"),
     console.print(t)
 
 
+@app.command()
+def audit(
+    model: Path = typer.Argument(..., help="the model: a store folder (card.json + model.safetensors), a .safetensors "
+                                           "state dict, or BackdoorBench's attack_result.pt (read weights-only)"),
+    data: str = typer.Option(..., help="the clean data the auditor has: a dataset name (digits, shapes, cifar10) or a "
+                                       "folder of images <dir>/<class>/<image>"),
+    arch: Optional[str] = typer.Option(None, help="architecture of a bare state dict: a registered name or "
+                                                  "package.module:Class"),
+    arch_param: Optional[List[str]] = typer.Option(None, "--arch-param", help="architecture argument key=value (repeatable)"),
+    zoo: Optional[Path] = typer.Option(None, help="reference zoo for calibration (default: the default benchmark's zoo)"),
+    reference: Optional[Path] = typer.Option(None, help="a results store whose latest matching run scored the zoo "
+                                                        "(default: computed into OUT/reference.sqlite)"),
+    out: Path = typer.Option(Path("runs/audit"), "--out", "-o", help="folder for index.html, audit.json and figures"),
+    tools: Optional[str] = typer.Option(None, help="comma-separated model-level detectors (default: all)"),
+    synthesizers: Optional[str] = typer.Option(None, help="comma-separated synthesizers (default: trigger-inversion, "
+                                                          "adversarial-patch, exemplar; 'none' for none)"),
+    attributors: Optional[str] = typer.Option(None, help="comma-separated attribution methods (default: saliency, "
+                                                         "integrated-gradients, gradcam; 'none' for none)"),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("auto", help="cpu, cuda, or auto"),
+):
+    """Audit one model you were handed: calibrated P(trojaned), the likely target label, reconstructed triggers with
+    attribution maps, and what repairs cost on the reference zoo; writes an HTML report."""
+    from .audit import audit as run_audit
+    from .utils import resolve_device
+
+    def names(s):
+        return None if s is None else [] if s.strip() == "none" else [t.strip() for t in s.split(",") if t.strip()]
+
+    with _progress() as bar:
+        task = bar.add_task("auditing", total=None)
+        res = run_audit(model, data, out, arch=arch, arch_params=parse_params(arch_param), zoo=zoo, reference=reference,
+                        detectors=names(tools), synthesizers=names(synthesizers), attributors=names(attributors),
+                        seed=seed, device=str(resolve_device(device)), progress=lambda: bar.update(task, advance=1))
+    t = res.target
+    console.print(f"P(trojaned) = {res.p_trojaned:.3f} ({res.headline}, Platt-calibrated on zoo {res.zoo_name}): "
+                  f"{res.verdict}", markup=False, highlight=False)
+    if t is not None:
+        console.print(f"target label {t['label']} (named by {t['tool']}; its target accuracy on the zoo: {t['accuracy']})",
+                      markup=False, highlight=False)
+    for w in res.warnings:
+        err_console.print(f"warning: {w}", markup=False, highlight=False)
+    console.print(f"report {out / 'index.html'}", markup=False, highlight=False)
+
+
 @app.command("list")
 def list_registries():
     """List the registered datasets, architectures, triggers and tools (by family)."""

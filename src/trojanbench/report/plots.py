@@ -91,3 +91,25 @@ def trigger_gallery(examples: list[tuple[str, np.ndarray, np.ndarray | None]], p
     axes[1][0].set_ylabel("footprint", fontsize=8)
     fig.tight_layout()
     return save(fig, path)
+
+
+def audit_panel(panels: list[tuple[str, object, object]], path: str | Path, title: str) -> Path:
+    """One row of panels for the audit report: (caption, image [C, H, W] in [0, 1] or None, map [H, W] or None).
+    An image is drawn as is (grey for one channel); a map (a mask or an attribution) with the magma colour map,
+    scaled to its own maximum."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(1.9 * len(panels), 2.3), dpi=110, squeeze=False)
+    for ax, (caption, image, heat) in zip(axes[0], panels):
+        if image is not None:
+            img = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image)
+            img = np.transpose(img, (1, 2, 0))
+            ax.imshow(img.squeeze(), cmap="gray" if img.shape[-1] == 1 else None, vmin=0, vmax=1)
+        elif heat is not None:
+            h = np.asarray(heat.detach().cpu() if hasattr(heat, "detach") else heat, dtype=float)
+            ax.imshow(h / h.max() if h.max() > 0 else h, cmap="magma", vmin=0, vmax=1)
+        ax.set_title(caption, fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    return save(fig, path)

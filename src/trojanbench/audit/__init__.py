@@ -1,0 +1,381 @@
+"""Audit one model you were handed: `trojanbench audit MODEL --data NAME|DIR [--arch ...] [--zoo DIR]`.
+
+The practitioner's questions, answered from the tools and a named reference zoo:
+1. **Is it trojaned?** Every model-level detector scores the model. Each score becomes P(trojaned) through a
+   Platt curve fitted on the reference zoo's held-out split (`calibrate.py`), where every detector was scored
+   the same way (same clean sample, same seed, learned detectors fitted on the zoo's training split). The
+   headline probability is the detector whose out-of-fold cross-entropy on that split is lowest; every
+   detector's probability is shown beside it. When the audited model is itself one of the reference models
+   (a model of the zoo), its unit (it and its clean twin) is left out of every fit and every reference statistic.
+2. **Toward which class?** The label named by the detector with the best target accuracy on the reference
+   zoo's held-out trojans; its confidence is that accuracy with a Wilson interval.
+3. **With what trigger?** Feature synthesizers reconstruct a trigger for that label (each with its transfer
+   ASR: the fraction of clean images of other classes it sends to the label), shown beside attribution maps
+   toward the label on the best reconstruction.
+4. **What would fixing it cost?** The repairs that worked best on the reference zoo (its repair board: ASR after
+   and clean-accuracy cost, with intervals), when the reference results store holds a repair track of that zoo.
+
+The reference scores come from a results store (`--reference STORE`: the latest complete run whose detect track
+scored exactly this zoo's held-out models; without it, `runs/default/results.sqlite` when `make run` left one that
+did), or are computed into `OUT/reference.sqlite` as a run of their own (and reused from there by the next audit
+with the same zoo, detectors and seed). A model is recognised as a zoo model by its weights (sha256 of its
+state), whatever layout it arrived in. See docs/audit.md.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..results.stats import Estimate, wilson
+from .calibrate import calibration_metrics, fit_platt, out_of_fold
+from .load import LoadedModel, load_audited_model
+
+DEFAULT_SYNTHESIZERS = ("trigger-inversion", "adversarial-patch", "exemplar")
+DEFAULT_ATTRIBUTORS = ("saliency", "integrated-gradients", "gradcam")
+N_CLEAN = 200  # the auditor's clean sample, as in the detect track (`tasks.detect.detection_context`)
+REFERENCE_KIND = "audit-reference"
+DEFAULT_REFERENCE = Path("runs/default/results.sqlite")  # `make run` writes it; used when it scored the zoo
+
+
+@dataclass
+class DetectorResult:
+    tool: str
+    role: str
+    score: float
+    probability: float  # Platt-calibrated on the reference split (without the audited model's unit)
+    target_label: int | None
+    reference_n: int  # reference models the curve was fitted on
+    auroc: float  # on the reference split, raw scores
+    calibration: dict[str, Estimate]  # out-of-fold cross_entropy, brier, ece on the reference split
+    target_accuracy: Estimate | None  # on the reference split's all-to-one trojans
+
+
+@dataclass
+class Reconstruction:
+    tool: str
+    transfer_asr: float
+    image: str  # figure path
+
+
+@dataclass
+class AuditResult:
+    model: dict  # format, arch, file, card id
+    data: str
+    zoo: str
+    zoo_name: str
+    reference: str  # store path and run id
+    detectors: list[DetectorResult]
+    headline: str  # tool whose probability is the verdict
+    p_trojaned: float
+    verdict: str  # "trojaned" or "clean"
+    target: dict | None  # label, tool, accuracy (Estimate), agreeing
+    reconstructions: list[Reconstruction] = field(default_factory=list)
+    attribution_figure: str | None = None
+    repairs: list[dict] = field(default_factory=list)
+    repairs_note: str = ""
+    left_out: list[str] = field(default_factory=list)  # reference model ids left out (the audited unit)
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _dataset(data: str):
+    from ..data import DATASETS, load_dataset
+
+    if Path(data).is_dir():
+        return load_dataset("imagefolder", data_root=data)
+    if data in DATASETS:
+        return load_dataset(data)
+    raise UserError(f"--data {data!r} is neither a folder of images nor a dataset ({', '.join(DATASETS.names())})")
+
+
+def check_fits(model: torch.nn.Module, ds, where: str) -> None:
+    """The model takes the data's images and gives one logit per class, or a one-line error."""
+    x = ds.x_test[:2]
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    try:
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            out = model(x.to(device))
+            model.train(was)
+    except Exception as e:  # noqa: BLE001 - whatever the forward raises, the user gets one line
+        raise UserError(f"{where} does not take the data's images {tuple(x.shape[1:])} (C, H, W): "
+                        f"{type(e).__name__}: {str(e).splitlines()[0][:150]}") from None
+    if out.dim() != 2 or out.shape[1] != ds.num_classes:
+        raise UserError(f"{where} gives outputs of shape {tuple(out.shape)}; the data has {ds.num_classes} classes")
+
+
+_FITTED: dict[tuple, object] = {}  # learned detectors fitted on a zoo's training split, kept for the next audit
+
+
+def _digest(x: torch.Tensor) -> str:
+    from ..utils import sha256_bytes
+
+    return sha256_bytes(x.detach().cpu().contiguous().numpy().tobytes())[:16]
+
+
+def member_of(zoo, model: torch.nn.Module, split: str | None = "test") -> str | None:
+    """The card id of the zoo model (of `split`) whose weights are exactly `model`'s, in whatever layout the model
+    arrived (a state dict re-saved from a zoo model is recognised), or None."""
+    from ..utils import sha256_bytes
+    from ..zoo.store import weights_bytes
+
+    digest = sha256_bytes(weights_bytes(model))
+    return next((c.id for _, _, c in zoo.models(split=split) if c.weights_sha256 == digest), None)
+
+
+def _units(zoo) -> dict[str, str]:
+    """job id -> its unit (a trojan and its clean twin share the clean job's id)."""
+    units = {}
+    for job in zoo.plan():
+        units[job.id] = job.twin if job.trojaned and job.twin else job.id
+    return units
+
+
+def _reference_run(store_path: Path, test_ids: set[str], names: list[str]):
+    """The latest complete run of `store_path` whose detect-model rows cover exactly `test_ids` for every tool."""
+    from ..results import ResultsStore
+
+    with ResultsStore(store_path) as store:
+        for run in sorted((r for r in store.runs() if r.finished is not None), key=lambda r: -r.finished):
+            rows = [r for r in store.rows(run.run_id) if r.task == "detect-model"]
+            scored = {}
+            for r in rows:
+                if r.metric == "score":
+                    scored.setdefault(r.tool, set()).add(r.model_id)
+            if all(scored.get(n) == test_ids for n in names):
+                return run, store.rows(run.run_id)
+    return None, None
+
+
+def reference_rows(zoo, names: list[str], reference: Path | None, out: Path, seed: int, device: str, progress=None):
+    """The reference split's per-model rows (and where they came from): from `reference`, or computed into
+    `out/reference.sqlite` (reused there when a complete run already covers these detectors)."""
+    from ..results import ResultsStore
+    from ..tasks.detect import detection_context, score_model_detectors
+
+    test_ids = {c.id for _, _, c in zoo.models(split="test")}
+    if reference is not None:
+        if not Path(reference).is_file():
+            raise UserError(f"no results store at {reference}")
+        run, rows = _reference_run(Path(reference), test_ids, names)
+        if run is None:
+            raise UserError(f"{reference} holds no complete run whose detect track scored the held-out split of zoo "
+                            f"{zoo.root} with {', '.join(names)}; run `trojanbench run --zoo {zoo.root} --track detect` "
+                            "or leave out --reference")
+        return rows, f"{reference} run {run.run_id}"
+    if DEFAULT_REFERENCE.is_file():  # the default benchmark's store (`make run`) scores the default zoo
+        run, rows = _reference_run(DEFAULT_REFERENCE, test_ids, names)
+        if run is not None and run.seed == seed:
+            return rows, f"{DEFAULT_REFERENCE} run {run.run_id}"
+    path = out / "reference.sqlite"
+    if path.is_file():
+        run, rows = _reference_run(path, test_ids, names)
+        if run is not None and run.seed == seed:
+            return rows, f"{path} run {run.run_id}"
+    ds, ctx = detection_context(zoo, n_clean=N_CLEAN, seed=seed, device=device)
+    config = {"zoo": zoo.config().model_dump(), "tools": names, "n_clean": N_CLEAN}
+    with ResultsStore(path) as store:
+        target = store.start_run(REFERENCE_KIND, config, seed, info={"zoo": str(zoo.root), "zoo_name": zoo.config().name})
+    from ..results.store import RunWriter
+
+    writer = RunWriter(target)
+    try:
+        score_model_detectors(zoo, names, ctx, ds.image_shape, writer, progress)
+    finally:
+        writer.close()
+    with ResultsStore(path) as store:
+        store.finish_run(target.run_id)
+        return store.rows(target.run_id), f"{path} run {target.run_id}"
+
+
+def reference_stats(rows, name: str, units: dict[str, str], left_out=(), n_boot: int = 2000, seed: int = 0) -> dict:
+    """What the reference split says about detector `name` (its models in `left_out` excluded): the Platt curve on
+    every remaining model, the AUROC of the raw scores, the out-of-fold calibration metrics (a unit left out of
+    each fit) and the target accuracy on all-to-one trojans (a Wilson interval; None if it names no target)."""
+    from ..results.stats import auroc
+
+    ref = [r for r in rows if r.task == "detect-model" and r.tool == name and r.metric == "score"
+           and r.value is not None and r.model_id not in left_out]
+    s = np.array([r.value for r in ref])
+    y = np.array([r.extra["label"] for r in ref])
+    u = np.array([units.get(r.extra.get("job"), r.model_id) for r in ref])
+    if len(set(y.tolist())) < 2:
+        raise UserError(f"the reference split lacks clean or trojaned models scored by {name}")
+    hits = [r.value for r in rows if r.task == "detect-model" and r.tool == name and r.metric == "target_hit"
+            and r.model_id not in left_out and r.value is not None]
+    return {"platt": fit_platt(s, y), "auroc": auroc(y, s), "n_clean": int((y == 0).sum()), "n_trojaned": int(y.sum()),
+            "calibration": calibration_metrics(out_of_fold(s, y, u), y, n_boot, seed),
+            "target_accuracy": wilson(int(sum(hits)), len(hits)) if hits else None}
+
+
+def _repairs(rows, seed: int, n_boot: int) -> tuple[list[dict], str]:
+    from ..results.boards import board_specs, compute_board
+
+    specs = {t: s for t, s in board_specs(rows).items() if t.startswith("repair")}
+    if not specs:
+        return [], ("the reference results hold no repair track of this zoo: run `trojanbench run --zoo ZOO --track "
+                    "detect,repair` and pass its store with --reference to see what fixing it would cost")
+    task, spec = min(specs.items())
+    board = compute_board(rows, spec, n_boot, seed)
+    out = []
+    for s in board.scores:
+        m = s.metrics
+        out.append({"tool": s.tool, "role": s.role, "verdict": s.verdict,
+                    "asr": m.get("asr"), "clean_cost": m.get("clean_cost"), "n": (m.get("asr") or Estimate(np.nan)).n})
+    out.sort(key=lambda r: (np.inf if r["asr"] is None or np.isnan(r["asr"].value) else r["asr"].value,
+                            r["clean_cost"].value if r["clean_cost"] is not None else np.inf))
+    return out, f"repair board {task} of the reference run ({board.spec.population})"
+
+
+def audit(model_path: str | Path, data: str, out: str | Path, arch: str | None = None, arch_params: dict | None = None,
+          zoo: str | Path | None = None, reference: str | Path | None = None, detectors: list[str] | None = None,
+          synthesizers: list[str] | None = None, attributors: list[str] | None = None, seed: int = 0,
+          device: str = "cpu", n_boot: int = 2000, progress=None) -> AuditResult:
+    """Audit one model (see the module docstring); writes `out/audit.json`, `out/index.html` and the figures."""
+    from ..tasks import role_of
+    from ..tools.detect import DETECTORS, DetectContext
+    from ..zoo.build import Zoo
+
+    start = time.perf_counter()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder")
+    ds = _dataset(data)
+    loaded = load_audited_model(model_path, ds, arch, arch_params, device)
+    check_fits(loaded.model, ds, str(model_path))
+    zoo = Zoo(_default_zoo() if zoo is None else zoo)
+    zoo.plan()  # one line if it is not a zoo
+    zds = zoo.dataset()
+    warnings = []
+    if zds.image_shape != ds.image_shape or zds.num_classes != ds.num_classes:
+        raise UserError(f"reference zoo {zoo.root} holds models of {zds.num_classes} classes on {zds.image_shape} images; "
+                        f"the audited data has {ds.num_classes} classes on {ds.image_shape}: build a reference zoo on "
+                        "data like the model's (`trojanbench zoo build`) and pass it with --zoo")
+    if member_of(zoo, loaded.model, split="train"):
+        warnings.append("this model is in the reference zoo's training split: the learned detectors were fitted on it, "
+                        "so their verdicts on it are not a test")
+    if zds.name != ds.name:
+        warnings.append(f"the reference zoo was trained on {zds.name}, the audit's data is {ds.name}: its calibration may "
+                        "not transfer")
+    names = [n for n in DETECTORS.names() if detectors is None or n in detectors]
+    for n in detectors or []:
+        DETECTORS.get(n)  # one line for an unknown name
+    out.mkdir(parents=True, exist_ok=True)
+    rows, ref_where = reference_rows(zoo, names, Path(reference) if reference else None, out, seed, device, progress)
+
+    units = _units(zoo)
+    own_id = member_of(zoo, loaded.model)
+    by_model = {r.model_id: r for r in rows if r.task == "detect-model" and r.metric == "score"}
+    own_unit = units.get(by_model[own_id].extra.get("job")) if own_id in by_model else None
+    left_out = sorted({m for m, r in by_model.items() if own_unit and units.get(r.extra.get("job")) == own_unit})
+
+    # the audited model is scored with the zoo's training split for learned detectors, on the audit data's clean sample
+    ctx = DetectContext(ds.x_test[:N_CLEAN], ds.y_test[:N_CLEAN], ds.num_classes, torch.device(device), seed)
+    train = None
+    results = []
+    for name in names:
+        cls = DETECTORS.get(name)
+        key = (str(zoo.root), name, seed, device, _digest(ctx.x_clean))
+        det = _FITTED.get(key) or cls()
+        if det.learned and key not in _FITTED:
+            if train is None:
+                from ..zoo.store import load_model
+
+                train = [(j, load_model(f, device)[0]) for j, f, _ in zoo.models(split="train")]
+            det.fit([m for _, m in train], [int(j.trojaned) for j, _ in train], ctx)
+            _FITTED[key] = det
+        d = det.detect(loaded.model, ctx)
+        ref = reference_stats(rows, name, units, left_out, n_boot, seed)
+        results.append(DetectorResult(
+            tool=name, role=role_of(cls), score=float(d.score), probability=float(ref["platt"]([d.score])[0]),
+            target_label=None if d.target_label is None else int(d.target_label), reference_n=ref["platt"].n,
+            auroc=ref["auroc"], calibration=ref["calibration"], target_accuracy=ref["target_accuracy"]))
+        if progress:
+            progress()
+    head = min(results, key=lambda r: (r.calibration["cross_entropy"].value, r.tool))
+    p = head.probability
+    target = _target(results)
+    res = AuditResult(model={"format": loaded.format, "arch": loaded.arch, "file": str(model_path),
+                             "id": own_id, "arch_kwargs": {k: v for k, v in loaded.arch_kwargs.items()
+                                                           if k not in ("mean", "std")}, **{k: v for k, v in loaded.info.items() if k != "file"}},
+                      data=ds.name, zoo=str(zoo.root), zoo_name=zoo.config().name, reference=ref_where,
+                      detectors=results, headline=head.tool, p_trojaned=p, verdict="trojaned" if p >= 0.5 else "clean",
+                      target=target, left_out=left_out, warnings=warnings)
+    if target is not None:
+        _reconstruct(res, loaded, ds, ctx, target["label"], synthesizers, attributors, out / "figures", seed)
+    res.repairs, res.repairs_note = _repairs(rows, seed, n_boot)
+    res.seconds = time.perf_counter() - start
+    from ..report.audit import write_audit
+
+    write_audit(res, out)
+    return res
+
+
+def _target(results: list[DetectorResult]) -> dict | None:
+    """The label named by the detector with the best reference target accuracy (ties: more reference trojans)."""
+    named = [r for r in results if r.target_label is not None and r.target_accuracy is not None]
+    if not named:
+        return None
+    best = max(named, key=lambda r: (r.target_accuracy.value, r.target_accuracy.n, r.tool))
+    agree = sorted(r.tool for r in results if r.target_label == best.target_label)
+    return {"label": best.target_label, "tool": best.tool, "accuracy": best.target_accuracy, "agreeing": agree,
+            "named": {r.tool: r.target_label for r in results if r.target_label is not None}}
+
+
+def _reconstruct(res: AuditResult, loaded: LoadedModel, ds, ctx, label: int, synthesizers, attributors, figures: Path,
+                 seed: int) -> None:
+    """Synthesized triggers for `label` (transfer ASR on clean images of other classes) and attribution maps toward
+    `label` on the best one."""
+    from ..report.plots import audit_panel
+    from ..tools.attribute import ATTRIBUTORS
+    from ..tools.synthesize import SYNTHESIZERS
+    from ..train.evaluate import predict
+
+    others = ds.x_test[ds.y_test != label][:N_CLEAN]
+    stamps = {}
+    for name in synthesizers if synthesizers is not None else DEFAULT_SYNTHESIZERS:
+        stamp = SYNTHESIZERS.get(name)().synthesize(loaded.model, label, ctx)
+        asr = float((predict(loaded.model, stamp.apply(others)) == label).float().mean())
+        stamps[name] = (stamp, asr)
+    if not stamps:
+        return
+    best = max(stamps, key=lambda n: stamps[n][1])
+    x = stamps[best][0].apply(others[:1])
+    maps = {}
+    for name in attributors if attributors is not None else DEFAULT_ATTRIBUTORS:
+        tool = ATTRIBUTORS.get(name)(seed=seed).fit_reference(ctx.x_clean)
+        maps[name] = tool.attribute(loaded.model, x, label)[0].detach().cpu().numpy()
+    figures.mkdir(parents=True, exist_ok=True)
+    for name, (stamp, asr) in stamps.items():
+        mask = [("its mask", None, stamp.mask)] if stamp.mask is not None else []
+        path = audit_panel([("clean", others[0], None), (name, stamp.apply(others[:1])[0], None)] + mask,
+                           figures / f"synth-{name}.png", f"{name}: transfer ASR {asr:.0%} toward {label}")
+        res.reconstructions.append(Reconstruction(name, asr, str(path.relative_to(figures.parent))))
+    res.reconstructions.sort(key=lambda r: -r.transfer_asr)
+    path = audit_panel([(f"{best} applied", x[0], None)] + [(n, None, m) for n, m in maps.items()],
+                       figures / "attribution.png", f"attribution toward {label} on the {best} reconstruction")
+    res.attribution_figure = str(path.relative_to(figures.parent))
+
+
+def _default_zoo() -> Path:
+    from ..bench import zoo_cache_dir
+    from ..zoo.plan import load_zoo_config
+
+    path = zoo_cache_dir(load_zoo_config("digits-bench"))
+    if not path.is_dir():
+        raise UserError(f"the default reference zoo (digits-bench) is not built yet at {path}: run `make run` (or "
+                        "`trojanbench run`) once, or name a zoo with --zoo")
+    return path
+
+
+__all__ = ["AuditResult", "DetectorResult", "audit", "load_audited_model"]

@@ -1,0 +1,185 @@
+"""`trojanbench audit`: one model in three layouts, calibrated verdicts from a reference zoo, the report, bad inputs."""
+
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from trojanbench.audit import audit, member_of
+from trojanbench.audit.calibrate import brier, calibration_metrics, cross_entropy, ece, fit_platt, out_of_fold
+from trojanbench.errors import UserError
+from trojanbench.zoo.build import Zoo
+from trojanbench.zoo.store import load_model
+
+CHEAP = ["weight-stats", "entropy", "final-layer-outlier"]
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "trojanbench.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=600)
+
+
+def one_line_error(r, *fragments):
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+# -- calibration -----------------------------------------------------------------------------------------------
+def test_platt_is_monotone_and_bounded_by_smoothed_targets():
+    s = np.r_[np.zeros(8), np.ones(8)]
+    y = np.r_[np.zeros(8), np.ones(8)].astype(int)
+    p = fit_platt(s, y)([0.0, 0.5, 1.0])
+    assert p[0] < p[1] < p[2]
+    # perfectly separated: Platt's smoothed targets 1/(N-+2) and (N++1)/(N++2), never 0 or 1
+    assert p[0] == pytest.approx(1 / 10, abs=1e-3) and p[2] == pytest.approx(9 / 10, abs=1e-3)
+
+
+def test_out_of_fold_never_sees_its_own_unit():
+    rng = np.random.default_rng(0)
+    s = np.r_[rng.normal(0, 1, 10), rng.normal(2, 1, 10)]
+    y = np.r_[np.zeros(10), np.ones(10)].astype(int)
+    units = np.r_[np.arange(10), np.arange(10)]  # trojan i is clean model i's twin
+    oof = out_of_fold(s, y, units)
+    s2 = s.copy()
+    s2[0], s2[10] = 50.0, -50.0  # a wild unit changes every other fit, but not its own probabilities' curve
+    oof2 = out_of_fold(s2, y, units)
+    other = fit_platt(np.delete(s, [0, 10]), np.delete(y, [0, 10]))
+    assert oof2[0] == pytest.approx(float(other([50.0])[0]))
+    assert not np.allclose(oof[1:10], oof2[1:10])
+
+
+def test_calibration_metrics_known_values():
+    y = np.array([0, 1, 0, 1])
+    assert cross_entropy(np.full(4, 0.5), y) == pytest.approx(np.log(2))
+    assert brier(np.full(4, 0.5), y) == pytest.approx(0.25)
+    assert ece(np.array([0.25, 0.25, 0.25, 0.25]), np.array([1, 0, 0, 0])) == pytest.approx(0.0)
+    assert ece(np.array([0.95, 0.95]), np.array([0, 0])) == pytest.approx(0.95)
+    m = calibration_metrics(np.r_[np.full(6, 0.2), np.full(6, 0.8)], np.r_[np.zeros(6), np.ones(6)].astype(int), n_boot=200)
+    assert m["brier"].value == pytest.approx(0.04) and m["brier"].n == 6 and m["brier"].has_interval
+
+
+# -- audits of one zoo model in three layouts -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pair(tiny_zoo):
+    zoo = Zoo(tiny_zoo)
+    test = zoo.models(split="test")
+    trojan = next((j, f, c) for j, f, c in test if j.trojaned)
+    twin = next((j, f, c) for j, f, c in test if j.id == trojan[0].twin)
+    return trojan, twin
+
+
+@pytest.fixture(scope="module")
+def audits(tiny_zoo, pair, tmp_path_factory):
+    """The held-out trojan and its twin in our store format, and the trojan as a bare state dict with an import-path
+    architecture and as a BackdoorBench attack result."""
+    (job, folder, card), (_, twin_folder, _) = pair
+    base = tmp_path_factory.mktemp("audit")
+    model, _ = load_model(folder)
+    sd = base / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, sd)
+    bb = base / "attack_result.pt"
+    torch.save({"model_name": "cnn", "num_classes": 10, "img_size": [16, 16, 1], "clean_data": "digits",
+                "data_path": "./data", "model": model.state_dict(), "bd_test": {"x": torch.zeros(2, 1, 16, 16),
+                                                                                "y": torch.zeros(2, dtype=torch.long)}}, bb)
+    kw = dict(detectors=CHEAP, synthesizers=[], attributors=[], zoo=tiny_zoo, n_boot=200)
+    arch_params = {k: v for k, v in card.arch_kwargs.items()}
+    return {
+        "store": audit(folder, "digits", base / "store", **{**kw, "synthesizers": ["trigger-inversion"],
+                                                             "attributors": ["saliency"]}),
+        "twin": audit(twin_folder, "digits", base / "twin", **kw),
+        "state-dict": audit(sd, "digits", base / "sd", arch="trojanbench.models.cnn:cnn", arch_params=arch_params, **kw),
+        "backdoorbench": audit(bb, "digits", base / "bb", arch_params={"width": card.arch_kwargs["width"],
+                                                                          "depth": card.arch_kwargs["depth"]}, **kw),
+        "base": base, "card": card,
+    }
+
+
+def test_audit_leaves_out_the_audited_unit_and_is_format_independent(audits, pair, tiny_zoo):
+    res = audits["store"]
+    (job, _, card), (_, _, twin_card) = pair
+    assert set(res.left_out) == {card.id, twin_card.id}  # the model and its clean twin
+    assert set(audits["twin"].left_out) == {card.id, twin_card.id}
+    n_test = len(Zoo(tiny_zoo).models(split="test"))
+    for d in res.detectors:
+        assert d.reference_n == n_test - 2 and 0 < d.probability < 1
+    assert res.headline in CHEAP and res.verdict == ("trojaned" if res.p_trojaned >= 0.5 else "clean")
+    # the same weights in another layout: recognised as the zoo model by their hash, same scores, same verdict
+    for fmt in ("state-dict", "backdoorbench"):
+        other = audits[fmt]
+        assert other.left_out == res.left_out
+        assert [(d.tool, round(d.score, 6), round(d.probability, 6)) for d in other.detectors] == \
+               [(d.tool, round(d.score, 6), round(d.probability, 6)) for d in res.detectors]
+    assert audits["backdoorbench"].model["model_name"] == "cnn" and audits["backdoorbench"].model["format"] == "backdoorbench"
+
+
+def test_audit_names_a_target_and_reconstructs_a_trigger_for_it(audits, pair):
+    res = audits["store"]
+    assert res.target is not None and res.target["tool"] == "final-layer-outlier"
+    assert 0 <= res.target["label"] < 10
+    assert [r.tool for r in res.reconstructions] == ["trigger-inversion"]
+    assert (audits["base"] / "store" / res.reconstructions[0].image).is_file()
+    assert (audits["base"] / "store" / res.attribution_figure).is_file()
+    data = json.loads((audits["base"] / "store" / "audit.json").read_text())
+    assert data["p_trojaned"] == pytest.approx(res.p_trojaned) and data["verdict"] == res.verdict
+    assert "no repair track" in res.repairs_note  # the computed reference holds the detect track only
+
+
+def test_audit_reference_is_reused_and_member_of_matches_by_weights(audits, tiny_zoo, pair):
+    from trojanbench.results import ResultsStore
+
+    with ResultsStore(audits["base"] / "store" / "reference.sqlite") as store:
+        assert len(store.runs()) == 1 and store.runs()[0].kind == "audit-reference"
+    (_, folder, card), _ = pair
+    model, _ = load_model(folder)
+    zoo = Zoo(tiny_zoo)
+    assert member_of(zoo, model) == card.id
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    assert member_of(zoo, model) is None
+
+
+def test_audit_report_renders_in_real_chromium(audits, tmp_path):
+    from trojanbench.testing.browser import chromium, open_page
+
+    exe = chromium()
+    errors, images = open_page((audits["base"] / "store" / "index.html").as_uri(), exe, tmp_path / "shot.png")
+    assert errors == []
+    assert len(images) == 2 and all(width > 0 for _, width in images), images
+    page = (audits["base"] / "store" / "index.html").read_text()
+    assert "P(trojaned)" in page and "id=detectors" in page and "Toward which class?" in page
+
+
+# -- bad inputs --------------------------------------------------------------------------------------------------
+def test_backdoorbench_file_that_needs_a_full_unpickle_is_refused(tmp_path):
+    from trojanbench.audit.load import read_backdoorbench
+
+    path = tmp_path / "attack_result.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "bd_train": {"original_index": np.arange(3)}}, path)
+    with pytest.raises(UserError, match="never unpickles"):
+        read_backdoorbench(path)
+
+
+def test_audit_cli_errors_are_one_line(tmp_path, pair, tiny_zoo):
+    (_, folder, card), _ = pair
+    one_line_error(cli("audit", tmp_path / "nope", "--data", "digits", "--zoo", tiny_zoo), "does not exist")
+    model, _ = load_model(folder)
+    sd = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, sd)
+    one_line_error(cli("audit", sd, "--data", "digits", "--zoo", tiny_zoo), "--arch")
+    one_line_error(cli("audit", sd, "--data", "digits", "--zoo", tiny_zoo, "--arch", "nosuch.module:Net"), "cannot import")
+    one_line_error(cli("audit", sd, "--data", "digits", "--zoo", tiny_zoo, "--arch", "mlp"), "does not fit architecture mlp")
+    one_line_error(cli("audit", sd, "--data", "nosuchdata", "--zoo", tiny_zoo, "--arch", "cnn"), "nosuchdata")
+    one_line_error(cli("audit", folder, "--data", "digits", "--zoo", tmp_path), "not a zoo")
+    pickled = tmp_path / "evil.pt"
+    buf = io.BytesIO()
+    torch.save({"model": {"w": torch.zeros(1)}, "x": ValueError("a pickled object")}, buf)
+    pickled.write_bytes(buf.getvalue())
+    one_line_error(cli("audit", pickled, "--data", "digits", "--zoo", tiny_zoo, "--arch", "cnn"), "never unpickles")
