@@ -24,7 +24,8 @@ ARCH = {"width": 16, "depth": 3}
 SPEC = TrojanSpec(trigger=TriggerSpec(kind="patch"), poison=PoisonSpec(target=3, rate=0.05))
 CHEAP = {"self-distill": {"steps": 4}, "kd-student": {"steps": 4}, "retrain": {"steps": 4},
          "attention-distill": {"epochs": 1, "teacher_epochs": 1}, "finetune": {"epochs": 1, "min_steps": 2},
-         "finetune-matched": {"steps": 4}, "fine-pruning": {"epochs": 1}}
+         "finetune-matched": {"steps": 4}, "fine-pruning": {"epochs": 1},
+         "ft-sam": {"steps": 4}, "lat": {"steps": 4, "pgd_steps": 2}}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -126,7 +127,10 @@ def test_repair_track_writes_rows_and_a_plot(tmp_path):
                            plot=tmp_path / "frontier.png")
     assert sorted(out) == [0.01, 0.05]
     board = out[0.05]
-    assert {s.tool for s in board.scores} == {"finetune", "finetune-matched", "do-nothing"}  # baselines always run
+    # baselines always run; the clean twin is the retuning attack's and the probe's control
+    assert {s.tool for s in board.scores} == {"finetune", "finetune-matched", "do-nothing", "clean-twin"}
+    assert set(board.get("clean-twin").metrics) == {"p_asr", "probe_auroc", "p_asr[crude]", "p_asr[kind=patch]",
+                                                    "probe_auroc[crude]", "probe_auroc[kind=patch]"}
     assert board.reference in ("finetune", "finetune-matched")
     nothing = board.get("do-nothing")
     assert nothing.role == "anchor" and nothing.metrics["asr_drop"].value == 0
@@ -136,7 +140,7 @@ def test_repair_track_writes_rows_and_a_plot(tmp_path):
     with ResultsStore(tmp_path / "r.sqlite") as store:
         run = store.runs()[-1].run_id
         rows = store.rows(run, tool="do-nothing", task="repair@0.05")
-        assert {"asr", "clean_acc", "robust_acc"} <= {r.metric for r in rows}
+        assert {"asr", "clean_acc", "robust_acc", "der", "p_asr", "probe_auroc", "target_class_cost"} <= {r.metric for r in rows}
         asr = [r for r in rows if r.metric == "asr"]
         assert len(asr) == 1 and "kind=patch" in asr[0].extra["groups"]  # one trojaned model (and its clean twin)
     with pytest.raises(UserError, match="unknown repairer 'telepathy'; known: .*self-distill"):

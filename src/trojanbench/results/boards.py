@@ -57,6 +57,9 @@ class BoardSpec(BaseModel):
     main: list[str]  # aggregates shown in the main table, in order (the rest go to the long table)
     population: str = ""  # which models, from which split, under which quality gate
     note: str = ""
+    # (aggregate, limit): a tool whose aggregate exceeds the limit is disqualified (the Trojan Removal Competition
+    # stopped entries that cost too much clean accuracy): its verdict says so and it is never the reference
+    gate: tuple[str, float] | None = None
 
     def header(self, aggregate: str) -> str:
         """A column header: the column's own header, plus the group it is restricted to ("AUROC patch")."""
@@ -115,9 +118,12 @@ class ToolScores:
     comparison: Comparison | None = None  # against the strongest baseline, on the key column
     n_models: int = 0
     version: str = ""
+    disqualified: bool = False  # failed the board's gate
 
     @property
     def verdict(self) -> str:
+        if self.disqualified:
+            return "disqualified"
         if self.role != "tool":
             return self.role
         return self.comparison.verdict if self.comparison is not None else "n/a"
@@ -220,6 +226,9 @@ def compute_board(rows: list[ResultRow], spec: BoardSpec, n_boot: int = 2000, se
                     ids_g, vals_g, labels_g = data.units(tool, column, g)
                     if ids_g:
                         s.metrics[f"{column.name}[{g}]"] = _estimate(column, vals_g, labels_g, n_boot, seed)
+        if spec.gate is not None:
+            value = s.metrics.get(spec.gate[0], Estimate(math.nan)).value
+            s.disqualified = not math.isnan(value) and value > spec.gate[1]
         scores.append(s)
     reference = _compare(data, spec, scores, n_boot, seed)
     sign = 1 if spec.higher_is_better else -1
@@ -236,7 +245,8 @@ def _compare(data: _Data, spec: BoardSpec, scores: list[ToolScores], n_boot: int
     base, group = _split(spec.key)
     column = spec.column(spec.key)
     sign = 1 if spec.higher_is_better else -1
-    baselines = [s for s in scores if s.role == "baseline" and not math.isnan(s.metrics.get(spec.key, Estimate(math.nan)).value)]
+    baselines = [s for s in scores if s.role == "baseline" and not s.disqualified
+                 and not math.isnan(s.metrics.get(spec.key, Estimate(math.nan)).value)]
     if not baselines:
         return None
     best = max(baselines, key=lambda s: (sign * s.metrics[spec.key].value, s.tool))
@@ -244,7 +254,7 @@ def _compare(data: _Data, spec: BoardSpec, scores: list[ToolScores], n_boot: int
     ref = dict(zip(ref_ids, ref_vals))
     comparisons = []
     for s in scores:
-        if s.role != "tool" or spec.key not in s.metrics:
+        if s.role != "tool" or s.disqualified or spec.key not in s.metrics:
             continue
         ids, vals, labels = data.units(s.tool, column, group)
         common = [i for i, mid in enumerate(ids) if mid in ref]
