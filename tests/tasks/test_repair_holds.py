@@ -66,3 +66,15 @@ def test_a_repair_costing_more_than_the_gate_is_disqualified_and_never_the_refer
     assert board.reference == "cheap"  # the costly baseline has the lower ASR but is disqualified
     assert board.get("costly").verdict == "disqualified" and board.get("method").verdict == "disqualified"
     assert board.get("fine").verdict == "beats"
+
+
+def test_the_retuning_attack_uses_the_rate_chosen_on_the_dev_zoo():
+    import json
+    from pathlib import Path
+
+    from trojanbench.tasks import repair
+
+    sweep = json.loads((Path(__file__).resolve().parents[2] / "benchmarks/results/retune_dev.json").read_text())
+    assert repair.RETUNE_LR == sweep["chosen_lr"]
+    assert sweep["chosen_lr"] == max(r["lr"] for r in sweep["sweep"]
+                                     if r["p_asr"]["clean-twin"]["value"] <= sweep["limit_clean_twin_p_asr"])

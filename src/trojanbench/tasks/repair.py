@@ -61,7 +61,7 @@ def measure_repair(model, ds: ImageDataset, job: Job, trigger, batch_size: int =
 # Does the repair hold? (issue 17)
 RETUNE_POISONED = 5  # the retuning attack (Min et al., NeurIPS 2024): the clean budget plus 5 poisoned samples,
 RETUNE_EPOCHS = 5  # 5 epochs of fine-tuning
-RETUNE_LR = 0.002  # chosen on the dev zoo (benchmarks/retune_dev.py): the clean twins must not learn the trojan
+RETUNE_LR = 0.001  # chosen on the dev zoo (benchmarks/retune_dev.py): the clean twins must not learn the trojan
 PROBE_IMAGES = 300  # held-out test images per probe (each clean and triggered: 2 x 300 feature vectors)
 PROBE_SHOTS, PROBE_DRAWS = 5, 20  # the probe's direction from 5 triggered/clean pairs, averaged over 20 draws
 GATE_CLEAN_COST = 0.10  # a repair costing more clean accuracy than this (mean over models) is disqualified
