@@ -25,7 +25,8 @@ SPEC = TrojanSpec(trigger=TriggerSpec(kind="patch"), poison=PoisonSpec(target=3,
 CHEAP = {"self-distill": {"steps": 4}, "kd-student": {"steps": 4}, "retrain": {"steps": 4},
          "attention-distill": {"epochs": 1, "teacher_epochs": 1}, "finetune": {"epochs": 1, "min_steps": 2},
          "finetune-matched": {"steps": 4}, "fine-pruning": {"epochs": 1},
-         "ft-sam": {"steps": 4}, "lat": {"steps": 4, "pgd_steps": 2}}
+         "ft-sam": {"steps": 4}, "lat": {"steps": 4, "pgd_steps": 2},
+         "anp": {"iterations": 4}, "i-bau": {"steps": 4, "rounds": 2, "inner_steps": 2}}
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -153,4 +153,4 @@ def steps_for(n: int, epochs: int, batch_size: int = 64, min_steps: int = 0) -> 
     return max(min_steps, epochs * math.ceil(n / batch_size))
 
 
-from . import compress, distill, finetune, prune  # noqa: F401  (register the repairers)
+from . import anp, compress, distill, finetune, ftsam, ibau, lat, prune  # noqa: E402,F401  (register the repairers)
