@@ -1,6 +1,7 @@
 """Do repairs hold? Every repairer on the default zoo's held-out trojans, with the retuning attack and the probe.
 
     .venv/bin/python benchmarks/repair_holds.py     # about 15 minutes on 2 cores with the zoo cached
+    .venv/bin/python benchmarks/repair_holds.py --results runs/audit-default/reference.sqlite   # reuse that run
 
 One run of the repair track (5% clean budget, every registered repairer, `holds=True`) on the held-out split of
 the default zoo (digits-bench), stored in runs/repair-holds/results.sqlite. Writes
@@ -23,7 +24,7 @@ import numpy as np
 
 from trojanbench.bench import zoo_cache_dir
 from trojanbench.results import ResultsStore
-from trojanbench.results.boards import board_json
+from trojanbench.results.boards import board_json, board_specs, compute_board
 from trojanbench.results.provenance import write_benchmark
 from trojanbench.results.stats import holm, paired_test
 from trojanbench.tasks.repair import CAME_BACK_ABOVE, REMOVED_BELOW, run_repair_track
@@ -39,16 +40,28 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/repair-holds")
+    ap.add_argument("--results", help="read the latest complete run of this store that repaired the zoo (as "
+                                      "benchmarks/audit_default.py leaves in runs/audit-default/reference.sqlite) "
+                                      "instead of running the repair track again")
     args = ap.parse_args()
     started = time.time()
     cfg = load_zoo_config(args.config)
     zoo = zoo_cache_dir(cfg)
-    build_zoo(cfg, zoo)  # reused from the cache when it is complete
-    store = Path(args.out) / "results.sqlite"
-    board = run_repair_track(zoo, store, budgets=(args.budget,), seed=args.seed, split="test")[args.budget]
-    with ResultsStore(store) as s:
-        run = s.runs()[-1]
-        rows = [r for r in s.rows(run.run_id) if r.task == board.spec.task]
+    task = f"repair@{args.budget:g}"
+    if args.results:
+        with ResultsStore(args.results) as s:
+            run = s.latest_complete()
+            rows = [r for r in s.rows(run.run_id) if r.task == task]
+        if not rows or run.info.get("zoo") != str(zoo):
+            raise SystemExit(f"{args.results} run {run.run_id} holds no {task} board of zoo {zoo}")
+        board = compute_board(rows, board_specs(rows)[task], 2000, run.seed)
+    else:
+        build_zoo(cfg, zoo)  # reused from the cache when it is complete
+        store = Path(args.out) / "results.sqlite"
+        board = run_repair_track(zoo, store, budgets=(args.budget,), seed=args.seed, split="test")[args.budget]
+        with ResultsStore(store) as s:
+            run = s.runs()[-1]
+            rows = [r for r in s.rows(run.run_id) if r.task == task]
 
     def per_model(tool: str, metric: str) -> dict[str, float]:
         return {r.model_id: (np.nan if r.value is None else r.value) for r in rows if r.tool == tool and r.metric == metric}
