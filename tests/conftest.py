@@ -27,6 +27,14 @@ TINY_ZOO = dict(name="tiny-all", models_per_arch=8, test_fraction=0.5,
                 train={"epochs": 8}, gate={"min_asr": 0.5, "max_clean_drop": 0.2, "retries": 0})
 
 
+@pytest.fixture
+def tiny_zoo_config() -> dict:
+    """TINY_ZOO as a fresh dict, for tests that build the tiny zoo themselves (e.g. on another device)."""
+    import copy
+
+    return copy.deepcopy(TINY_ZOO)
+
+
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory):
     """A zoo of 8 tiny digits CNNs (4 clean, 2 patch and 2 blended trojans, half held out), built once per session and

@@ -16,7 +16,7 @@ from pathlib import Path
 from .errors import UserError
 from .results import ResultsStore
 from .results.boards import Board
-from .utils import canonical_json
+from .utils import canonical_json, resolve_device
 
 
 @dataclass
@@ -80,7 +80,7 @@ def _synthesize(zoo_dir, target, tools, seed, device, figures, progress) -> list
     from .tasks.synthesize import run_synthesize_track
 
     return run_synthesize_track(zoo_dir, target, tools, seed=seed, split="test", progress=progress, figures=figures,
-                                bank=Path(target).parent / "survey")
+                                bank=Path(target).parent / "survey", device=device)
 
 
 def _synthesize_registries():
@@ -121,7 +121,8 @@ register_track(Track("repair", _repair, _repair_registries, "scrub the trojan wi
 def _edit(zoo_dir, target, tools, seed, device, figures, progress) -> list[Board]:
     from .tasks.edit import run_edit_track
 
-    return [run_edit_track(zoo_dir, target, tools, seed=seed, split="test", progress=progress, figures=figures)]
+    return [run_edit_track(zoo_dir, target, tools, seed=seed, split="test", progress=progress, figures=figures,
+                           device=device)]
 
 
 def _edit_registries():
@@ -217,6 +218,7 @@ def run_benchmark(out: str | Path, config: str = "digits-bench", zoo: str | Path
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder")
+    device = str(resolve_device(device))  # a device this machine lacks: a one-line error before any work
     tracks = check_tracks(tracks)
     routed = split_tools(tools, tracks)
     run = BenchmarkRun(results=Path(results) if results else out / "results.sqlite")

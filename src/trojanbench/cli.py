@@ -228,7 +228,8 @@ def run(
     executor: str = typer.Option("pool", help="zoo executor: pool (a process per core), batched (in-process), serial "
                                               "or ray"),
     jobs: int = typer.Option(2, help="workers for the pool / ray executors"),
-    device: str = typer.Option("auto", help="cpu, cuda, or auto"),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto (CUDA where available): where the zoo trains "
+                                            "and every track runs its models and tools"),
     report: bool = typer.Option(True, help="render the HTML report"),
 ):
     """The main job: build (or reuse from the cache) the zoo, run every tool of every track on it, write the
@@ -386,6 +387,7 @@ def zoo_build(
     """Train every model of a zoo config; resumable (run it again to finish an interrupted build)."""
     import time as _time
 
+    from .utils import resolve_device
     from .zoo.build import build_zoo
     from .zoo.executors import EXECUTORS
     from .zoo.plan import load_zoo_config
@@ -394,7 +396,7 @@ def zoo_build(
     cfg = load_zoo_config(config)
     start = _time.perf_counter()
     counts = build_zoo(cfg, out, executor=executor, jobs=jobs, address=address, batch_models=batch_models,
-                       device=device, progress=_zoo_progress)
+                       device=str(resolve_device(device)), progress=_zoo_progress)
     minutes = (_time.perf_counter() - start) / 60
     console.print(f"zoo {cfg.name} in {out}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
                   + f"  ({minutes:.1f} min)")

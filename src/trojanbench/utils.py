@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import UserError
+
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed python, numpy and torch; return a torch generator for explicit use."""
@@ -23,10 +25,28 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def resolve_device(device: str | None = None) -> torch.device:
-    if device in (None, "auto"):
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """`auto` (or None): CUDA where torch sees a GPU, else the CPU. Anything else is checked here, so that a device
+    this machine lacks is a one-line UserError before any work, not a traceback from deep inside a track."""
+    if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UserError(f"unknown device {str(device)!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"no CUDA device: --device {device} asked for one, but torch {torch.__version__} sees none "
+                            "(torch.cuda.is_available() is False); use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"no CUDA device {dev.index}: torch sees {torch.cuda.device_count()}; use cuda:0 .. "
+                            f"cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UserError(f"no MPS device: --device {device} asked for one, but torch sees none; use --device cpu")
+    elif dev.type != "cpu":
+        raise UserError(f"device {str(device)!r} is not supported; use cpu, cuda, cuda:N or auto")
+    return dev
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -116,7 +116,8 @@ def score_model_detectors(zoo: Zoo, names: list[str], ctx: DetectContext, image_
             if job.trojaned and d.mask is not None:
                 truth = make_trigger(job.trojan.trigger, image_shape).mask()
                 if truth is not None:
-                    new.append(model_row(name, card.id, TASK_MODEL, "trigger_iou", _iou(d.mask, truth), **common))
+                    new.append(model_row(name, card.id, TASK_MODEL, "trigger_iou", _iou(d.mask.detach().cpu(), truth),
+                                         **common))
             emit(new)
             if progress:
                 progress()
@@ -152,7 +153,7 @@ def score_sample_detectors(zoo: Zoo, names: list[str], ds, ctx: DetectContext, s
         for name in names:
             det = SAMPLE_DETECTORS.get(name)()
             start = time.perf_counter()
-            s = det.suspicion(model, p.x, p.y, ctx).numpy()
+            s = det.suspicion(model, p.x, p.y, ctx).detach().cpu().numpy()
             seconds = time.perf_counter() - start
             common = dict(role=role_of(type(det)), groups=groups_of(job), version=det.version, seed=ctx.seed, job=job.id)
             new = [model_row(name, card.id, TASK_SAMPLE, "auroc", auroc(flags, s), **common),

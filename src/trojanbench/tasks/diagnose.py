@@ -209,9 +209,11 @@ def run_diagnose_track(zoo_dir: str | Path, results, tools: list[str] | None = N
                 start = time.perf_counter()
                 maps = tool.attribute(model, x_trig, target_y)
                 seconds = time.perf_counter() - start
+                maps = maps.detach().cpu()  # scored with numpy, whatever device a tool left its maps on
                 scores = score_maps(maps, soft, binary)
                 k = min(n_sanity, len(x_trig))
-                sim = rank_similarity(maps[:k], tool.attribute(randomized, x_trig[:k], target_y[:k])) if k else np.array([])
+                sim = rank_similarity(maps[:k], tool.attribute(randomized, x_trig[:k], target_y[:k]).detach().cpu()) \
+                    if k else np.array([])
                 values = {m: _nanmean(v) for m, v in scores.items()} | {"sanity_similarity": _nanmean(sim)}
                 values["sanity_pass"] = float(values["sanity_similarity"] < SANITY_THRESHOLD) \
                     if not math.isnan(values["sanity_similarity"]) else float("nan")

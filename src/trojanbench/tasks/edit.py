@@ -45,7 +45,10 @@ def board_spec(pop: str, budget: float) -> BoardSpec:
 
 def run_edit_track(zoo_dir: str | Path, results, tools: list[str] | None = None, seed: int = 0,
                    budget: float = 0.05, n_images: int = 32, split: str | None = None, max_models: int | None = None,
-                   n_boot: int = 2000, progress=None, figures: str | Path | None = None) -> Board:
+                   n_boot: int = 2000, progress=None, figures: str | Path | None = None, device: str = "cpu") -> Board:
+    """Trace and edit every all-to-one trojan of a zoo (`split`, first `max_models`) with every editor (or `tools`);
+    write per-model rows into `results` (a RunTarget, a store path, or None). `device`: where the models, the trace
+    and the editors' inputs live (the scores are measured by `measure_repair`, which moves its own batches)."""
     names = tools or EDITORS.names()
     for n in names:
         EDITORS.get(n)
@@ -53,6 +56,7 @@ def run_edit_track(zoo_dir: str | Path, results, tools: list[str] | None = None,
     zoo.plan()
     ds = zoo.dataset()
     models = zoo.trojaned(split, max_models)
+    dev = torch.device(device)
     idx = draw_budget(ds.y_train, budget, ds.num_classes, seed)
     x_budget, y_budget = ds.x_train[idx], ds.y_train[idx]
     spec = board_spec(population(zoo, split, models, "models (all-to-one trojans)"), budget)
@@ -62,20 +66,20 @@ def run_edit_track(zoo_dir: str | Path, results, tools: list[str] | None = None,
     with recording(results, "track:edit", config, seed) as store:
         store.write([spec_row(spec), *tool_info_rows(spec.task, "edit", EDITORS, names)])
         for job, folder, card in models:
-            model, _ = load_model(folder)
+            model, _ = load_model(folder, dev)
             target_label = job.trojan.poison.target
             trigger = prepare(ds, job.arch, job.arch_kwargs, job.trojan, seed=card.seed).trigger
             xc = ds.x_test[ds.y_test != target_label][:n_images]
             g = torch.Generator().manual_seed(seed)
             xt = trigger.apply(xc, generator=g)
             start = time.perf_counter()
-            trace = causal_trace(model, xt, xc, target_label)
+            trace = causal_trace(model, xt.to(dev), xc.to(dev), target_label)
             trace_s = time.perf_counter() - start
             layer = trace.best
             traces.append((job, trace))
             before = measure_repair(model, ds, job, trigger)
             inputs = EditInputs(layer=layer, x_triggered=trigger.apply(x_budget, generator=g), y_triggered=y_budget,
-                                x_clean=x_budget, x_budget=x_budget, y_budget=y_budget, seed=seed)  # the same for all
+                                x_clean=x_budget, x_budget=x_budget, y_budget=y_budget, seed=seed).to(dev)  # the same for all
             for name in names:
                 editor = EDITORS.get(name)()
                 start = time.perf_counter()

@@ -23,6 +23,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
+
 from ..implant import prepare
 from ..results.boards import Board, BoardSpec, Column, compute_board, model_row, spec_row, tool_info_rows
 from ..results.store import recording
@@ -66,10 +68,14 @@ def board_specs(pop: str) -> list[BoardSpec]:
 
 def run_synthesize_track(zoo_dir: str | Path, results, tools: list[str] | None = None, seed: int = 0,
                          split: str | None = None, max_models: int | None = None, n_boot: int = 2000, progress=None,
-                         figures: str | Path | None = None, bank: str | Path | None = None) -> list[Board]:
+                         figures: str | Path | None = None, bank: str | Path | None = None,
+                         device: str = "cpu") -> list[Board]:
     """Run every synthesizer (or `tools`) on the all-to-one trojans of a zoo (`split`, first `max_models`) and on
     their clean twins; write per-model rows into `results` (a RunTarget, a store path — then the track is a run of
-    its own — or None), the survey bank into `bank`. Returns the transfer board and the multiple-choice board."""
+    its own — or None), the survey bank into `bank`. Returns the transfer board and the multiple-choice board.
+    `device`: where the audited models and the synthesizers run (the images stay on the CPU; tools move what they
+    feed the model); the judge's reference model stays on the CPU, so the multiple-choice scoring of a stamp does
+    not depend on the device."""
     names = tools or SYNTHESIZERS.names()
     for n in names:
         SYNTHESIZERS.get(n)
@@ -81,7 +87,9 @@ def run_synthesize_track(zoo_dir: str | Path, results, tools: list[str] | None =
     ds = zoo.dataset()
     models = zoo.trojaned(split, max_models)
     everything = zoo.models()
-    ctx = DetectContext(ds.x_test[:N_CONTEXT], ds.y_test[:N_CONTEXT], ds.num_classes, seed=seed, prior=trigger_prior(cfg))
+    dev = torch.device(device)
+    ctx = DetectContext(ds.x_test[:N_CONTEXT], ds.y_test[:N_CONTEXT], ds.num_classes, dev, seed=seed,
+                        prior=trigger_prior(cfg))
     x_eval, y_eval = ds.x_test[N_CONTEXT:], ds.y_test[N_CONTEXT:]
     reference = next((f for j, f, c in everything if j.split == "train" and not c.trojaned), None)
     judge = Judge(x_eval[:N_PROBES], load_model(reference)[0] if reference is not None else None)
@@ -103,8 +111,8 @@ def run_synthesize_track(zoo_dir: str | Path, results, tools: list[str] | None =
 
         store.write([spec_row(s) for s in specs] + tool_info_rows(TASK, "synthesize", SYNTHESIZERS, names))
         for m_index, (job, folder, card) in enumerate(models):
-            model, _ = load_model(folder)
-            twin = load_model(zoo.root / "models" / job.twin)[0] if job.twin and zoo._valid_model(job.twin) else None
+            model, _ = load_model(folder, dev)
+            twin = load_model(zoo.root / "models" / job.twin, dev)[0] if job.twin and zoo._valid_model(job.twin) else None
             target_label = job.trojan.poison.target
             others = x_eval[y_eval != target_label]
             ctx_others = ctx.x_clean[ctx.y_clean != target_label]

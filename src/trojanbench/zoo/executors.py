@@ -2,7 +2,8 @@
 
 - `batched` (default): in this process, each chunk trained many-models-at-once.
 - `pool`: a process pool of `jobs` workers, each with its share of the cores.
-- `ray`: Ray tasks, on a local Ray started here (`jobs` CPUs) or an existing cluster (`address`).
+- `ray`: Ray tasks, on a local Ray started here (`jobs` CPUs) or an existing cluster (`address`); each task asks
+  for one CPU, and for one GPU when the chunk trains on CUDA (`ray_task_options`).
 - `serial`: in this process, one model at a time (chunks of one) through the same trainer.
 All of them run `train_chunk`, whose weights for a job do not depend on the chunk, so at one torch thread count
 they give bit-identical models. `build_zoo` sets every task's thread count (one by default); for tasks without
@@ -15,6 +16,8 @@ import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import replace
+
+import torch
 
 from ..errors import UserError
 from ..registry import Registry
@@ -56,6 +59,18 @@ def run_pool(tasks: Iterable[ChunkTask], jobs: int = 2, address: str | None = No
                 yield f.result()
 
 
+# A chunk trains its models at once (vmap over stacked weights), so one chunk is one GPU's work: a Ray task on CUDA
+# asks for a whole GPU, and the chunk size (`batch_models`) is what fills it. A fraction would let several chunks
+# share a GPU, each with its own CUDA context and copy of the data, for no gain over a larger chunk.
+GPUS_PER_CUDA_TASK = 1
+
+
+def ray_task_options(device: str) -> dict:
+    """The resources one Ray task asks for: one CPU, and on a CUDA device `GPUS_PER_CUDA_TASK` GPUs (none on CPU).
+    Ray gives the task its GPU through CUDA_VISIBLE_DEVICES, so inside the task it is always `cuda` (index 0)."""
+    return {"num_cpus": 1, "num_gpus": GPUS_PER_CUDA_TASK if torch.device(device).type == "cuda" else 0}
+
+
 @EXECUTORS.register("ray")
 def run_ray(tasks: Iterable[ChunkTask], jobs: int = 2, address: str | None = None) -> Iterator[list[JobResult]]:
     try:
@@ -67,11 +82,19 @@ def run_ray(tasks: Iterable[ChunkTask], jobs: int = 2, address: str | None = Non
         kwargs = {"address": address} if address else {"num_cpus": jobs}
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
     try:
-        remote = ray.remote(num_cpus=1)(train_chunk)
+        remote = ray.remote(train_chunk)
         tasks = list(tasks)
         for t in tasks:
             t.threads = t.threads or 1
-        pending = [remote.remote(t) for t in tasks]
+            if torch.device(t.device).type == "cuda":
+                t.device = "cuda"  # the GPU Ray assigns is the only one the task sees (see ray_task_options)
+        need = max((ray_task_options(t.device)["num_gpus"] for t in tasks), default=0)
+        # on the local Ray started here a task asking for more GPUs than exist would wait forever (a cluster's
+        # autoscaler may still add GPU nodes, so there the tasks are left to wait)
+        if need and started_here and not address and need > ray.cluster_resources().get("GPU", 0):
+            raise UserError(f"the ray executor trains on CUDA, but the local Ray sees "
+                            f"{ray.cluster_resources().get('GPU', 0):g} GPUs; use --device cpu")
+        pending = [remote.options(**ray_task_options(t.device)).remote(t) for t in tasks]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:

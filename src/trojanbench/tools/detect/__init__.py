@@ -23,7 +23,9 @@ from .. import ToolInfo
 
 @dataclass
 class DetectContext:
-    """What an auditor gets besides the model: a small clean sample, the input shape, the class count."""
+    """What an auditor gets besides the model: a small clean sample, the input shape, the class count. `device` is
+    where the model lives; the clean sample stays on the CPU, so a tool moves what it feeds the model to `device`
+    and brings back to the CPU what it returns (scores, masks, stamps)."""
 
     x_clean: torch.Tensor
     y_clean: torch.Tensor

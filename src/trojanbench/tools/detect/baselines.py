@@ -116,7 +116,7 @@ class WeightStats(_FittedFeatures):
             w = p.detach().float().flatten()
             z = (w - w.mean()) / (w.std() + 1e-8)
             out += [w.mean(), w.std(), w.abs().max(), (z**4).mean()]
-        return torch.stack(out).numpy()
+        return torch.stack(out).detach().cpu().numpy()
 
 
 def _softmax_on_clean(model: nn.Module, ctx: DetectContext) -> torch.Tensor:

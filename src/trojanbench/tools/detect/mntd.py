@@ -141,7 +141,7 @@ def train_meta_jumbo(meta: MetaClassifier, train: _ShadowBank, labels: list[int]
     held-out shadows; the meta-classifier of the best epoch is kept (loaded into `meta`). Returns the val AUROCs."""
     params = list(meta.parameters()) if cfg.query_tuning else [p for n, p in meta.named_parameters() if n != "queries"]
     opt = torch.optim.Adam(params, lr=cfg.lr)
-    y = torch.tensor(labels, dtype=torch.float32)
+    y = torch.tensor(labels, dtype=torch.float32, device=meta.queries.device)  # beside the meta-classifier's scores
     best, best_state, history = None, None, []
     for _ in range(cfg.epochs):
         for i in torch.randperm(len(train), generator=g).tolist():

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import hashlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -56,6 +56,12 @@ class EditInputs:
             raise UserError("every triggered and every budget input needs one true label")
         if len(self.x_triggered) == 0 or len(self.x_budget) == 0:
             raise UserError("editing needs at least one triggered input and one clean budget input")
+
+    def to(self, device: torch.device | str) -> EditInputs:
+        """The same inputs on `device`: editors feed them to the model as they are, so they must live where the
+        model does."""
+        tensors = ("x_triggered", "y_triggered", "x_clean", "x_budget", "y_budget")
+        return replace(self, **{name: getattr(self, name).to(device) for name in tensors})
 
 
 class Editor(ToolInfo, ABC):
@@ -148,7 +154,7 @@ def key_second_moment(model: nn.Module, layer: str, x: torch.Tensor, ridge: floa
     `ridge` x its mean diagonal: a small clean budget gives fewer keys than key dimensions at a head."""
     keys = layer_keys(model, layer, x).flatten(0, 1)
     cov = keys.T @ keys / len(keys)
-    return cov + ridge * cov.diagonal().mean().clamp_min(1e-12) * torch.eye(len(cov))
+    return cov + ridge * cov.diagonal().mean().clamp_min(1e-12) * torch.eye(len(cov), dtype=cov.dtype, device=cov.device)
 
 
 @torch.no_grad()

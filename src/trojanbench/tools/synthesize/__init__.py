@@ -120,7 +120,8 @@ class TriggerInversion(Synthesizer):
         from ..detect.neural_cleanse import NeuralCleanse
 
         masks, patterns = NeuralCleanse(steps=self.steps).reverse_engineer(model, ctx, classes=[target])
-        return Stamp(patterns[0], masks[0])
+        # tanh(w) / (2 - 1e-7) + 0.5 rounds to -6e-8 in float32 where tanh saturates: a stamp stays in [0, 1]
+        return Stamp(patterns[0].clamp(0, 1), masks[0].clamp(0, 1))
 
 
 @register("adversarial-patch")
@@ -152,9 +153,9 @@ class AdversarialPatch(Synthesizer):
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                with torch.no_grad():
-                    x = ctx.x_clean.to(ctx.device)
-                    final = float(F.cross_entropy(model((1 - mask) * x + mask * torch.sigmoid(logit)),
+                with torch.no_grad():  # the patch lives on the CPU with the images; only the model's input moves
+                    x = ctx.x_clean
+                    final = float(F.cross_entropy(model(((1 - mask) * x + mask * torch.sigmoid(logit)).to(ctx.device)),
                                                   torch.full((len(x),), target, device=ctx.device)))
                 if best is None or final < best[0]:
                     best = (final, Stamp(torch.sigmoid(logit).detach(), mask))

@@ -62,8 +62,9 @@ def _paste(x: torch.Tensor, patch: torch.Tensor, rows: torch.Tensor, cols: torch
     # torch.roll per image, as one gather: shift the top-left patch to its place
     ri = (torch.arange(h, device=x.device)[None] - rows[:, None]) % h  # [B, H]
     ci = (torch.arange(w, device=x.device)[None] - cols[:, None]) % w  # [B, W]
-    canvas = canvas[torch.arange(b)[:, None, None], :, ri[:, :, None], ci[:, None, :]].permute(0, 3, 1, 2)
-    mask = ones[torch.arange(b)[:, None, None], :, ri[:, :, None], ci[:, None, :]].permute(0, 3, 1, 2)
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    canvas = canvas[batch, :, ri[:, :, None], ci[:, None, :]].permute(0, 3, 1, 2)
+    mask = ones[batch, :, ri[:, :, None], ci[:, None, :]].permute(0, 3, 1, 2)
     return (1 - mask) * x + mask * canvas
 
 
