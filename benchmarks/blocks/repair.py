@@ -30,3 +30,29 @@ def _repair_matched_dev(d):
     board = data["board"]
     return (f"{board['title']}. {board.get('population', '')}\n\n" + _repair_kind_table(board) + "\n\n"
             + provenance_line(data, "repair_matched_dev.json"))
+
+
+@block("repair-holds", "repair_holds.json")
+def _repair_holds(d):
+    data = d["repair_holds.json"]
+    board = data["board"]
+    head = ["tool", "ASR after", "P-ASR", "probe AUROC", "robust acc", "DER", "clean cost", "target-class cost",
+            "removed, came back", f"vs {board['reference']}" if board.get("reference") else "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for t in board["tools"]:
+        m = t["metrics"]
+        cb = data["came_back"].get(t["tool"])
+        back = f"{cb['came_back']} of {cb['removed']}" if cb else "-"
+        lines.append("| " + " | ".join([f"`{t['tool']}`", cell(m.get("asr")), cell(m.get("p_asr")),
+                                        cell(m.get("probe_auroc")), cell(m.get("robust_acc")), cell(m.get("der")),
+                                        cell(m.get("clean_cost")), cell(m.get("target_class_cost")), back,
+                                        verdict(t)]) + " |")
+    q = data["question"]
+    answer = []
+    for metric, c in q["comparisons"].items():
+        answer.append(f"{metric}: {c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] (n={c['n']}, Holm p={c['p_holm']:.2g}): "
+                      f"{c['verdict']}")
+    return ("\n".join(lines) + f"\n\n{board['population']} Clean budget {data['budget']:.0%}. "
+            f"**{q['a']} against {q['b']}** ({q['what']}; negative is better for {q['a']}): " + "; ".join(answer) + ". "
+            f"Removed: ASR below {data['removed_below']:.0%}; came back: P-ASR above {data['came_back_above']:.0%}. "
+            f"{provenance_line(data, 'repair_holds.json')}\n")
