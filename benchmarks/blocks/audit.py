@@ -13,7 +13,7 @@ def _calibration(d):
     first = data["detectors"][0]
     n = f"{first['n_clean']} clean + {first['n_trojaned']} trojaned"
     return ("\n".join(lines) + f"\n\n{data['population']} ({n} models); TrojAI's cross-entropy bar: "
-            f"{data['trojai_ce_bar']}; a constant 0.5 scores 0.693. {provenance_line(data, 'calibration.json')}\n")
+            f"{data['trojai_ce_bar']}; a constant 0.5 scores ln 2. {provenance_line(data, 'calibration.json')}\n")
 
 
 @block("audit-default", "audit_default.json")
