@@ -36,6 +36,24 @@ def hooked(module: nn.Module, hook):
         handle.remove()
 
 
+def called_in_order(model: nn.Module, x: torch.Tensor, candidates, keep=None) -> list[nn.Module]:
+    """The `candidates` that one probe forward of `x[:2]` calls (those whose output `keep(out)` accepts), in call
+    order, each once. Eval mode, no gradients; the model's mode is restored and every hook removed."""
+    seen: list[nn.Module] = []
+    handles = [m.register_forward_hook(lambda mod, inp, out: seen.append(mod) if keep is None or keep(out) else None)
+               for m in candidates]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x[:2])
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return list(dict.fromkeys(seen))
+
+
 def _positions(out: torch.Tensor) -> int:
     if out.dim() == 4:
         return out.shape[2] * out.shape[3]

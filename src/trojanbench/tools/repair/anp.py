@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...train.augment import augment_batch
+from ..locate import called_in_order
 from . import STRONG_STEPS, RepairContext, Repairer, register, working_copy
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
@@ -27,18 +28,7 @@ def neuron_layers(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
 
     norms = [m for m in model.modules() if isinstance(m, _NORMS) and usable(m)]
     candidates = norms or [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and usable(m)]
-    seen: list[nn.Module] = []
-    handles = [m.register_forward_hook(lambda mod, inp, out: seen.append(mod)) for m in candidates]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x[:2])
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    layers = list(dict.fromkeys(seen))
+    layers = called_in_order(model, x, candidates)
     return layers if norms else layers[:-1]  # without normalisation layers, the last linear layer is the head
 
 

@@ -106,20 +106,10 @@ def _attention(a: torch.Tensor, p: float = 2.0) -> torch.Tensor:
 def attention_layers(model: nn.Module, x: torch.Tensor, k: int = 3) -> list[nn.Module]:
     """The last `k` ReLU-like modules whose outputs are feature maps ([N, C, H, W]): found by one probe
     forward with hooks that are always removed."""
-    seen: list[nn.Module] = []
-    handles = [m.register_forward_hook(lambda mod, inp, out: seen.append(mod) if out.dim() == 4 else None)
-               for m in model.modules() if isinstance(m, (nn.ReLU, nn.GELU, nn.SiLU))]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x[:2])
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    unique = list(dict.fromkeys(seen))
-    return unique[-k:]
+    from ..locate import called_in_order
+
+    return called_in_order(model, x, [m for m in model.modules() if isinstance(m, (nn.ReLU, nn.GELU, nn.SiLU))],
+                           keep=lambda out: out.dim() == 4)[-k:]
 
 
 @register("attention-distill")
