@@ -272,3 +272,16 @@ def test_i_bau_removes_the_trojan_through_its_adversary(small_trojaned):
     model, x, y, ctx, score, _ = small_trojaned
     blind = REPAIRERS.get("i-bau")(**{**SHORT_NEW["i-bau"], "rms": 1e-9}).repair(model, x, y, ctx)
     assert score(blind)["asr"] > 0.5
+
+
+def test_lat_defaults_are_the_setting_its_dev_zoo_sweep_chose():
+    import inspect
+    import json
+    from pathlib import Path
+
+    from trojanbench.tools.repair import REPAIRERS
+
+    sweep = json.loads((Path(__file__).resolve().parents[2] / "benchmarks/results/lat_sweep.json").read_text())
+    params = inspect.signature(REPAIRERS.get("lat").__init__).parameters
+    assert (params["layer"].default, params["epsilon"].default) == (sweep["chosen"]["layer"], sweep["chosen"]["epsilon"])
+    assert "-dirty" not in sweep["provenance"]["commit"]
