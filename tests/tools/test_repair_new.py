@@ -55,23 +55,6 @@ def _same(a: dict, b: dict) -> bool:
 SHORT = {"ft-sam": {"steps": 80, "lr": 0.02}, "lat": {"steps": 80, "lr": 0.02, "pgd_steps": 3, "layer": -1, "epsilon": 0.3}}
 
 
-@pytest.mark.parametrize("name", ["ft-sam", "lat"])
-def test_new_repairer_removes_a_patch_trojan_and_leaves_its_input_untouched(small_trojaned, name):
-    model, x, y, ctx, score, before = small_trojaned
-    state = _state(model)
-    out = REPAIRERS.get(name)(**SHORT[name]).repair(model, x, y, ctx)
-    assert out is not model and not out.training and _same(state, model.state_dict())
-    assert all(p.requires_grad for p in model.parameters())
-    for m in [*model.modules(), *out.modules()]:
-        assert not m._forward_hooks and not m._forward_pre_hooks
-    after = score(out)
-    nothing = score(REPAIRERS.get("do-nothing")().repair(model, x, y, ctx))
-    assert nothing["asr"] >= 0.95
-    assert after["asr"] < 0.3  # measured 0.04 (ft-sam), 0.08 (lat)
-    assert after["clean_acc"] >= before["clean_acc"] - 0.10  # measured about 0.06 below
-    assert after["robust_acc"] >= 0.6
-
-
 def test_lat_without_an_adversary_is_matched_fine_tuning(small_trojaned):
     """epsilon 0: the same steps, schedule, views and batches as `finetune-matched`, so the same weights; LAT
     differs from the equal-budget reference in the latent adversary only."""
@@ -162,20 +145,29 @@ SHORT_NEW = {"anp": {"iterations": 100, "prune_fraction": 0.1},
              "i-bau": {"steps": 40, "rounds": 2, "inner_steps": 10, "fixed_point_iters": 3}}
 
 
-@pytest.mark.parametrize("name", ["anp", "i-bau"])
-def test_anp_and_i_bau_remove_a_patch_trojan_and_leave_their_input_untouched(small_trojaned, name):
+# the same removal test for all four; the bar on clean accuracy (and, for the fine-tuning ones, robust accuracy) as
+# measured above
+BARS = {"ft-sam": (0.10, 0.6), "lat": (0.10, 0.6), "anp": (0.15, None), "i-bau": (0.15, None)}
+
+
+@pytest.mark.parametrize("name", ["ft-sam", "lat", "anp", "i-bau"])
+def test_new_repairer_removes_a_patch_trojan_and_leaves_its_input_untouched(small_trojaned, name):
     model, x, y, ctx, score, before = small_trojaned
     state = _state(model)
-    out = REPAIRERS.get(name)(**SHORT_NEW[name]).repair(model, x, y, ctx)
+    out = REPAIRERS.get(name)(**{**SHORT, **SHORT_NEW}[name]).repair(model, x, y, ctx)
     assert out is not model and not out.training and _same(state, model.state_dict())
     assert not model.training and all(p.requires_grad for p in model.parameters())
     for m in [*model.modules(), *out.modules()]:
         assert not m._forward_hooks and not m._forward_pre_hooks
-    nothing = score(REPAIRERS.get("do-nothing")().repair(model, x, y, ctx))
     after = score(out)
+    nothing = score(REPAIRERS.get("do-nothing")().repair(model, x, y, ctx))
     assert nothing["asr"] >= 0.95
-    assert after["asr"] < 0.3  # measured 0.09 (anp), 0.02 (i-bau)
-    assert after["clean_acc"] >= before["clean_acc"] - 0.15  # measured 0.10 (anp), 0.04 (i-bau) below
+    assert after["asr"] < 0.3  # measured 0.04 (ft-sam), 0.08 (lat), 0.09 (anp), 0.02 (i-bau)
+    max_cost, min_robust = BARS[name]
+    assert after["clean_acc"] >= before["clean_acc"] - max_cost  # measured 0.06, 0.06, 0.10, 0.04 below
+    if min_robust is not None:
+        assert after["robust_acc"] >= min_robust
+
 
 
 def test_anp_neurons_in_every_architecture():

@@ -161,6 +161,7 @@ def reference_rows(zoo, names: list[str], reference: Path | None, out: Path, see
     """The reference split's per-model rows (and where they came from): from `reference`, or computed into
     `out/reference.sqlite` (reused there when a complete run already covers these detectors)."""
     from ..results import ResultsStore
+    from ..results.store import recording
     from ..tasks.detect import detection_context, score_model_detectors
 
     test_ids = {c.id for _, _, c in zoo.models(split="test")}
@@ -184,18 +185,11 @@ def reference_rows(zoo, names: list[str], reference: Path | None, out: Path, see
             return rows, f"{path} run {run.run_id}"
     ds, ctx = detection_context(zoo, n_clean=N_CLEAN, seed=seed, device=device)
     config = {"zoo": zoo.config().model_dump(), "tools": names, "n_clean": N_CLEAN}
-    with ResultsStore(path) as store:
-        target = store.start_run(REFERENCE_KIND, config, seed, info={"zoo": str(zoo.root), "zoo_name": zoo.config().name})
-    from ..results.store import RunWriter
-
-    writer = RunWriter(target)
-    try:
+    with recording(path, REFERENCE_KIND, config, seed, info={"zoo": str(zoo.root), "zoo_name": zoo.config().name}) as writer:
         score_model_detectors(zoo, names, ctx, ds.image_shape, writer, progress)
-    finally:
-        writer.close()
+    run_id = writer.target.run_id
     with ResultsStore(path) as store:
-        store.finish_run(target.run_id)
-        return store.rows(target.run_id), f"{path} run {target.run_id}"
+        return store.rows(run_id), f"{path} run {run_id}"
 
 
 def reference_stats(rows, name: str, units: dict[str, str], left_out=(), n_boot: int = 2000, seed: int = 0) -> dict:
