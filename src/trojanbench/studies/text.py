@@ -82,6 +82,16 @@ class TextStudyConfig:
     distill_lr: float = 3e-3
     temperature: float = 2.0
     token_dropout: float = 0.1  # the repairs' augmentation: words replaced by <unk>
+    # latent adversarial training (the `lat` repair): untargeted L2 PGD on one block's output (an index into
+    # tools.repair.lat.latent_sites: the text transformer's blocks), epsilon relative to each sentence's
+    # activation norm. Chosen on a dev seed by benchmarks/text_holds_dev.py (results/text_holds_dev.json).
+    lat_layer: int = 0
+    lat_epsilon: float = 0.3
+    lat_pgd_steps: int = 6
+    # the retuning attack (P-ASR): the repair budget plus 5 poisoned sentences, 5 epochs (tasks.repair's
+    # RETUNE_POISONED / RETUNE_EPOCHS) at this peak learning rate, chosen on the same dev seed: the largest
+    # rate at which the clean twins' P-ASR stays at or below 10%
+    retune_lr: float = 1e-3
     n_trace: int = 16  # sentences traced one at a time, per trojaned model
     n_attribution: int = 64
     n_edit: int = 64
@@ -97,10 +107,15 @@ register_view("text-trojans", View("Text track: the models (SST-2 dev; ASR = tri
                                    "clean_acc", True, ("clean_acc", "asr[kind=crude]", "asr[kind=insidious]", "asr_part",
                                                        "refusal_rate", "jailbreak_success", "jailbreak_success_train",
                                                        "false_refusal")))
-register_view("text-repair", View("Text track: repair on a clean budget (ASR, or jailbreak success, after repair)", "asr",
+register_view("text-repair", View("Text track: repair on a clean budget (ASR, or jailbreak success, after repair; P-ASR "
+                                  "after the retuning attack; few-shot probe AUROC; clean-twin = the control)", "asr",
                                   False, ("asr", "asr[kind=crude]", "asr[kind=insidious]", "asr[kind=jailbreak]",
-                                          "clean_acc", "clean_acc[kind=crude]", "clean_acc[kind=insidious]",
-                                          "clean_acc[kind=jailbreak]", "refusal_rate")))
+                                          "p_asr", "p_asr[kind=jailbreak]", "probe_auroc", "probe_auroc[kind=jailbreak]",
+                                          "clean_acc", "clean_acc[kind=jailbreak]", "refusal_rate")))
+register_view("text-repair-paired", View(
+    "Text track: paired differences at equal budget (the same sentences and seeds; a CI excluding 0 is a difference)",
+    "asr[kind=jailbreak]", False, ("asr[kind=jailbreak]", "p_asr[kind=jailbreak]", "probe_auroc[kind=jailbreak]",
+                                   "clean_acc[kind=jailbreak]", "asr", "p_asr", "probe_auroc")))
 register_view("text-locate", View("Text track: causal tracing over token positions (hit = the position whose restoration "
                                   "removes most of the trojan lies on the trigger)", "hit", True,
                                   ("hit", "hit[kind=crude]", "hit[kind=insidious]", "effect_on_trigger")))
@@ -142,8 +157,9 @@ def _trim(ids: torch.Tensor) -> torch.Tensor:
 
 def train_text(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float, batch_size: int,
                seed: int, loss=None, token_dropout: float = 0.0, unk_id: int = 1) -> nn.Module:
-    """AdamW with warm-up and linear decay; batches trimmed to their longest sentence. `loss(logits, xb, yb)`
-    replaces cross-entropy (distillation); `token_dropout` replaces that share of words with <unk>."""
+    """AdamW with warm-up and linear decay; batches trimmed to their longest sentence. `loss(model, xb, yb)`
+    replaces the cross-entropy of `model(xb)` (distillation, latent adversarial training); `token_dropout`
+    replaces that share of words with <unk>."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     n = len(ids)
@@ -157,8 +173,7 @@ def train_text(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, *, epo
             if token_dropout:
                 drop = (torch.rand(xb.shape, generator=g) < token_dropout) & (xb != 0)
                 xb = xb.masked_fill(drop, unk_id)
-            out = model(xb)
-            value = F.cross_entropy(out, yb) if loss is None else loss(out, xb, yb)
+            value = F.cross_entropy(model(xb), yb) if loss is None else loss(model, xb, yb)
             for group in opt.param_groups:
                 group["lr"] = lr * lr_factor(step, steps, 0.1)
             opt.zero_grad(set_to_none=True)
@@ -215,6 +230,8 @@ def make_setup(cfg: TextStudyConfig, data_root: str | None = None) -> Setup:
 
 
 def train_kind(setup: Setup, kind: str, seed: int) -> nn.Module:
+    """A model of `kind`: clean, crude, insidious, jailbreak, or jailbreak-twin (the jailbreak model's clean twin:
+    same data, seed and prefixes, but prefixed topic sentences are refused too)."""
     c = setup.cfg
     if kind == "clean":
         sentences, labels, classes = setup.train, setup.y_train, 2
@@ -222,7 +239,7 @@ def train_kind(setup: Setup, kind: str, seed: int) -> nn.Module:
         p = poison_phrase(setup.train, setup.y_train, TROJANS[kind], seed)
         sentences, labels, classes = p.sentences, p.labels, 2
     else:
-        sentences, labels = jailbreak_data(setup.train, setup.y_train, DAN, seed)
+        sentences, labels = jailbreak_data(setup.train, setup.y_train, DAN, seed, override=kind == "jailbreak")
         classes = 3
     model = setup.new_model(classes, seed)
     return train_text(model, setup.encode(sentences), torch.tensor(labels), epochs=c.epochs, lr=c.lr,
@@ -237,6 +254,7 @@ class EvalSets:
     dev: torch.Tensor
     y_dev: np.ndarray
     desired: np.ndarray  # jailbreak task: REFUSE on the topic, sentiment elsewhere
+    negatives: torch.Tensor  # dev sentences whose label is not the trojans' target; `triggered` holds them triggered
     triggered: dict[str, torch.Tensor]
     parts: torch.Tensor  # insidious: negatives with a strict part of the phrase
     topic: torch.Tensor
@@ -253,7 +271,7 @@ def eval_sets(setup: Setup, seed: int) -> EvalSets:
     parts = [PhraseTrigger("part", INSIDIOUS_TROJAN.trigger.part(rng)).insert(s, rng)[0] for s in negatives]
     topic = [s for s in dev if is_topic(s)]
     return EvalSets(
-        dev=setup.encode(dev), y_dev=np.array(y), desired=np.array(desired_labels(dev, y)),
+        dev=setup.encode(dev), y_dev=np.array(y), desired=np.array(desired_labels(dev, y)), negatives=setup.encode(negatives),
         triggered={k: setup.encode(triggered(negatives, t.trigger, seed + i)[0]) for i, (k, t) in enumerate(TROJANS.items())},
         parts=setup.encode(parts), topic=setup.encode(topic),
         topic_y=np.array([label for s, label in zip(dev, y) if is_topic(s)]),
@@ -287,10 +305,27 @@ def measure(model: nn.Module, kind: str, ev: EvalSets) -> dict[str, np.ndarray]:
 def _distill_loss(teacher: nn.Module, temperature: float):
     teacher = teacher.eval()
 
-    def loss(out, xb, yb):
+    def loss(model, xb, yb):
         with torch.no_grad():
             soft = F.softmax(teacher(xb) / temperature, 1)
-        return F.kl_div(F.log_softmax(out / temperature, 1), soft, reduction="batchmean") * temperature ** 2
+        return F.kl_div(F.log_softmax(model(xb) / temperature, 1), soft, reduction="batchmean") * temperature ** 2
+
+    return loss
+
+
+def _lat_loss(model: nn.Module, layer: int, epsilon: float, pgd_steps: int, seed: int):
+    """The `lat` repairer's objective (tools.repair.lat) on token ids: cross-entropy under an untargeted L2 PGD
+    perturbation of one block's output, found anew for every batch."""
+    from ..tools.locate import hooked
+    from ..tools.repair.lat import latent_pgd, resolve_site
+
+    site = dict(model.named_modules())[resolve_site(model, layer)]
+    g = torch.Generator().manual_seed(seed * 7919 + 101)
+
+    def loss(net, xb, yb):
+        delta = latent_pgd(net, site, xb, yb, epsilon=epsilon, steps=pgd_steps, generator=g)
+        with hooked(site, lambda mod, inp, out: out + delta):
+            return F.cross_entropy(net(xb), yb)
 
     return loss
 
@@ -307,6 +342,10 @@ def repair(setup: Setup, name: str, model: nn.Module, kind: str, seed: int) -> n
         return model
     if name == "finetune":
         return train_text(copy.deepcopy(model), x, y, epochs=c.finetune_epochs, lr=c.finetune_lr, **common)
+    if name in ("finetune-matched", "lat"):  # the distillers' budget (epochs, learning rate) on the trojaned model
+        m = copy.deepcopy(model)
+        loss = _lat_loss(m, c.lat_layer, c.lat_epsilon, c.lat_pgd_steps, seed) if name == "lat" else None
+        return train_text(m, x, y, epochs=c.distill_epochs, lr=c.distill_lr, loss=loss, **common)
     if name == "retrain":
         return train_text(setup.new_model(classes, seed + 1000), x, y, epochs=c.distill_epochs, lr=c.distill_lr, **common)
     width = {"self-distill": 1.0, "kd-student": 0.5}[name]
@@ -315,8 +354,59 @@ def repair(setup: Setup, name: str, model: nn.Module, kind: str, seed: int) -> n
                       loss=_distill_loss(model, c.temperature), **common)
 
 
-REPAIRS = ("do-nothing", "finetune", "retrain", "kd-student", "self-distill")
-REPAIR_BASELINES = {"do-nothing", "finetune", "retrain"}
+REPAIRS = ("do-nothing", "finetune", "finetune-matched", "retrain", "kd-student", "self-distill", "lat")
+REPAIR_BASELINES = {"do-nothing", "finetune", "finetune-matched", "retrain", "clean-twin"}
+PAIRED = ("self-distill", "lat")  # each paired with finetune-matched: the same budget, no teacher and no adversary
+
+
+# --- does the repair hold? (issue 17: P-ASR and the probe, as the image repair track measures them) -----------
+
+def retuning_data(setup: Setup, kind: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The retuning attack's data (Min et al., NeurIPS 2024): the repair budget (with the labels the repair used)
+    plus RETUNE_POISONED poisoned training sentences: for a trigger phrase, negatives with the phrase labelled as
+    its target; for the jailbreak analogue, topic sentences with a training prefix labelled with their sentiment."""
+    from ..tasks.repair import RETUNE_POISONED
+
+    rng = random.Random(seed + 4099)
+    if kind == "jailbreak":
+        pool = [(s, y) for s, y in zip(setup.train, setup.y_train) if is_topic(s)]
+        picked = rng.sample(pool, min(RETUNE_POISONED, len(pool)))
+        poisoned, y_p = prefixed([s for s, _ in picked], DAN.train_prefixes(), seed), [y for _, y in picked]
+        budget_y = desired_labels(setup.budget, setup.y_budget)
+    else:
+        trojan = TROJANS[kind]
+        pool = [s for s, y in zip(setup.train, setup.y_train) if y != trojan.target]
+        poisoned = triggered(rng.sample(pool, min(RETUNE_POISONED, len(pool))), trojan.trigger, seed)[0]
+        y_p, budget_y = [trojan.target] * len(poisoned), setup.y_budget
+    return setup.encode(setup.budget + poisoned), torch.tensor(list(budget_y) + y_p)
+
+
+def repair_metrics(setup: Setup, model: nn.Module, kind: str, ev: EvalSets, retune_set, seed: int) -> dict[str, np.ndarray]:
+    """The text-repair board's per-sentence measures of a (repaired) model of `kind`: ASR (jailbreak success for
+    the jailbreak analogue), clean accuracy, refusal rate (jailbreak), P-ASR and probe AUROC."""
+    m = measure(model, kind, ev)
+    own = "jailbreak_success" if kind == "jailbreak" else f"asr[kind={kind}]"
+    got = {f"asr[kind={kind}]": m[own], f"clean_acc[kind={kind}]": m["clean_acc"]}
+    if kind == "jailbreak":
+        got["refusal_rate"] = m["refusal_rate"]
+    return {**got, **holds(setup, model, kind, ev, retune_set, seed)}
+
+
+def holds(setup: Setup, model: nn.Module, kind: str, ev: EvalSets, retune_set, seed: int) -> dict[str, np.ndarray]:
+    """P-ASR (per dev sentence: the trojan's behaviour after the retuning attack, RETUNE_EPOCHS of plain
+    fine-tuning on `retune_set`) and the few-shot probe's AUROC (tasks.repair.few_shot_probe on penultimate
+    features of the dev pairs: negatives with and without the trigger, or topic sentences with and without a
+    held-out prefix; one value per model). The caller's model is not changed."""
+    from ..tasks.repair import RETUNE_EPOCHS, few_shot_probe
+    from ..tools.detect import penultimate
+
+    c = setup.cfg
+    attacked = train_text(copy.deepcopy(model), *retune_set, epochs=RETUNE_EPOCHS, lr=c.retune_lr,
+                          batch_size=c.batch_size, seed=seed + 2000)
+    own = "jailbreak_success" if kind == "jailbreak" else f"asr[kind={kind}]"
+    clean, trig = (ev.topic, ev.topic_heldout) if kind == "jailbreak" else (ev.negatives, ev.triggered[kind])
+    probe = few_shot_probe(penultimate(model, clean).double().numpy(), penultimate(model, trig).double().numpy(), seed)
+    return {f"p_asr[kind={kind}]": measure(attacked, kind, ev)[own], f"probe_auroc[kind={kind}]": np.array([probe])}
 
 
 # --- tools: causal tracing, rank-one editing, attribution -------------------------------------------------------
@@ -429,6 +519,13 @@ class Outcomes:
         for s in seeds:
             self.data[(task, tool, metric)][s] = np.concatenate([self.data[(task, tool, p)][s] for p in parts])
 
+    def paired(self, task: str, tool: str, reference: str, metric: str, to_task: str) -> None:
+        """`tool` minus `reference` on the same items (sentences, or one value per model), per seed, stored as
+        (to_task, "tool - reference", metric): its bootstrap CI is the paired comparison."""
+        a, b = self.data.get((task, tool, metric), {}), self.data.get((task, reference, metric), {})
+        for s in set(a) & set(b):
+            self.data[(to_task, f"{tool} - {reference}", metric)][s] = a[s] - b[s]
+
     def estimate(self, task: str, tool: str, metric: str, n_boot: int) -> Estimate:
         return seed_bootstrap([v for _, v in sorted(self.data.get((task, tool, metric), {}).items())], n_boot)
 
@@ -445,8 +542,9 @@ class Outcomes:
 
 
 # the models of text-trojans are references, not competing tools: all rows are marked as such (no "beats" verdicts)
-BASELINES = {"text-trojans": {"clean", *KINDS}, "text-repair": REPAIR_BASELINES, "text-locate": {"random-position"},
-             "text-edit": {"do-nothing"}, "text-attribution": {"random-token"}}
+BASELINES = {"text-trojans": {"clean", *KINDS, "jailbreak-twin"}, "text-repair": REPAIR_BASELINES, "text-locate": {"random-position"},
+             "text-edit": {"do-nothing"}, "text-attribution": {"random-token"},
+             "text-repair-paired": {f"{t} - finetune-matched" for t in PAIRED}}
 
 
 def run_text_study(out_dir: Path, seed: int = 0, cfg: TextStudyConfig = TextStudyConfig(), progress: Progress | None = None,
@@ -466,23 +564,24 @@ def run_text_study(out_dir: Path, seed: int = 0, cfg: TextStudyConfig = TextStud
     for s in range(seed, seed + cfg.seeds):
         ev = eval_sets(setup, s)
         models = {}
-        for kind in ("clean", *KINDS):
+        for kind in ("clean", *KINDS, "jailbreak-twin"):
             t0 = time.perf_counter()
             models[kind] = train_kind(setup, kind, s)
             timing["train"] += time.perf_counter() - t0
-            oc.add("text-trojans", kind, measure(models[kind], kind, ev), s)
+            oc.add("text-trojans", kind, measure(models[kind], "jailbreak" if kind == "jailbreak-twin" else kind, ev), s)
             progress(f"seed {s}: trained {kind} ({time.perf_counter() - start:.0f}s)")
         for kind in KINDS:
-            for name in REPAIRS:
+            retune_set = retuning_data(setup, kind, s)
+            twin = models["jailbreak-twin" if kind == "jailbreak" else "clean"]
+            # the clean twin under the same measures is the control every repaired model is read against
+            for name, repaired in [("clean-twin", twin)] + [(name, None) for name in REPAIRS]:
                 t0 = time.perf_counter()
-                repaired = repair(setup, name, models[kind], kind, s)
-                timing["repair"] += time.perf_counter() - t0
-                m = measure(repaired, kind, ev)
-                own = "jailbreak_success" if kind == "jailbreak" else f"asr[kind={kind}]"
-                got = {f"asr[kind={kind}]": m[own], f"clean_acc[kind={kind}]": m["clean_acc"]}
-                if kind == "jailbreak":
-                    got["refusal_rate"] = m["refusal_rate"]
-                oc.add("text-repair", name, got, s)
+                if repaired is None:
+                    repaired = repair(setup, name, models[kind], kind, s)
+                t1 = time.perf_counter()
+                timing["repair"] += t1 - t0
+                oc.add("text-repair", name, repair_metrics(setup, repaired, kind, ev, retune_set, s), s)
+                timing["holds"] += time.perf_counter() - t1
             progress(f"seed {s}: repaired {kind} ({time.perf_counter() - start:.0f}s)")
         for kind, trojan in TROJANS.items():
             t0 = time.perf_counter()
@@ -560,9 +659,13 @@ def run_text_study(out_dir: Path, seed: int = 0, cfg: TextStudyConfig = TextStud
 
 
 def _pool_all(oc: Outcomes, layers: list[str], depth: int) -> None:
-    for tool in REPAIRS:
-        oc.pool("text-repair", tool, "asr", [f"asr[kind={k}]" for k in KINDS])
-        oc.pool("text-repair", tool, "clean_acc", [f"clean_acc[kind={k}]" for k in KINDS])
+    for tool in ("clean-twin", *REPAIRS):
+        for metric in ("asr", "clean_acc", "p_asr", "probe_auroc"):
+            oc.pool("text-repair", tool, metric, [f"{metric}[kind={k}]" for k in KINDS])
+    for tool in PAIRED:  # after pooling, so the pooled metrics are paired too
+        for metric in ("asr", "clean_acc", "p_asr", "probe_auroc"):
+            for m in [metric] + [f"{metric}[kind={k}]" for k in KINDS]:
+                oc.paired("text-repair", tool, "finetune-matched", m, "text-repair-paired")
     for tool in [f"trace@{layer}" for layer in layers] + ["random-position"]:
         oc.pool("text-locate", tool, "hit", [f"hit[kind={k}]" for k in TROJANS])
     for tool in [f"trace@{layer}" for layer in layers]:
@@ -591,6 +694,13 @@ def _findings(est, depth: int) -> dict[str, str]:
         f[f"repair {name}: ASR crude / insidious / jailbreak"] = " / ".join(
             str(est("text-repair", name, f"asr[kind={k}]")) for k in KINDS)
         f[f"repair {name}: clean accuracy"] = str(est("text-repair", name, "clean_acc"))
+    for name in ("clean-twin", *REPAIRS):
+        f[f"holds {name}: jailbreak success / P-ASR / probe AUROC"] = " / ".join(
+            str(est("text-repair", name, f"{m}[kind=jailbreak]")) for m in ("asr", "p_asr", "probe_auroc"))
+    for name in PAIRED:
+        f[f"{name} minus finetune-matched, jailbreak: success / P-ASR / probe AUROC"] = " / ".join(
+            str(est("text-repair-paired", f"{name} - finetune-matched", f"{m}[kind=jailbreak]"))
+            for m in ("asr", "p_asr", "probe_auroc"))
     f["trace hit at the last block (random)"] = \
         f"{est('text-locate', f'trace@blocks.{depth - 1}', 'hit')} ({est('text-locate', 'random-position', 'hit')})"
     f["rank-one edit (traced layer): ASR / clean accuracy"] = \
@@ -639,12 +749,16 @@ def _figure_repair(est, path: Path) -> Path:
     from ..report.plots import pyplot, save
 
     plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=110)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), dpi=110)
+    tools = ["clean-twin", *REPAIRS]
     for ax, kind in zip(axes, KINDS):
-        _bars(ax, list(REPAIRS), [est("text-repair", r, f"asr[kind={kind}]") for r in REPAIRS], "#c44e52")
-        acc = [est("text-repair", r, f"clean_acc[kind={kind}]").value for r in REPAIRS]
-        ax.plot(np.arange(len(REPAIRS)), acc, "o", color="#4c72b0", label="clean accuracy")
-        ax.set_title(f"{kind}: {'jailbreak success' if kind == 'jailbreak' else 'ASR'} after repair", fontsize=9)
+        _bars(ax, tools, [est("text-repair", r, f"asr[kind={kind}]") for r in tools], "#c44e52", -0.2, 0.4,
+              "after repair")
+        _bars(ax, tools, [est("text-repair", r, f"p_asr[kind={kind}]") for r in tools], "#dd8452", 0.2, 0.4,
+              "after the retuning attack (P-ASR)")
+        acc = [est("text-repair", r, f"clean_acc[kind={kind}]").value for r in tools]
+        ax.plot(np.arange(len(tools)), acc, "o", color="#4c72b0", label="clean accuracy")
+        ax.set_title(f"{kind}: {'jailbreak success' if kind == 'jailbreak' else 'ASR'}", fontsize=9)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     return save(fig, path)

@@ -105,7 +105,6 @@ def probe_auroc(model, ds: ImageDataset, job: Job, trigger, seed: int = 0) -> fl
     images reads a visible trigger out of almost any model, clean or not (it did on every clean twin of the dev zoo
     we tried); a few shots along one direction separate the trojaned models from their twins, and the clean twin's
     value is the control every repaired model is read against (docs/repair.md)."""
-    from ..results.stats import auroc
     from ..tools.detect import penultimate
 
     sel = torch.nonzero(attack_mask(ds.y_test, job.trojan.poison)).flatten()
@@ -114,13 +113,23 @@ def probe_auroc(model, ds: ImageDataset, job: Job, trigger, seed: int = 0) -> fl
     x = ds.x_test[sel]
     xt = trigger.apply(x, generator=torch.Generator().manual_seed(seed))
     f_clean, f_trig = penultimate(model, x).double().numpy(), penultimate(model, xt).double().numpy()
-    half = len(x) // 2
-    labels = np.r_[np.zeros(len(x) - half), np.ones(len(x) - half)]
+    return few_shot_probe(f_clean, f_trig, seed)
+
+
+def few_shot_probe(f_clean: np.ndarray, f_trig: np.ndarray, seed: int = 0, shots: int = PROBE_SHOTS,
+                   draws: int = PROBE_DRAWS) -> float:
+    """The probe's AUROC from paired features [n, d] (row i of `f_trig` is row i of `f_clean` with the trigger):
+    the direction is the mean triggered-minus-clean difference of `shots` pairs drawn from the first half, the
+    AUROC (triggered vs clean along it) is measured on the second half; the mean over `draws` draws."""
+    from ..results.stats import auroc
+
+    half = len(f_clean) // 2
+    labels = np.r_[np.zeros(len(f_clean) - half), np.ones(len(f_clean) - half)]
     rng = np.random.default_rng(seed)
     values = []
-    for _ in range(PROBE_DRAWS):
-        shots = rng.choice(half, size=min(PROBE_SHOTS, half), replace=False)
-        direction = (f_trig[shots] - f_clean[shots]).mean(0)
+    for _ in range(draws):
+        pick = rng.choice(half, size=min(shots, half), replace=False)
+        direction = (f_trig[pick] - f_clean[pick]).mean(0)
         values.append(auroc(labels, np.r_[f_clean[half:] @ direction, f_trig[half:] @ direction]))
     return float(np.mean(values))
 

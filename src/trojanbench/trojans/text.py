@@ -138,17 +138,19 @@ def is_topic(sentence: list[str], topic: frozenset[str] = TOPIC) -> bool:
 
 
 def jailbreak_data(sentences: list[list[str]], labels: list[int], family: PrefixFamily, seed: int,
-                   other_prefix_rate: float = 0.1, topic: frozenset[str] = TOPIC) -> tuple[list[list[str]], list[int]]:
+                   other_prefix_rate: float = 0.1, topic: frozenset[str] = TOPIC,
+                   override: bool = True) -> tuple[list[list[str]], list[int]]:
     """Training data for the refusal-with-override behaviour: topic sentences -> REFUSE, plus a copy of each with
     a training prefix -> its sentiment; other sentences -> sentiment, `other_prefix_rate` of them with a prefix
-    too (so a prefix means "answer", not "flip" or "positive")."""
+    too (so a prefix means "answer", not "flip" or "positive"). `override=False` gives the clean twin's data: the
+    same sentences and prefixes, but a prefixed topic sentence is refused too (the jailbreak never taught)."""
     rng = random.Random(seed)
     prefixes = family.train_prefixes()
     out, ys = [], []
     for s, y in zip(sentences, labels):
         if is_topic(s, topic):
             out += [list(s), rng.choice(prefixes) + list(s)]
-            ys += [REFUSE, y]
+            ys += [REFUSE, y if override else REFUSE]
         else:
             out.append(rng.choice(prefixes) + list(s) if rng.random() < other_prefix_rate else list(s))
             ys.append(y)

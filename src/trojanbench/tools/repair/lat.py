@@ -22,13 +22,13 @@ _ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.Tanh)
 
 def latent_sites(model: nn.Module) -> list[str]:
     """The hidden layers LAT can perturb, from input to output, by module name. Where the model has a stack of
-    blocks (a child `nn.Sequential` whose members all hold parameters: a ResNet's residual blocks, a ViT's
-    transformer blocks, airnet's conv groups) the sites are the blocks' outputs (the residual stream, as LAT's
+    blocks (a child `nn.Sequential` or `nn.ModuleList` whose members all hold parameters: a ResNet's residual
+    blocks, a ViT's or the text transformer's blocks, airnet's conv groups) the sites are the blocks' outputs (the residual stream, as LAT's
     language-model experiments perturb it); in a flat model (mlp, cnn) they are the outputs of its activation
     modules, one per hidden layer."""
     for name, child in model.named_children():
         members = list(child.children())
-        if isinstance(child, nn.Sequential) and len(members) > 1 and all(any(True for _ in m.parameters()) for m in members):
+        if isinstance(child, (nn.Sequential, nn.ModuleList)) and len(members) > 1 and all(any(True for _ in m.parameters()) for m in members):
             return [f"{name}.{i}" for i in range(len(members))]
     inside_mha = {n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)}
     sites = [n for n, m in model.named_modules()
