@@ -142,7 +142,25 @@ def _study_text(d):
                                             ("asr[kind=jailbreak]", "jailbreak success"),
                                             ("refusal_rate", "refusal, no prefix"), ("asr", "pooled ASR"),
                                             ("clean_acc", "pooled clean accuracy")],
-                      ["do-nothing", "finetune", "retrain", "kd-student", "self-distill"], "repair")),
+                      ["clean-twin", "do-nothing", "finetune", "finetune-matched", "retrain", "kd-student",
+                       "self-distill", "lat"], "repair")),
+        (("Does the repair hold? P-ASR = the behaviour after the retuning attack (the repair budget plus 5 poisoned "
+          "sentences, 5 epochs); probe = the few-shot probe's AUROC on penultimate features (one value per model); "
+          "clean-twin = the same measures on the model never given the behaviour, the control"),
+         _study_pivot(data, "text-repair", [("asr[kind=jailbreak]", "jailbreak success"),
+                                            ("p_asr[kind=jailbreak]", "jailbreak P-ASR"),
+                                            ("probe_auroc[kind=jailbreak]", "jailbreak probe"),
+                                            ("p_asr[kind=crude]", "P-ASR crude"), ("p_asr[kind=insidious]", "P-ASR insidious"),
+                                            ("p_asr", "pooled P-ASR"), ("probe_auroc", "pooled probe")],
+                      ["clean-twin", "do-nothing", "finetune", "finetune-matched", "retrain", "kd-student",
+                       "self-distill", "lat"], "repair")),
+        (("Paired at equal budget: each method minus finetune-matched on the same sentences and seeds (a CI that "
+          "excludes 0 is a difference; negative = less of the behaviour)"),
+         _study_pivot(data, "text-repair-paired", [("asr[kind=jailbreak]", "jailbreak success"),
+                                                   ("p_asr[kind=jailbreak]", "jailbreak P-ASR"),
+                                                   ("probe_auroc[kind=jailbreak]", "jailbreak probe"),
+                                                   ("clean_acc[kind=jailbreak]", "jailbreak accuracy"),
+                                                   ("asr", "pooled ASR"), ("p_asr", "pooled P-ASR")], first="difference")),
         (("Causal tracing (hit = the single position whose restoration removes most of the pull lies on the trigger; "
          "effect = share of the pull removed by restoring the best trigger position)"),
          _study_pivot(data, "text-locate", [("hit", "hit (both)"), ("hit[kind=crude]", "hit crude"),

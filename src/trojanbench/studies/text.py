@@ -85,13 +85,13 @@ class TextStudyConfig:
     # latent adversarial training (the `lat` repair): untargeted L2 PGD on one block's output (an index into
     # tools.repair.lat.latent_sites: the text transformer's blocks), epsilon relative to each sentence's
     # activation norm. Chosen on a dev seed by benchmarks/text_holds_dev.py (results/text_holds_dev.json).
-    lat_layer: int = 0
+    lat_layer: int = 1
     lat_epsilon: float = 0.3
     lat_pgd_steps: int = 6
     # the retuning attack (P-ASR): the repair budget plus 5 poisoned sentences, 5 epochs (tasks.repair's
     # RETUNE_POISONED / RETUNE_EPOCHS) at this peak learning rate, chosen on the same dev seed: the largest
     # rate at which the clean twins' P-ASR stays at or below 10%
-    retune_lr: float = 1e-3
+    retune_lr: float = 3e-4
     n_trace: int = 16  # sentences traced one at a time, per trojaned model
     n_attribution: int = 64
     n_edit: int = 64
