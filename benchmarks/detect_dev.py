@@ -160,9 +160,9 @@ def summarise(rows: dict) -> dict:
 
 
 def final(zoo: Zoo, out: dict, save) -> None:
-    ds, ctx = detection_context(zoo)
+    _, ctx = detection_context(zoo)
     names = ["activation-clustering", "strip", "spectral", "mahalanobis", "knn-pixels", "random"]
-    rows = score_sample_detectors(zoo, names, ds, ctx, None)  # store None: nothing is written
+    rows = score_sample_detectors(zoo, names, ctx, None)  # store None: nothing is written
     sample = {}
     for name in names:
         mine = [r for r in rows if r.tool == name]

@@ -228,9 +228,13 @@ def run(
     executor: str = typer.Option("pool", help="zoo executor: pool (a process per core), batched (in-process), serial "
                                               "or ray"),
     jobs: int = typer.Option(2, help="workers for the pool / ray executors"),
+    track_executor: str = typer.Option("serial", help="executor of the (tool, model) jobs of the tracks that run as "
+                                                      "jobs (detect): serial (in this process), pool or ray"),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto (CUDA where available): where the zoo trains "
                                             "and every track runs its models and tools"),
     report: bool = typer.Option(True, help="render the HTML report"),
+    resume: bool = typer.Option(True, help="continue the newest interrupted run of the same config, seed and code "
+                                           "in the results store (its finished jobs are skipped)"),
 ):
     """The main job: build (or reuse from the cache) the zoo, run every tool of every track on it, write the
     results store and the HTML report, and print the leaderboards."""
@@ -252,7 +256,8 @@ def run(
     split = (lambda s: [t.strip() for t in s.split(",") if t.strip()] if s else None)
     res = run_benchmark(out, config=config, zoo=zoo, tracks=split(track), tools=split(tools), seed=seed,
                         device=str(resolve_device(device)), executor=executor, jobs=jobs, zoo_progress=_zoo_progress,
-                        track_progress=track_progress, report=report, results=results)
+                        track_progress=track_progress, report=report, results=results,
+                        track_executor=track_executor, resume=resume)
     for _, b in res.boards:
         console.print(leaderboard(b))
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in res.seconds.items())

@@ -99,3 +99,26 @@ def test_run_target_is_path_like(tmp_path):
     from pathlib import Path
 
     assert Path(t) == tmp_path / "r.sqlite" and Path(t).parent == tmp_path
+
+
+def test_resume_continues_only_an_interrupted_run_of_the_same_config_and_its_jobs_are_known(tmp_path):
+    path = tmp_path / "r.sqlite"
+    with ResultsStore(path) as store:
+        a = store.start_run("track:x", {"k": 1})
+        b = store.start_run("track:x", {"k": 1}, resume=True)
+        assert b.run_id != a.run_id  # a is still running (this process is alive): never taken over
+        for t in (a, b):
+            store.update_run(t.run_id, pid=2**22 + 12345)  # both died
+        assert store.start_run("track:x", {"k": 2}, resume=True).run_id not in (a.run_id, b.run_id)  # another config
+        assert store.start_run("track:y", {"k": 1}, resume=True).run_id not in (a.run_id, b.run_id)  # another kind
+        again = store.start_run("track:x", {"k": 1}, resume=True)
+        assert again.run_id == b.run_id and store.run(b.run_id).status == "running"  # the newest, now this process's
+        assert len(store.run(b.run_id).info["resumed"]) == 1
+    with ResultsStore(again) as store:
+        store.write([ResultRow("t", "m1", "task", "score", 0.5), ResultRow("t", "m1", "task", "seconds", 1.0)],
+                    job="task/t/m1", seconds=1.0)
+        store.write(ResultRow("t", "m2", "task", "score", 0.6))  # rows outside a job
+        jobs = store.jobs(b.run_id)
+        assert list(jobs) == ["task/t/m1"] and jobs["task/t/m1"]["n_rows"] == 2 and store.jobs(a.run_id) == {}
+        store.finish_run(b.run_id)
+        assert store.start_run("track:x", {"k": 1}, resume=True).run_id != b.run_id  # a complete run is not resumed

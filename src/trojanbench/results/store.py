@@ -8,6 +8,11 @@ every result row. Nothing reads rows without naming their run, so no report can 
 Result rows: one per (run, tool, model_id, task, metric, seed); writing the same key again within a run
 replaces the value, so re-running a tool inside one run is idempotent. Each write is its own short transaction
 with a generous busy timeout, so concurrent writers queue instead of failing.
+
+Jobs: a track that runs as jobs (`tasks.jobs`) writes each job's rows and the job's key in one transaction, so
+the `jobs` table says exactly which jobs of a run are finished. `start_run(..., resume=True)` continues the
+newest interrupted run of the same kind, config, seed, package version and git commit instead of starting a new
+one, and the track then skips the jobs that run already finished.
 """
 
 from __future__ import annotations
@@ -53,6 +58,15 @@ CREATE TABLE IF NOT EXISTS results (
     PRIMARY KEY (run_id, tool, model_id, task, metric, seed)
 );
 CREATE INDEX IF NOT EXISTS results_by_run_task ON results (run_id, task);
+CREATE TABLE IF NOT EXISTS jobs (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    job TEXT NOT NULL,
+    n_rows INTEGER NOT NULL,
+    seconds REAL,
+    pid INTEGER NOT NULL,
+    finished REAL NOT NULL,
+    PRIMARY KEY (run_id, job)
+);
 """
 
 
@@ -156,15 +170,26 @@ class ResultsStore:
                             "runs and cannot be reported safely; move it aside and run again")
 
     # -- runs ------------------------------------------------------------------------------------------------
-    def start_run(self, kind: str, config: dict[str, Any], seed: int = 0, info: dict[str, Any] | None = None) -> RunTarget:
-        """Register a new run (unfinished until `finish_run`) and return where its rows go."""
+    def start_run(self, kind: str, config: dict[str, Any], seed: int = 0, info: dict[str, Any] | None = None,
+                  resume: bool = False) -> RunTarget:
+        """Register a new run (unfinished until `finish_run`) and return where its rows go. With `resume`, continue
+        instead the newest interrupted run of the same kind, config, seed, package version and git commit (its
+        finished jobs are then skipped by the tracks that run as jobs); its info records when it was resumed."""
         from ..utils import library_versions
 
         config_hash = sha256_bytes(canonical_json(config).encode())[:16]
         version, started = package_version(), time.time()
-        run_id = make_run_id(config_hash, seed, version, started)
         body = {"config": config, "versions": library_versions(), "pid": os.getpid(), "host": socket.gethostname(),
                 **machine_info(), **(info or {})}
+        if resume:
+            same = [r for r in self.runs(kind) if r.config_hash == config_hash and r.seed == seed
+                    and r.version == version and r.info.get("commit") == body["commit"] and r.status == "interrupted"]
+            if same:
+                run = same[-1]
+                self.update_run(run.run_id, pid=body["pid"], host=body["host"],
+                                resumed=run.info.get("resumed", []) + [body["date"]])
+                return RunTarget(self.path, run.run_id)
+        run_id = make_run_id(config_hash, seed, version, started)
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.execute("INSERT INTO runs (run_id, kind, config_hash, seed, version, started, finished, info) "
@@ -209,7 +234,9 @@ class ResultsStore:
         return max(done, key=lambda r: (r.finished, r.started))
 
     # -- rows ------------------------------------------------------------------------------------------------
-    def write(self, rows: ResultRow | Iterable[ResultRow]) -> int:
+    def write(self, rows: ResultRow | Iterable[ResultRow], job: str | None = None, seconds: float | None = None) -> int:
+        """Write rows into this store's run, in one transaction; with `job`, that job is recorded as finished
+        (with its `seconds`) in the same transaction, so its rows are either all stored with it or not at all."""
         rows = [rows] if isinstance(rows, ResultRow) else list(rows)
         if self.run_id is None:
             raise ValueError("this store was opened without a run: open it with a RunTarget (start_run) to write rows")
@@ -221,7 +248,15 @@ class ResultsStore:
             self._conn.executemany(
                 "INSERT OR REPLACE INTO results (run_id, tool, model_id, task, metric, seed, value, tool_version, "
                 "extra, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+            if job is not None:
+                self._conn.execute("INSERT OR REPLACE INTO jobs (run_id, job, n_rows, seconds, pid, finished) "
+                                   "VALUES (?, ?, ?, ?, ?, ?)", (self.run_id, job, len(values), seconds, os.getpid(), now))
         return len(values)
+
+    def jobs(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """The finished jobs of a run: key -> {n_rows, seconds, pid (of the process that wrote them), finished}."""
+        cur = self._conn.execute("SELECT job, n_rows, seconds, pid, finished FROM jobs WHERE run_id = ?", (run_id,))
+        return {r[0]: {"n_rows": r[1], "seconds": r[2], "pid": r[3], "finished": r[4]} for r in cur.fetchall()}
 
     def rows(self, run_id: str, **where: Any) -> list[ResultRow]:
         """The rows of one run (`run_id`), optionally filtered by column values (tool=, task=, metric=, ...)."""
@@ -298,8 +333,16 @@ class RunWriter:
     def stored(self) -> bool:
         return self._store is not None
 
-    def write(self, rows: ResultRow | Iterable[ResultRow]) -> int:
-        return 0 if self._store is None else self._store.write(rows)
+    def write(self, rows: ResultRow | Iterable[ResultRow], job: str | None = None, seconds: float | None = None) -> int:
+        return 0 if self._store is None else self._store.write(rows, job, seconds)
+
+    def done_jobs(self) -> set[str]:
+        """The keys of the jobs this run has finished (none when nothing is stored)."""
+        return set() if self._store is None else set(self._store.jobs(self.target.run_id))
+
+    def rows(self, **where: Any) -> list[ResultRow]:
+        """This run's stored rows, filtered by column values (none when nothing is stored)."""
+        return [] if self._store is None else self._store.rows(self.target.run_id, **where)
 
     def close(self) -> None:
         if self._store is not None:
@@ -308,15 +351,16 @@ class RunWriter:
 
 @contextmanager
 def recording(results: str | Path | RunTarget | None, kind: str, config: dict[str, Any], seed: int = 0,
-              info: dict[str, Any] | None = None) -> Iterator[RunWriter]:
+              info: dict[str, Any] | None = None, resume: bool = False) -> Iterator[RunWriter]:
     """A writer into the run a track writes into: the caller's (a RunTarget: the caller starts and finishes it),
-    a new one of its own (a plain path: finished when the block ends without an error), or none (None: nothing
-    is stored)."""
+    a new one of its own (a plain path: finished when the block ends without an error; with `resume`, an
+    interrupted one of the same config continued, see `ResultsStore.start_run`), or none (None: nothing is
+    stored)."""
     if results is None or isinstance(results, RunTarget):
         target = results
     else:
         with ResultsStore(results) as store:
-            target = store.start_run(kind, config, seed, info)
+            target = store.start_run(kind, config, seed, info, resume=resume)
     writer = RunWriter(target)
     try:
         yield writer

@@ -8,6 +8,10 @@
 All of them run `train_chunk`, whose weights for a job do not depend on the chunk, so at one torch thread count
 they give bit-identical models. `build_zoo` sets every task's thread count (one by default); for tasks without
 one, the pool gives each worker its share of the cores and Ray one thread per task.
+
+The tracks' jobs run on the same executors (`tasks.jobs`): `fn` is then `tasks.jobs.run_task` instead of
+`train_chunk`; a task is anything with `items`, `device` and `threads`, and `fn` a module-level function (the
+pool and Ray send it to their workers by name).
 """
 
 from __future__ import annotations
@@ -31,20 +35,23 @@ def cpu_count() -> int:
 
 
 @EXECUTORS.register("batched")
-def run_batched(tasks: Iterable[ChunkTask], jobs: int = 1, address: str | None = None) -> Iterator[list[JobResult]]:
+def run_batched(tasks: Iterable[ChunkTask], jobs: int = 1, address: str | None = None,
+                fn=train_chunk) -> Iterator[list[JobResult]]:
     for task in tasks:
-        yield train_chunk(task)
+        yield fn(task)
 
 
 @EXECUTORS.register("serial")
-def run_serial(tasks: Iterable[ChunkTask], jobs: int = 1, address: str | None = None) -> Iterator[list[JobResult]]:
+def run_serial(tasks: Iterable[ChunkTask], jobs: int = 1, address: str | None = None,
+               fn=train_chunk) -> Iterator[list[JobResult]]:
     for task in tasks:
         for item in task.items:
-            yield train_chunk(replace(task, items=[item]))
+            yield fn(replace(task, items=[item]))
 
 
 @EXECUTORS.register("pool")
-def run_pool(tasks: Iterable[ChunkTask], jobs: int = 2, address: str | None = None) -> Iterator[list[JobResult]]:
+def run_pool(tasks: Iterable[ChunkTask], jobs: int = 2, address: str | None = None,
+             fn=train_chunk) -> Iterator[list[JobResult]]:
     import multiprocessing as mp
 
     tasks = list(tasks)
@@ -52,7 +59,7 @@ def run_pool(tasks: Iterable[ChunkTask], jobs: int = 2, address: str | None = No
     for t in tasks:
         t.threads = t.threads or threads
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        pending = {pool.submit(train_chunk, t) for t in tasks}
+        pending = {pool.submit(fn, t) for t in tasks}
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for f in done:
@@ -72,7 +79,8 @@ def ray_task_options(device: str) -> dict:
 
 
 @EXECUTORS.register("ray")
-def run_ray(tasks: Iterable[ChunkTask], jobs: int = 2, address: str | None = None) -> Iterator[list[JobResult]]:
+def run_ray(tasks: Iterable[ChunkTask], jobs: int = 2, address: str | None = None,
+            fn=train_chunk) -> Iterator[list[JobResult]]:
     try:
         import ray
     except ImportError:
@@ -82,7 +90,7 @@ def run_ray(tasks: Iterable[ChunkTask], jobs: int = 2, address: str | None = Non
         kwargs = {"address": address} if address else {"num_cpus": jobs}
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
     try:
-        remote = ray.remote(train_chunk)
+        remote = ray.remote(fn)
         tasks = list(tasks)
         for t in tasks:
             t.threads = t.threads or 1

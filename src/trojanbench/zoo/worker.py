@@ -22,6 +22,7 @@ from ..data import load_dataset
 from ..implant import finish, prepare
 from ..train import TRAINER_VERSION
 from ..train.batched import train_models_batched
+from ..utils import torch_threads
 from .plan import Job
 from .store import load_state, weights_bytes
 
@@ -58,23 +59,20 @@ class JobResult:
 
 
 @functools.lru_cache(maxsize=4)
-def _dataset(data_json: str):
+def cached_dataset(data_json: str):
+    """The dataset a zoo config's `data` names (its JSON), loaded once per process: every chunk, or track job, of
+    a worker shares it."""
     cfg = DataConfig.model_validate_json(data_json)
     return load_dataset(cfg.name, **({"data_root": cfg.data_root} if cfg.data_root else {}), **cfg.options)
 
 
 def train_chunk(task: ChunkTask) -> list[JobResult]:
-    before = torch.get_num_threads()
-    if task.threads:
-        torch.set_num_threads(task.threads)
-    try:
+    with torch_threads(task.threads):  # in-process executors must not leave their thread count behind
         return _train_chunk(task)
-    finally:  # in-process executors must not leave their thread count behind
-        torch.set_num_threads(before)
 
 
 def _train_chunk(task: ChunkTask) -> list[JobResult]:
-    ds = _dataset(task.data.model_dump_json())
+    ds = cached_dataset(task.data.model_dump_json())
     opts = {**({"data_root": task.data.data_root} if task.data.data_root else {}), **task.data.options}
     prepared, results = [], {}
     for item in task.items:
