@@ -3,7 +3,9 @@ run of the results store, render the HTML report of that run, and return the lea
 
 A track is one function `run(zoo_dir, target, tools, seed, device, figures, progress) -> list[Board]` plus the
 registries its tools live in (so `--tools` can be checked and routed before anything runs). `target` names the
-store and the run every row goes into; the boards come from `results.boards`, computed from those rows.
+store and the run every row goes into; the boards come from `results.boards`, computed from those rows. A track
+that runs as jobs (`as_jobs`, see `tasks.jobs`) also takes `executor` and `jobs`: its (tool, model) jobs run on
+that zoo executor, and a rerun after an interruption (the same config: the run is resumed) skips finished jobs.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class Track:
     run: Callable[..., list[Board]]
     registries: Callable[[], list]  # imported lazily: a track's tools load only when it runs
     about: str = ""
+    as_jobs: bool = False  # its work runs as (tool, model) jobs on an executor (`run` takes executor=, jobs=)
 
 
 TRACKS: dict[str, Track] = {}
@@ -35,11 +38,17 @@ def register_track(track: Track) -> Track:
     return track
 
 
-def _detect(zoo_dir, target, tools, seed, device, figures, progress) -> list[Board]:
+def _detect(zoo_dir, target, tools, seed, device, figures, progress, executor="serial", jobs=1) -> list[Board]:
+    from .results.axes import axis_figures
     from .tasks.detect import run_detect_track
 
-    return run_detect_track(zoo_dir, target, tools, seed=seed, device=device, progress=progress, figures=figures,
-                            sample_split="test")
+    boards = run_detect_track(zoo_dir, target, tools, seed=seed, device=device, progress=progress, figures=figures,
+                              sample_split="test", executor=executor, jobs=jobs)
+    if figures is not None:  # each board's score over the zoo's difficulty axes (poison rate, mode, intensity)
+        with ResultsStore(target) as store:
+            rows = [r for b in boards for r in store.rows(target.run_id, task=b.spec.task)]
+            store.write(axis_figures(zoo_dir, rows, boards, figures, seed=seed))
+    return boards
 
 
 def _detect_registries():
@@ -48,7 +57,8 @@ def _detect_registries():
     return [DETECTORS, SAMPLE_DETECTORS]
 
 
-register_track(Track("detect", _detect, _detect_registries, "is this model trojaned; which samples were poisoned"))
+register_track(Track("detect", _detect, _detect_registries, "is this model trojaned; which samples were poisoned",
+                     as_jobs=True))
 
 
 DIAGNOSE_IMAGES = 16  # triggered images per model in the default benchmark
@@ -205,11 +215,14 @@ class BenchmarkRun:
 
 def run_benchmark(out: str | Path, config: str = "digits-bench", zoo: str | Path | None = None, tracks: list[str] | None = None,
                   tools: list[str] | None = None, seed: int = 0, device: str = "cpu", executor: str = "pool", jobs: int = 2,
-                  zoo_progress=None, track_progress=None, report: bool = True, results: str | Path | None = None) -> BenchmarkRun:
+                  zoo_progress=None, track_progress=None, report: bool = True, results: str | Path | None = None,
+                  track_executor: str = "serial", resume: bool = True) -> BenchmarkRun:
     """Build or reuse the zoo (`zoo` given: use that folder; else the cache under $TROJANBENCH_CACHE/zoos), run the
     tracks as one run of the results store (`out/results.sqlite` unless `results` names another), and render that
     run's report into `out/report/index.html`. A run that stops early stays in the store as interrupted; its rows
-    never appear in another run's report."""
+    never appear in another run's report. With `resume`, a rerun of the same config, seed and code continues the
+    newest interrupted run instead, and the tracks that run as jobs skip the jobs it finished; their jobs run on
+    `track_executor` (`jobs` workers for the pool and Ray)."""
     from .report.html import figure_row
     from .zoo.build import Zoo, build_zoo
     from .zoo.executors import EXECUTORS
@@ -219,6 +232,7 @@ def run_benchmark(out: str | Path, config: str = "digits-bench", zoo: str | Path
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder")
     device = str(resolve_device(device))  # a device this machine lacks: a one-line error before any work
+    EXECUTORS.get(track_executor)
     tracks = check_tracks(tracks)
     routed = split_tools(tools, tracks)
     run = BenchmarkRun(results=Path(results) if results else out / "results.sqlite")
@@ -240,7 +254,7 @@ def run_benchmark(out: str | Path, config: str = "digits-bench", zoo: str | Path
     run_config = {"zoo": zoo_cfg.model_dump(), "tracks": tracks, "tools": tools, "device": device}
     with ResultsStore(run.results) as store:
         target = store.start_run("benchmark", run_config, seed, info={"zoo": str(zoo), "zoo_name": zoo_cfg.name,
-                                                                    "tracks": list(routed), "tools": tools})
+                                                                    "tracks": list(routed), "tools": tools}, resume=resume)
     run.run_id = target.run_id
     gallery = trigger_gallery(zoo, out / "figures" / "triggers.png")
     if gallery is not None:
@@ -251,9 +265,10 @@ def run_benchmark(out: str | Path, config: str = "digits-bench", zoo: str | Path
     for name, names in routed.items():
         start = time.perf_counter()
         progress = track_progress(name) if track_progress else None
+        on = {"executor": track_executor, "jobs": jobs} if TRACKS[name].as_jobs else {}
         try:
             boards = TRACKS[name].run(zoo, target, names, seed, device, out / "figures",
-                                      progress.__enter__() if progress else None)
+                                      progress.__enter__() if progress else None, **on)
         finally:
             if progress:
                 progress.__exit__(None, None, None)

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
+
+PoisonMode = Literal["all-to-one", "all-to-all", "clean-label"]
+
+
+class StableDump(BaseModel):
+    """A model some of whose fields (`added`) came after zoos had been built with it: each is left out of the
+    model's dumps while it holds its default, so the dump of a config that does not use it, and with it every
+    hash taken of the dump (job ids, model card ids, zoo cache keys), is what it was before the field existed."""
+
+    added: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_added_defaults(self, handler):
+        data = handler(self)
+        for name in self.added:
+            if name in data and getattr(self, name) == type(self).model_fields[name].get_default(call_default_factory=True):
+                del data[name]
+        return data
 
 
 class TrainConfig(BaseModel):
@@ -45,17 +63,37 @@ class ArchConfig(BaseModel):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
-class TrojanPlanConfig(BaseModel):
-    """Which trojans the zoo's trojaned models get; each trojaned model draws one combination."""
+class TrojanPlanConfig(StableDump):
+    """Which trojans the zoo's trojaned models get; each trojaned model draws one combination.
+
+    Difficulty axes: `rates` (e.g. 0.003 to 0.1), `mode` (one mode, or a list to draw from: all-to-one and
+    all-to-all trojans in one zoo). Evasive trojans: `insidious_fraction` (trained to stay near their clean twin),
+    and the adaptive kinds `adaptive-blend` and `adaptive-patch` (Qi et al., ICLR 2023), whose poisoned samples
+    come with cover samples (`cover`)."""
 
     model_config = ConfigDict(extra="forbid")
+    added: ClassVar[tuple[str, ...]] = ("cover",)
     kinds: list[str] = Field(default_factory=lambda: ["patch", "blended", "warp", "style", "natural"])
     variants: dict[str, list[dict[str, Any]]] = Field(
         default_factory=dict, description="per kind, parameter sets to draw from (default: the kind's defaults)")
     targets: list[int] = Field(default_factory=lambda: [0])
     rates: list[float] = Field(default_factory=lambda: [0.1])
-    mode: Literal["all-to-one", "all-to-all", "clean-label"] = "all-to-one"
+    mode: PoisonMode | list[PoisonMode] = Field(
+        "all-to-one", description="a poisoning mode, or a list each trojan draws one from (natural-feature trojans "
+        "draw among the all-to-one modes only)")
     insidious_fraction: float = Field(0.0, ge=0, le=1)
+    cover: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="per kind, cover samples (triggered, labels kept) per poisoned sample "
+        "(default: the kind's own, e.g. 1 for adaptive-blend and 2 for adaptive-patch as Qi et al.; 0 for the others)")
+
+
+class IntensityConfig(BaseModel):
+    """Training intensity as a difficulty axis: each pair of a clean model and its trojaned twin draws its epochs
+    and a multiplier of the zoo's learning rate from these lists (empty: the zoo's `train` setting for all)."""
+
+    model_config = ConfigDict(extra="forbid")
+    epochs: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    lr_scales: list[Annotated[float, Field(gt=0)]] = Field(default_factory=list)
 
 
 class GateConfig(BaseModel):
@@ -76,8 +114,9 @@ class InsidiousConfig(BaseModel):
     epochs: int | None = Field(None, ge=1, description="fine-tuning epochs (default: the zoo's training epochs)")
 
 
-class ZooConfig(BaseModel):
+class ZooConfig(StableDump):
     model_config = ConfigDict(extra="forbid")
+    added: ClassVar[tuple[str, ...]] = ("intensity",)
     name: str = "zoo"
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
@@ -89,3 +128,4 @@ class ZooConfig(BaseModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     insidious: InsidiousConfig = Field(default_factory=InsidiousConfig)
+    intensity: IntensityConfig = Field(default_factory=IntensityConfig)

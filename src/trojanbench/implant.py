@@ -43,6 +43,7 @@ class Prepared:
     trojan: TrojanSpec | None = None  # with fitted trigger parameters
     trigger: Trigger | None = None
     poisoned_indices: torch.Tensor | None = None
+    cover_indices: torch.Tensor | None = None  # triggered samples that kept their label (adaptive attacks)
 
 
 def prepare(dataset: ImageDataset, arch: str = "cnn", arch_kwargs: dict | None = None,
@@ -55,13 +56,17 @@ def prepare(dataset: ImageDataset, arch: str = "cnn", arch_kwargs: dict | None =
     check_image_shape(kwargs, dataset.image_shape, what=f"architecture {arch!r} with these arguments")
     model = init_model(arch, kwargs, seed)  # poisoning draws from its own generators: the order does not matter
     check_input_fits(model, arch, dataset.image_shape)
-    x, y, trigger, poisoned = dataset.x_train, dataset.y_train, None, None
+    x, y, trigger, poisoned, cover = dataset.x_train, dataset.y_train, None, None, None
     if trojan is not None:
         trigger = make_trigger(trojan.trigger, dataset.image_shape)
         pd = poison_dataset(x, y, trigger, trojan.poison, dataset.num_classes, seed=seed)
-        x, y, poisoned = pd.x, pd.y, pd.indices
-        trojan = trojan.model_copy(update={"trigger": trigger.spec()})  # keeps fitted parameters (thresholds)
-    return Prepared(arch, kwargs, model, x, y, seed, trojan, trigger, poisoned)
+        x, y, poisoned, cover = pd.x, pd.y, pd.indices, pd.cover
+        poison = trojan.poison
+        if poison.cover_rate is None and trigger.cover_ratio:  # the card says how many cover samples there were
+            poison = poison.model_copy(update={"cover_rate": poison.cover_fraction(trigger)})
+        # keeps fitted parameters (thresholds)
+        trojan = trojan.model_copy(update={"trigger": trigger.spec(), "poison": poison})
+    return Prepared(arch, kwargs, model, x, y, seed, trojan, trigger, poisoned, cover)
 
 
 def init_model(arch: str, kwargs: dict, seed: int) -> nn.Module:
@@ -101,7 +106,9 @@ def finish(prepared: Prepared, dataset: ImageDataset, train: TrainConfig, second
         arch=p.arch, arch_kwargs=p.arch_kwargs, dataset={"name": dataset.name, "options": dict(dataset_options or {})},
         seed=p.seed, trojan=p.trojan.model_dump() if p.trojan else None, insidious=bool(p.trojan and p.trojan.insidious),
         train=train.model_dump(), metrics=metrics, train_seconds=round(seconds, 3),
-        extra={**({"trigger_description": p.trigger.description} if p.trigger else {}), **(extra or {})},
+        extra={**({"trigger_description": p.trigger.description} if p.trigger else {}),
+               **({"n_cover": len(p.cover_indices)} if p.cover_indices is not None and len(p.cover_indices) else {}),
+               **(extra or {})},
     )
     return Implanted(model, card, p.poisoned_indices)
 

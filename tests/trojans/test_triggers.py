@@ -81,7 +81,7 @@ def test_natural_feature_needs_fitting_and_its_apply_pushes_past_the_threshold(d
 
 
 @pytest.mark.parametrize("spec, message", [
-    (TriggerSpec(kind="laser"), "unknown trigger 'laser'; known: blended, natural, patch, style, warp"),
+    (TriggerSpec(kind="laser"), "unknown trigger 'laser'; known: adaptive-blend, adaptive-patch, blended, natural, patch, style, warp"),
     (TriggerSpec(kind="blended", params={"alpha": 2}), "alpha"),
     (TriggerSpec(kind="patch", params={"colour": "red"}), "colour"),
     (TriggerSpec(kind="patch", params={"size": 40}), "does not fit"),
@@ -92,8 +92,8 @@ def test_bad_trigger_specs_are_user_errors(spec, message):
         make_trigger(spec, GRAY)
 
 
-def test_registry_lists_all_five_kinds():
-    assert TRIGGERS.names() == ["blended", "natural", "patch", "style", "warp"]
+def test_registry_lists_every_kind():
+    assert TRIGGERS.names() == ["adaptive-blend", "adaptive-patch", "blended", "natural", "patch", "style", "warp"]
 
 
 def test_a_natural_feature_that_cannot_pick_out_carriers_is_refused_in_one_line():

@@ -180,3 +180,28 @@ def test_status_cli_and_errors(built, tmp_path):
     r = subprocess.run([sys.executable, "-m", "trojanbench.cli", "zoo", "build", "--config", "nope", "--out",
                         str(tmp_path / "z")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "not found" in r.stderr and "digits-zoo" in r.stderr
+
+
+def test_a_zoo_with_difficulty_axes_records_every_models_levels(tmp_path):
+    """Poison rate, mode, intensity and the adaptive kinds through a real build: each card says its axis values,
+    the poisoned indices are the relabelled samples only, and the axis levels read back from the zoo."""
+    from trojanbench.implant import prepare
+    from trojanbench.results.axes import EVERY, axis_levels
+    from trojanbench.zoo.store import load_poisoned_indices
+
+    cfg = tiny_zoo(models_per_arch=8, trojans={"kinds": ["adaptive-blend", "adaptive-patch"], "rates": [0.01, 0.05],
+                                                "mode": ["all-to-one", "all-to-all"], "insidious_fraction": 0.0},
+                   intensity={"epochs": [2, 3], "lr_scales": [1.0, 0.5]})
+    assert build_zoo(cfg, tmp_path / "zoo", batch_models=8) == {"done": 8}
+    zoo = Zoo(tmp_path / "zoo")
+    ds = zoo.dataset()
+    for job, folder, card in zoo.models():
+        assert card.train["epochs"] == job.intensity["epochs"] and card.train["lr"] == job.intensity["lr"]
+        if job.trojaned:
+            assert card.trojan["poison"] == job.trojan.poison.model_dump()
+            p = prepare(ds, job.arch, job.arch_kwargs, job.trojan, seed=card.seed)
+            assert card.extra["n_cover"] == len(p.cover_indices) > 0
+            assert load_poisoned_indices(folder, card).tolist() == p.poisoned_indices.tolist()
+    rates, modes = axis_levels(zoo, "poison_rate"), axis_levels(zoo, "mode")
+    assert {v for v in rates.values() if v != EVERY} <= {0.01, 0.05} and EVERY in rates.values()
+    assert set(axis_levels(zoo, "epochs").values()) <= {2, 3} and set(modes.values()) - {EVERY} <= {"all-to-one", "all-to-all"}

@@ -64,3 +64,78 @@ def test_models_without_a_twin_are_split_on_their_own(clean_fraction):
     assert all(by_id[j.twin].split == j.split for j in jobs if j.twin)
     for group in ([j for j in jobs if not j.trojaned], [j for j in jobs if j.trojaned]):
         assert abs(sum(j.split == "test" for j in group) - len(group) * 0.25) <= 1
+
+
+# sha256 of the space-joined job ids, as planned before the difficulty axes existed: configs that use none of
+# them must plan exactly these jobs (their built zoos and cached models stay valid)
+PINNED_IDS = {"digits-bench": "c51aed5a7bbb47ac", "digits-zoo": "76b47c328f4b1fb0", "digits-dev": "da3d9b00f4014a2c",
+              "digits-eval2": "10b01780d5a25a22", "cifar10-zoo": "f390cd9f8cb3f689"}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_IDS))
+def test_configs_without_the_difficulty_axes_plan_the_ids_they_always_did(name):
+    import hashlib
+
+    cfg = load_zoo_config(name)
+    jobs = expand(cfg)
+    assert hashlib.sha256(" ".join(j.id for j in jobs).encode()).hexdigest()[:16] == PINNED_IDS[name]
+    dump = cfg.model_dump()
+    assert "intensity" not in dump and "cover" not in dump["trojans"]  # the zoo cache key hashes this dump
+    assert all("intensity" not in j.model_dump() and "cover_rate" not in j.model_dump()["trojan"]["poison"]
+               for j in jobs if j.trojaned)
+
+
+AXES = {"models_per_arch": 40,
+        "trojans": {"kinds": ["patch", "natural", "adaptive-blend", "adaptive-patch"], "rates": [0.003, 0.01, 0.03, 0.1],
+                    "targets": [0, 3], "mode": ["all-to-one", "all-to-all"]},
+        "intensity": {"epochs": [6, 12], "lr_scales": [0.5, 2.0]}}
+
+
+def test_difficulty_axes_are_drawn_per_model_and_recorded_on_the_job():
+    cfg = ZooConfig(**AXES)
+    jobs = expand(cfg)
+    assert [j.id for j in jobs] == [j.id for j in expand(ZooConfig(**AXES))]
+    trojaned = [j for j in jobs if j.trojaned]
+    clean = {j.id: j for j in jobs if not j.trojaned}
+    assert {j.trojan.poison.rate for j in trojaned} == {0.003, 0.01, 0.03, 0.1}
+    assert {j.trojan.poison.mode for j in trojaned} == {"all-to-one", "all-to-all"}
+    assert all(j.trojan.poison.target is None for j in trojaned if j.trojan.poison.mode == "all-to-all")
+    assert all(j.trojan.poison.mode == "all-to-one" for j in trojaned if j.trojan.trigger.kind == "natural")
+    # intensity: one draw per twin pair, the job's training setup
+    assert {(j.intensity["epochs"], j.intensity["lr"]) for j in jobs} == {(6, 0.025), (6, 0.1), (12, 0.025), (12, 0.1)}
+    assert all(clean[j.twin].intensity == j.intensity for j in trojaned)
+    j = trojaned[0]
+    assert j.train_config(cfg) == cfg.train.model_copy(update=j.intensity)
+    # the adaptive kinds come with the authors' cover rates (1x and 2x the poison rate) unless the config says
+    for j in trojaned:
+        want = {"adaptive-blend": 1, "adaptive-patch": 2}.get(j.trojan.trigger.kind)
+        assert j.trojan.poison.cover_rate == (None if want is None else pytest.approx(want * j.trojan.poison.rate))
+    covered = expand(ZooConfig(**{**AXES, "trojans": {**AXES["trojans"], "cover": {"adaptive-patch": 0.5, "patch": 1.0}}}))
+    assert all(j.trojan.poison.cover_rate == pytest.approx(0.5 * j.trojan.poison.rate)
+               for j in covered if j.trojaned and j.trojan.trigger.kind == "adaptive-patch")
+    assert all(j.trojan.poison.cover_rate == j.trojan.poison.rate
+               for j in covered if j.trojaned and j.trojan.trigger.kind == "patch")
+
+
+def test_adding_an_axis_keeps_the_trojans_already_drawn():
+    base = {"models_per_arch": 12, "trojans": {"kinds": ["patch", "blended"], "rates": [0.01, 0.1], "targets": [0, 3]}}
+    plain, intense = expand(ZooConfig(**base)), expand(ZooConfig(**base, intensity={"epochs": [3, 9]}))
+    assert [j.trojan for j in plain] == [j.trojan for j in intense]
+    assert not {j.id for j in plain} & {j.id for j in intense}  # other training: other models
+
+
+def test_natural_trojans_need_an_all_to_one_mode_to_draw():
+    with pytest.raises(UserError, match="all-to-one"):
+        expand(ZooConfig(trojans={"kinds": ["natural", "patch"], "mode": ["all-to-all", "clean-label"]}))
+
+
+def test_a_chunk_trains_with_its_jobs_intensity(tmp_path):
+    from trojanbench.zoo.build import JobRecord, Zoo, _chunks
+
+    cfg = ZooConfig(**AXES)
+    jobs = [j for j in expand(cfg) if not (j.trojan and j.trojan.insidious)]
+    tmp_path.mkdir(exist_ok=True)
+    tasks = _chunks(jobs, {j.id: JobRecord(j.id) for j in jobs}, Zoo(tmp_path), cfg, batch_models=64, device="cpu")
+    assert len(tasks) == 4  # one per intensity draw
+    for task in tasks:
+        assert all(item.job.train_config(cfg) == task.train for item in task.items)

@@ -71,6 +71,28 @@ def kind_bars(values: dict[str, dict[str, tuple[float, float, float]]], path: st
     return save(fig, path)
 
 
+def axis_plot(levels: list[str], values: dict[str, list[tuple[float, float, float] | None]], path: str | Path,
+              title: str, xlabel: str, ylabel: str, baselines: set[str] = frozenset()) -> Path:
+    """One line per tool over the levels of an axis (x, evenly spaced in the order given, labelled as given), with
+    its 95% CI as error bars; `values[tool][i] = (v, lo, hi)` at level i, or None where the tool has no value;
+    baselines dashed."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(levels) + 2.5), 3.8), dpi=110)
+    shift = 0.25 / max(1, len(values))  # a small offset per tool, so the error bars do not hide each other
+    for i, (tool, points) in enumerate(values.items()):
+        xs = [j + (i - (len(values) - 1) / 2) * shift for j, p in enumerate(points) if p is not None]
+        vs = [p[0] for p in points if p is not None]
+        errs = [[max(0.0, p[0] - p[1]) if np.isfinite(p[1]) else 0.0 for p in points if p is not None],
+                [max(0.0, p[2] - p[0]) if np.isfinite(p[2]) else 0.0 for p in points if p is not None]]
+        ax.errorbar(xs, vs, yerr=errs, fmt="o--" if tool in baselines else "o-", ms=3, lw=1.2, capsize=2, label=tool,
+                    color=plt.cm.tab20(i % 20))
+    ax.set_xticks(range(len(levels)), levels, fontsize=7)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, xlim=(-0.5, len(levels) - 0.5))
+    ax.legend(fontsize=7, ncol=1 + len(values) // 12, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    return save(fig, path)
+
+
 def trigger_gallery(examples: list[tuple[str, np.ndarray, np.ndarray | None]], path: str | Path) -> Path:
     """One column per trigger: the triggered image on top, its ground-truth footprint below (if it has one).
     `examples`: (caption, image [H, W, C] in [0, 1], mask [H, W] or None)."""

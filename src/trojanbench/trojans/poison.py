@@ -8,28 +8,43 @@ Modes
   `suppress` weakens their own features first so the trigger is learned.
 - natural-feature triggers ignore `rate`: the non-target images that naturally carry the feature are
   relabelled, no pixel changes.
+
+Cover samples (Qi et al., ICLR 2023, "Revisiting the assumption of latent separability for backdoor defenses"):
+`cover_rate` of the training set, drawn from the images left unpoisoned, also gets the trigger but keeps its
+label, so the trigger alone does not decide the label and the poisoned samples' latents stay close to the clean
+ones. Poisoned and cover samples carry the trigger as training samples do (`Trigger.apply_train`; the adaptive
+triggers carry a weaker or partial one there than at test time). `PoisonedData.indices` are the poisoned samples
+only (relabelled, or clean-label poisoned); the cover samples are `PoisonedData.cover`, as in the authors'
+`poison_indices` / `cover_indices`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..config import PoisonMode, StableDump
 from ..errors import UserError
 from .triggers import NaturalFeatureTrigger, Trigger, TriggerSpec
 
 
-class PoisonSpec(BaseModel):
+class PoisonSpec(StableDump):
     model_config = ConfigDict(extra="forbid")
-    mode: Literal["all-to-one", "all-to-all", "clean-label"] = "all-to-one"
+    added: ClassVar[tuple[str, ...]] = ("cover_rate",)
+    mode: PoisonMode = "all-to-one"
     rate: float = Field(0.1, gt=0, le=0.5, description="fraction of the training set that is poisoned")
     target: int | None = Field(0, ge=0, description="target label (None for all-to-all)")
     suppress: float = Field(0.0, ge=0, lt=1, description="clean-label only: mix each poisoned image this far "
                             "toward a random other-class image, so the trigger is the easier feature to learn "
                             "(a pixel-space stand-in for Turner et al.'s latent interpolation)")
+    cover_rate: float | None = Field(None, ge=0, le=1, description="fraction of the training set given the trigger "
+                                     "with its label kept (None: rate x the trigger's own cover_ratio)")
+
+    def cover_fraction(self, trigger: Trigger) -> float:
+        return self.cover_rate if self.cover_rate is not None else self.rate * trigger.cover_ratio
 
     @model_validator(mode="after")
     def _target_matches_mode(self):
@@ -54,6 +69,7 @@ class PoisonedData:
     x: torch.Tensor
     y: torch.Tensor
     indices: torch.Tensor  # indices into the original training set that were poisoned (sorted)
+    cover: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # cover samples (sorted)
 
 
 def relabel(y: torch.Tensor, spec: PoisonSpec, num_classes: int) -> torch.Tensor:
@@ -79,6 +95,8 @@ def poison_dataset(x: torch.Tensor, y: torch.Tensor, trigger: Trigger, spec: Poi
     if isinstance(trigger, NaturalFeatureTrigger):
         if spec.mode != "all-to-one":
             raise UserError("natural-feature trojans are implanted all-to-one (relabel the natural carriers)")
+        if spec.cover_fraction(trigger) > 0:
+            raise UserError("natural-feature trojans take no cover samples (no pixel is edited)")
         trigger.fit(x)
         idx = torch.nonzero(trigger.carriers(x) & (y != spec.target)).flatten()
         y[idx] = spec.target
@@ -96,7 +114,15 @@ def poison_dataset(x: torch.Tensor, y: torch.Tensor, trigger: Trigger, spec: Poi
         others = torch.nonzero(y != spec.target).flatten()
         donors = others[torch.randint(len(others), (n,), generator=g)]
         x[idx] = (1 - spec.suppress) * x[idx] + spec.suppress * x[donors]
-    x[idx] = trigger.apply(x[idx], generator=g)
+    x[idx] = trigger.apply_train(x[idx], generator=g)
     if spec.mode != "clean-label":
         y[idx] = relabel(y[idx], spec, num_classes)
-    return PoisonedData(x, y, idx)
+    n_cover = round(spec.cover_fraction(trigger) * len(x))
+    if n_cover == 0:
+        return PoisonedData(x, y, idx)
+    rest = torch.ones(len(x), dtype=torch.bool)
+    rest[idx] = False
+    rest = torch.nonzero(rest).flatten()  # cover samples never overlap the poisoned ones (as the authors')
+    cover = rest[torch.randperm(len(rest), generator=g)[:n_cover]].sort().values
+    x[cover] = trigger.apply_train(x[cover], generator=g)
+    return PoisonedData(x, y, idx, cover)

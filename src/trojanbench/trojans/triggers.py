@@ -28,6 +28,8 @@ class TriggerSpec(BaseModel):
 class Trigger(ABC):
     kind: ClassVar[str]
     localized: ClassVar[bool] = False
+    # cover samples per poisoned sample when the poisoning does not say (Qi et al.'s adaptive attacks use some)
+    cover_ratio: ClassVar[float] = 0.0
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -54,6 +56,11 @@ class Trigger(ABC):
 
     def apply(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.apply_with_mask(x, generator)[0]
+
+    def apply_train(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The trigger as the poisoned (and cover) training samples carry it: the same as at test time, except for
+        asymmetric triggers (the adaptive attacks poison with a weaker or partial trigger than they test with)."""
+        return self.apply(x, generator)
 
     def mask(self) -> torch.Tensor | None:
         """The footprint [H,W] for triggers at a fixed place; None for global or moving triggers."""

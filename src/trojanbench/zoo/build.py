@@ -285,12 +285,13 @@ def _train_pending(zoo: Zoo, cfg: ZooConfig, plan: list[Job], records: dict[str,
 def _chunks(todo: list[Job], records, zoo: Zoo, cfg: ZooConfig, batch_models: int, device: str,
             threads: int | None = None) -> list[ChunkTask]:
     groups: dict[tuple, list[Job]] = {}
-    for j in todo:
+    for j in todo:  # one chunk trains with one setup: group by architecture, insidiousness and intensity draw
         insidious = bool(j.trojan and j.trojan.insidious)
-        groups.setdefault((j.arch, json.dumps(j.arch_kwargs, sort_keys=True), insidious), []).append(j)
+        key = (j.arch, json.dumps(j.arch_kwargs, sort_keys=True), insidious, json.dumps(j.intensity, sort_keys=True))
+        groups.setdefault(key, []).append(j)
     tasks = []
-    for (_, _, insidious), jobs in groups.items():
-        train = cfg.train
+    for (_, _, insidious, _), jobs in groups.items():
+        train = jobs[0].train_config(cfg)
         if insidious and cfg.insidious.epochs:
             train = train.model_copy(update={"epochs": cfg.insidious.epochs})
         for i in range(0, len(jobs), max(1, batch_models)):

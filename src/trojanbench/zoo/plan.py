@@ -4,6 +4,13 @@ Models come in pairs: seed s gives a clean model and (for the trojaned share) a 
 same architecture and seed, so every trojan has a clean twin for the quality gate and for insidious
 training. Trojan settings are drawn from the config with a generator seeded by the zoo's seed. The zoo's
 train/test split keeps each twin pair on one side (`split_test`).
+
+Difficulty axes (issue 16; Yan et al., EMNLP 2025: detectors must be reported over poison rate and training
+intensity): each trojan draws its poison rate from `trojans.rates` and, when `trojans.mode` is a list, its mode;
+each twin pair draws its training epochs and learning-rate multiplier from `intensity` (`Job.intensity`, on the
+card as its `train`). These new draws come from a generator of their own, so adding an axis to a zoo leaves
+the trojans it already drew as they were; a config that uses none of them plans exactly the jobs (and ids) it
+planned before they existed.
 """
 
 from __future__ import annotations
@@ -12,18 +19,19 @@ import random
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ConfigDict, ValidationError
 
-from ..config import ZooConfig
+from ..config import StableDump, TrainConfig, ZooConfig
 from ..errors import UserError
 from ..trojans import TRIGGERS, PoisonSpec, TriggerSpec, TrojanSpec
 from ..utils import canonical_json, sha256_bytes
 
 
-class Job(BaseModel):
+class Job(StableDump):
     model_config = ConfigDict(extra="forbid")
+    added: ClassVar[tuple[str, ...]] = ("intensity",)
     id: str
     arch: str
     arch_kwargs: dict[str, Any]
@@ -31,10 +39,15 @@ class Job(BaseModel):
     trojan: TrojanSpec | None = None
     split: Literal["train", "test"] = "train"
     twin: str | None = None  # the clean job with the same architecture and seed
+    intensity: dict[str, Any] | None = None  # the TrainConfig fields this job's intensity draw sets (epochs, lr)
 
     @property
     def trojaned(self) -> bool:
         return self.trojan is not None
+
+    def train_config(self, cfg: ZooConfig) -> TrainConfig:
+        """The zoo's training setup with this job's intensity draw (insidious fine-tuning may shorten it further)."""
+        return cfg.train.model_copy(update=self.intensity) if self.intensity else cfg.train
 
 
 def builtin_configs() -> list[str]:
@@ -61,6 +74,26 @@ def load_zoo_config(path_or_name: str | Path) -> ZooConfig:
         raise UserError(f"zoo config {path_or_name}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
 
+def _intensity(cfg: ZooConfig, rng: random.Random) -> dict[str, Any] | None:
+    draw = {}
+    if cfg.intensity.epochs:
+        draw["epochs"] = rng.choice(cfg.intensity.epochs)
+    if cfg.intensity.lr_scales:
+        draw["lr"] = round(cfg.train.lr * rng.choice(cfg.intensity.lr_scales), 12)
+    return draw or None
+
+
+def _modes(cfg: ZooConfig, kind: str) -> list[str]:
+    """The poisoning modes a trojan of `kind` may draw: natural features are only implanted all-to-one."""
+    modes = cfg.trojans.mode if isinstance(cfg.trojans.mode, list) else [cfg.trojans.mode]
+    if kind == "natural" and isinstance(cfg.trojans.mode, list):
+        modes = [m for m in modes if m == "all-to-one"]
+        if not modes:
+            raise UserError("natural-feature trojans are implanted all-to-one: add all-to-one to trojans.mode or "
+                            "drop natural from trojans.kinds")
+    return modes
+
+
 def _job_id(body: dict, cfg: ZooConfig) -> str:
     identity = {**body, "data": cfg.data.model_dump(), "train": cfg.train.model_dump(),
                 "insidious": cfg.insidious.model_dump() if body.get("trojan", {}) and body["trojan"].get("insidious") else None}
@@ -75,24 +108,33 @@ def expand(cfg: ZooConfig) -> list[Job]:
     n_clean = cfg.models_per_arch - n_trojaned
     n_pairs = max(n_clean, n_trojaned)
     n_insidious = round(n_trojaned * cfg.trojans.insidious_fraction)
+    axes_rng = random.Random(f"axes-{cfg.seed}")  # the difficulty axes' own draws (see the module's docstring)
     jobs: list[Job] = []
     for a, arch in enumerate(cfg.archs):
         seeds = [cfg.seed * 100_000 + a * 10_000 + i for i in range(n_pairs)]
+        intensity = {seed: _intensity(cfg, axes_rng) for seed in seeds}  # one draw per twin pair
         clean_ids = {}
         for i, seed in enumerate(seeds[:n_clean]):
-            body = {"arch": arch.arch, "arch_kwargs": arch.kwargs, "seed": seed, "trojan": None}
+            body = {"arch": arch.arch, "arch_kwargs": arch.kwargs, "seed": seed, "trojan": None,
+                    **({"intensity": intensity[seed]} if intensity[seed] else {})}
             clean_ids[seed] = _job_id(body, cfg)
             jobs.append(Job(id=clean_ids[seed], **body))
         insidious = set(rng.sample(range(n_trojaned), n_insidious))
         for i, seed in enumerate(seeds[:n_trojaned]):
             kind = cfg.trojans.kinds[i % len(cfg.trojans.kinds)]
             variants = cfg.trojans.variants.get(kind) or [{}]
+            params = rng.choice(variants)
+            modes = _modes(cfg, kind)
+            mode = modes[0] if len(modes) == 1 else axes_rng.choice(modes)
+            rate = rng.choice(cfg.trojans.rates)
+            cover = cfg.trojans.cover.get(kind, TRIGGERS.get(kind).cover_ratio)
             trojan = TrojanSpec(
-                trigger=TriggerSpec(kind=kind, params=rng.choice(variants), seed=seed),
-                poison=PoisonSpec(mode=cfg.trojans.mode, rate=rng.choice(cfg.trojans.rates),
-                                  target=None if cfg.trojans.mode == "all-to-all" else rng.choice(cfg.trojans.targets)),
+                trigger=TriggerSpec(kind=kind, params=params, seed=seed),
+                poison=PoisonSpec(mode=mode, rate=rate, target=None if mode == "all-to-all" else rng.choice(cfg.trojans.targets),
+                                  cover_rate=round(rate * cover, 12) if cover else None),
                 insidious=i in insidious)
-            body = {"arch": arch.arch, "arch_kwargs": arch.kwargs, "seed": seed, "trojan": trojan.model_dump()}
+            body = {"arch": arch.arch, "arch_kwargs": arch.kwargs, "seed": seed, "trojan": trojan.model_dump(),
+                    **({"intensity": intensity[seed]} if intensity[seed] else {})}
             twin = clean_ids.get(seed)
             if trojan.insidious and twin is None:
                 raise UserError("insidious trojans need a clean twin: raise clean_fraction so clean models >= trojaned")
