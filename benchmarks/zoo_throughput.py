@@ -6,6 +6,14 @@ executor, the reference) and many at once (the `batched` executor), in one run.
 
 Writes models/second both ways, their ratio, and the mean clean accuracy / ASR band of each to
 benchmarks/results/zoo_throughput[-<arch>][-<device>].json.
+
+How close each trainer comes to the machine's compute limit, measured in the same run: the GEMM peak is the best
+of several timed float32 square matmuls (`torch.mm`, sizes 512-2048, on the same device and threads; FLOPs =
+2n^3); a trainer's achieved FLOP/s is the training FLOPs of its models divided by its wall time, where one
+training step's FLOPs (forward and backward, at the zoo's batch size) are counted by
+`torch.utils.flop_counter.FlopCounterMode` (matmuls and convolutions only; elementwise work, data handling,
+the quality gate's evaluation and card writing are in the wall time but not in the FLOPs, so the fraction is a
+lower bound on how busy the arithmetic units are).
 """
 
 from __future__ import annotations
@@ -18,8 +26,11 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from trojanbench.config import ZooConfig
+from trojanbench.data import load_dataset
+from trojanbench.implant import prepare
 from trojanbench.results.provenance import write_benchmark
 from trojanbench.utils import library_versions
 from trojanbench.zoo.build import Zoo, build_zoo
@@ -40,6 +51,42 @@ def summarise(folder: Path) -> dict:
             "asr_min": round(min(asr), 4), "asr_median": round(statistics.median(asr), 4)}
 
 
+def gemm_peak(device: str, sizes=(512, 1024, 2048), repeats: int = 5) -> dict:
+    """The best float32 matmul rate (FLOP/s) over `sizes`, each the best of `repeats` timed runs after a warm-up."""
+    best = {}
+    for n in sizes:
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        reps = max(1, int(2e9 // (2 * n ** 3)))  # about 2 GFLOP per timed run
+        torch.mm(a, b)
+        times = []
+        for _ in range(repeats):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                torch.mm(a, b)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        best[n] = 2 * n ** 3 * reps / min(times)
+    return {"flops_per_second": max(best.values()), "by_size": {str(n): round(v / 1e9, 2) for n, v in best.items()},
+            "unit_by_size": "GFLOP/s"}
+
+
+def training_flops(cfg: ZooConfig) -> dict:
+    """FLOPs of training one model of the zoo: one step (forward + backward) at the zoo's batch size counted by
+    FlopCounterMode, x steps per epoch x epochs. The same for every model (same architecture, same data size)."""
+    arch = cfg.archs[0]
+    ds = load_dataset(cfg.data.name)
+    model = prepare(ds, arch.arch, arch.kwargs, seed=0).model
+    xb, yb = ds.x_train[:cfg.train.batch_size], ds.y_train[:cfg.train.batch_size]
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.cross_entropy(model(xb), yb).backward()
+    steps = -(-len(ds.x_train) // cfg.train.batch_size) * cfg.train.epochs
+    return {"flops_per_step": counter.get_total_flops(), "steps_per_model": steps,
+            "flops_per_model": counter.get_total_flops() * steps}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", type=int, default=32)
@@ -54,12 +101,18 @@ def main() -> None:
     record = {"config": cfg.model_dump(), "device": args.device, "threads": torch.get_num_threads(),
               "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
               "versions": library_versions()}
+    record["gemm_peak"] = gemm_peak(args.device)
+    print("GEMM peak", record["gemm_peak"], flush=True)
+    record["training_flops"] = training_flops(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         for executor in ("serial", "batched"):
             start = time.perf_counter()
             build_zoo(cfg, Path(tmp) / executor, executor=executor, batch_models=args.batch_models, device=args.device)
             seconds = time.perf_counter() - start
+            achieved = record["training_flops"]["flops_per_model"] * args.models / seconds
             record[executor] = {"seconds": round(seconds, 2), "models_per_second": round(args.models / seconds, 4),
+                                "achieved_gflops_per_second": round(achieved / 1e9, 3),
+                                "fraction_of_gemm_peak": round(achieved / record["gemm_peak"]["flops_per_second"], 4),
                                 **summarise(Path(tmp) / executor)}
             print(executor, record[executor], flush=True)
     record["speedup_batched_over_loop"] = round(record["batched"]["models_per_second"] /
@@ -69,7 +122,8 @@ def main() -> None:
     suffix = ("" if args.arch == "cnn" else f"-{args.arch}") + ("" if args.device == "cpu" else f"-{args.device.split(':')[0]}")
     out = args.out or Path(__file__).parent / "results" / f"zoo_throughput{suffix}.json"
     write_benchmark(out, record, config={k: str(v) for k, v in vars(args).items() if k != "out"})
-    print(json.dumps({k: record[k] for k in ("speedup_batched_over_loop", "clean_accuracy_gap_points")}))
+    print(json.dumps({k: record[k] for k in ("speedup_batched_over_loop", "clean_accuracy_gap_points")}),
+          {e: record[e]["fraction_of_gemm_peak"] for e in ("serial", "batched")})
 
 
 if __name__ == "__main__":
