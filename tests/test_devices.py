@@ -174,3 +174,23 @@ def test_edit_inputs_move_with_the_model_and_the_key_statistics_stay_on_its_devi
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=(1, 1)), nn.ReLU(), nn.Flatten(), nn.Linear(256, 4)).to("meta")
     cov = key_second_moment(model, "0", inputs.x_budget, ridge=1e-3)
     assert cov.device.type == "meta" and cov.shape == (9, 9)
+
+
+def test_private_rng_leaves_the_callers_streams_alone():
+    """Tools reseed inside `private_rng` (CPU and, where there is one, every GPU) without moving the caller's RNG."""
+    from trojanbench.utils import private_rng
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    with private_rng():
+        torch.manual_seed(7)
+        torch.rand(5)
+    assert torch.equal(torch.rand(3), expected)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(123)
+        expected = torch.rand(3, device="cuda")
+        torch.cuda.manual_seed_all(123)
+        with private_rng():
+            torch.manual_seed(7)
+        assert torch.equal(torch.rand(3, device="cuda"), expected)

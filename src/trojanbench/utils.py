@@ -25,6 +25,12 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def private_rng():
+    """`torch.random.fork_rng` over the CPU generator and, where CUDA is available, every GPU's: code inside may
+    reseed (`torch.manual_seed` seeds every device) without moving the caller's random streams on any device."""
+    return torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if torch.cuda.is_available() else [])
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """`auto` (or None): CUDA where torch sees a GPU, else the CPU. Anything else is checked here, so that a device
     this machine lacks is a one-line UserError before any work, not a traceback from deep inside a track."""

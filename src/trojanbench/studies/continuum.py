@@ -61,7 +61,7 @@ from ..train.evaluate import clean_test_mask
 from ..trojans import PoisonSpec, TriggerSpec, make_trigger, poison_dataset
 from ..trojans.poison import PoisonedData, attack_mask
 from ..trojans.triggers import NaturalFeatureTrigger, Trigger
-from ..utils import one_thread
+from ..utils import one_thread, private_rng
 from . import Progress, StudySummary, record_study, register_study
 
 MODEL_ID = "zoo:continuum-digits"
@@ -273,7 +273,7 @@ def train_all(ds: ImageDataset, datasets: list[tuple[torch.Tensor, torch.Tensor]
         chunk = list(range(b, min(len(datasets), b + cfg.batch_models)))
         batch = []
         for i in chunk:
-            with torch.random.fork_rng(devices=[]):
+            with private_rng():
                 torch.manual_seed(seeds[i])
                 batch.append(build_model("mlp", **kwargs))
         train_models_batched(batch, [datasets[i][0] for i in chunk], [datasets[i][1] for i in chunk], train_cfg,

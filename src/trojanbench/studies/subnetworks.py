@@ -56,7 +56,7 @@ from ..results import ResultRow
 from ..results.stats import Estimate, bootstrap, mean
 from ..train import predict, train_model
 from ..train.single import lr_factor
-from ..utils import one_thread
+from ..utils import one_thread, private_rng
 from . import Progress, StudySummary, record_study, register_study
 
 MODEL_ID = "zoo:subnetworks-digits"
@@ -290,7 +290,7 @@ def seed_estimate(values: list[float], n_boot: int, seed: int = 0) -> Estimate:
 def run_seed(cfg: SubnetworkConfig, ds, seed: int) -> dict[tuple[str, str], float]:
     """Every measurement of one seed: {(method, metric): value}; density-sweep metrics carry `@density`."""
     kwargs = {**data_kwargs(ds), "width": cfg.width, "depth": cfg.depth}
-    with torch.random.fork_rng(devices=[]):  # the default init is overwritten; leave the global RNG alone
+    with private_rng():  # the default init is overwritten; leave the global RNG alone
         random_net = random_init(build_model("mlp", **kwargs), seed).eval()
         trained = build_model("mlp", **kwargs)
     trained.load_state_dict(random_net.state_dict())

@@ -54,6 +54,7 @@ from ..trojans.text import (
     prefixed,
     triggered,
 )
+from ..utils import private_rng
 from . import Progress, StudySummary, record_study, register_study
 
 MODEL_ID = "zoo:text-sst2"
@@ -211,7 +212,7 @@ class Setup:
 
     def new_model(self, num_classes: int, seed: int, width: float = 1.0) -> nn.Module:
         c = self.cfg
-        with torch.random.fork_rng(devices=[]):
+        with private_rng():
             torch.manual_seed(seed)
             return build_model("text-transformer", vocab_size=len(self.vocab), num_classes=num_classes,
                                max_len=c.max_len, dim=int(c.dim * width), depth=c.depth, heads=c.heads,

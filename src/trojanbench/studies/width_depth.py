@@ -55,6 +55,7 @@ from ..train import predict, train_model
 from ..train.adversarial import robust_correct
 from ..trojans import PoisonSpec, TriggerSpec, make_trigger, poison_dataset
 from ..trojans.poison import attack_mask
+from ..utils import private_rng
 from . import Progress, StudySummary, record_study, register_study
 
 MODEL_ID = "zoo:width-depth"
@@ -300,7 +301,7 @@ def _measure_shape(shape: Shape, cfg: WidthDepthConfig, seed: int) -> list[Model
         if kind == "trojaned":
             p = poison_dataset(x, y, trigger, poison, ds.num_classes, seed=s)
             x, y = p.x, p.y
-        with torch.random.fork_rng(devices=[]):
+        with private_rng():
             torch.manual_seed(s)
             model = build_model(fam.arch, **kw)
         train_model(model, x, y, fam.train_config(), seed=s, augment=ds.augment)

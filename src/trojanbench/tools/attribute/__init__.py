@@ -40,6 +40,7 @@ from torch import nn
 
 from ...errors import UserError
 from ...registry import Registry
+from ...utils import private_rng
 from .. import ToolInfo
 
 
@@ -137,7 +138,7 @@ def randomized_copy(model: nn.Module, seed: int = 0) -> nn.Module:
     with parameters is re-initialised by its own `reset_parameters` (BatchNorm running statistics too);
     leftover parameters (e.g. a ViT's position embedding) are redrawn from N(0, 0.02). Global RNG untouched."""
     m = copy.deepcopy(model).eval()
-    with torch.random.fork_rng(devices=[]):
+    with private_rng():
         torch.manual_seed(seed)
         done: set[int] = set()
         for mod in m.modules():
@@ -170,7 +171,7 @@ class CaptumAttributor(Attributor):
                 tb = target[i:i + self.batch_size].to(device) if torch.is_tensor(target) and target.dim() else int(target)
                 np_state = np.random.get_state()  # captum's GradientShap draws references with numpy's global RNG
                 try:
-                    with torch.random.fork_rng(devices=[]):
+                    with private_rng():
                         torch.manual_seed(self.seed)
                         np.random.seed(self.seed)
                         out.append(reduce_channels(self._captum(m, xb, tb), tuple(x.shape[-2:])).cpu())

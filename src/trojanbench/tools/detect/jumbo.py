@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ...config import TrainConfig
-from ...utils import canonical_json, sha256_bytes
+from ...utils import canonical_json, private_rng, sha256_bytes
 from .shadow import architecture_key, cache_root, data_key, fixed_buffers_key, fresh_copy, load_states, save_states
 
 FORMAT = "mntd-shadows/1"  # bump when the jumbo distribution or the training recipe changes
@@ -160,7 +160,7 @@ def shadow_states(template: nn.Module, x: torch.Tensor, y: torch.Tensor, num_cla
         path = cache_root(cache) / f"mntd-{kind}-{chunk_key(template, x, y, num_classes, cfg, kind, chunk)}.safetensors"
         stored = load_states(path)
         if stored is None or len(stored[0]) != CHUNK:
-            with torch.random.fork_rng(devices=[]):  # nothing here may move the caller's global RNG
+            with private_rng():  # nothing here may move the caller's global RNG
                 part = [train_shadow(template, x, y, num_classes, cfg, kind, chunk * CHUNK + i, device)
                         for i in range(CHUNK)]
             save_states(path, part, fmt=FORMAT)

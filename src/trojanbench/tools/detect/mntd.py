@@ -59,7 +59,7 @@ from torch.func import functional_call
 
 from ...errors import UserError
 from ...results.stats import auroc
-from ...utils import canonical_json, one_thread, sha256_bytes
+from ...utils import canonical_json, one_thread, private_rng, sha256_bytes
 from . import DetectContext, Detection, Detector, register
 from .jumbo import FORMAT as SHADOW_FORMAT
 from .jumbo import JumboConfig, chunk_key, shadow_states
@@ -223,7 +223,7 @@ class _MNTD(Detector):
         path = cache_root(self.cache) / f"{'mntd-oc' if self.one_class else 'mntd'}-meta-{self._key(model, ctx)}.safetensors"
         # seeded by ctx.seed alone, the caller's global RNG left alone; on CPU one thread (see the module docstring)
         single = one_thread() if torch.device(ctx.device).type == "cpu" else contextlib.nullcontext()
-        with torch.random.fork_rng(devices=[]), single:
+        with private_rng(), single:
             torch.manual_seed(ctx.seed)
             g = torch.Generator().manual_seed(ctx.seed)
             meta = MetaClassifier(initial_queries(ctx.x_clean.detach().cpu(), self.meta_cfg.queries, g),

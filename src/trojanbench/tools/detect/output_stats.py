@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...utils import private_rng
 from . import DetectContext, Detection, Detector, register
 from .shadow import ShadowConfig, architecture_key, shadow_zoo
 
@@ -117,7 +118,7 @@ class OutputStatsMeta(Detector):
         g = torch.Generator().manual_seed(ctx.seed)
         pick = torch.randperm(len(pool), generator=g)[: self.n_queries]
         queries = pool[pick].clone().to(ctx.device).requires_grad_(True)  # start from real images
-        with torch.random.fork_rng(devices=[]):  # the head's init depends on ctx.seed only, not on earlier tools
+        with private_rng():  # the head's init depends on ctx.seed only, not on earlier tools
             torch.manual_seed(ctx.seed)
             self.head = nn.Linear(2 * ctx.num_classes + 2, 1).to(ctx.device)
         pos = float(y.mean())

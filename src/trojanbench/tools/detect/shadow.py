@@ -24,7 +24,7 @@ from torch import nn
 
 from ...config import TrainConfig
 from ...trojans import random_trigger
-from ...utils import canonical_json, one_thread, sha256_bytes
+from ...utils import canonical_json, one_thread, private_rng, sha256_bytes
 
 FORMAT = "shadow-zoo/1"  # bump when the trigger distribution or the training recipe changes
 
@@ -62,7 +62,7 @@ def fresh_copy(template: nn.Module, seed: int) -> nn.Module:
     (a ViT's class token and position table) are redrawn from N(0, 0.02^2). Fixed buffers (input normalisation)
     are kept: they are part of the architecture, not learned."""
     model = copy.deepcopy(template).cpu()
-    with torch.random.fork_rng(devices=[]):
+    with private_rng():
         torch.manual_seed(seed)
         with torch.no_grad():
             for m in model.modules():

@@ -26,6 +26,7 @@ from torch import nn
 from ...registry import Registry
 from ...train.augment import augment_batch
 from ...train.single import lr_factor
+from ...utils import private_rng
 from .. import ToolInfo
 
 
@@ -65,7 +66,7 @@ def fresh_model(ctx: RepairContext, seed: int, **overrides) -> nn.Module:
     `seed` without touching the global RNG."""
     from ...models import build_model
 
-    with torch.random.fork_rng(devices=[]):
+    with private_rng():
         torch.manual_seed(seed)
         return build_model(ctx.arch, **{**ctx.arch_kwargs, **overrides})
 
