@@ -105,13 +105,13 @@ register_track(Track("synthesize", _synthesize, _synthesize_registries, "does fe
 REPAIR_BUDGET = 0.05  # the default benchmark repairs the held-out split's trojans with a 5% clean budget
 
 
-def _repair(zoo_dir, target, tools, seed, device, figures, progress) -> list[Board]:
+def _repair(zoo_dir, target, tools, seed, device, figures, progress, executor="serial", jobs=1) -> list[Board]:
     from .report.html import figure_row
     from .tasks.repair import TASK, frontier_plot, run_repair_track
 
     b = REPAIR_BUDGET
     boards = run_repair_track(zoo_dir, target, tools, budgets=(b,), seed=seed, progress=progress, device=device,
-                              split="test")
+                              split="test", executor=executor, jobs=jobs)
     path = frontier_plot(boards, Path(figures) / "repair-frontier.png")
     with ResultsStore(target) as store:
         store.write(figure_row("repair", f"{TASK}@{b:g}", path, f"ASR drop vs clean-accuracy cost with a {b:.0%} clean "
@@ -125,7 +125,8 @@ def _repair_registries():
     return [REPAIRERS]
 
 
-register_track(Track("repair", _repair, _repair_registries, "scrub the trojan with a small clean budget"))
+register_track(Track("repair", _repair, _repair_registries, "scrub the trojan with a small clean budget",
+                     as_jobs=True))
 
 
 def _edit(zoo_dir, target, tools, seed, device, figures, progress) -> list[Board]:

@@ -144,7 +144,53 @@ def test_repair_track_writes_rows_and_a_plot(tmp_path):
         assert {"asr", "clean_acc", "robust_acc", "der", "p_asr", "probe_auroc", "target_class_cost"} <= {r.metric for r in rows}
         asr = [r for r in rows if r.metric == "asr"]
         assert len(asr) == 1 and "kind=patch" in asr[0].extra["groups"]  # one trojaned model (and its clean twin)
+    _interrupted_run_resumes(tmp_path, out)
     with pytest.raises(UserError, match="unknown repairer 'telepathy'; known: .*self-distill"):
         run_repair_track(tmp_path / "zoo", None, ["telepathy"])
     with pytest.raises(UserError, match="no trojaned models of kind warp"):
         run_repair_track(tmp_path / "zoo", None, ["do-nothing"], kinds=["warp"])
+
+
+def _interrupted_run_resumes(tmp_path, reference):
+    """The repair track runs as jobs: a run that died part-way (here a repairer raises on its second job, and the
+    writer's process is then made a dead one) is continued by the rerun, which skips the finished jobs and ends
+    with the boards of an uninterrupted run."""
+    import subprocess
+
+    from trojanbench.tools.repair.finetune import DoNothing
+
+    calls = []
+
+    class Flaky(DoNothing):
+        def repair(self, model, x, y, ctx):
+            calls.append(len(x))
+            if len(calls) == 2 and fail:
+                raise RuntimeError("killed")
+            return super().repair(model, x, y, ctx)
+
+    REPAIRERS._items["do-nothing"], original = Flaky, REPAIRERS._items["do-nothing"]
+    try:
+        fail = True
+        with pytest.raises(RuntimeError, match="killed"):
+            run_repair_track(tmp_path / "zoo", tmp_path / "resume.sqlite", ["do-nothing"], budgets=(0.01, 0.05), n_boot=50)
+        dead = subprocess.Popen(["true"])  # a process that has ended: the run's writer "was killed"
+        dead.wait()
+        with ResultsStore(tmp_path / "resume.sqlite") as store:
+            (run,) = store.runs()
+            store.update_run(run.run_id, pid=dead.pid)
+            run, done = store.run(run.run_id), store.jobs(run.run_id)
+            assert run.status == "interrupted" and any("/do-nothing/" in k for k in done)
+        fail, calls[:] = False, []
+        again = run_repair_track(tmp_path / "zoo", tmp_path / "resume.sqlite", ["do-nothing"], budgets=(0.01, 0.05),
+                                 n_boot=50)
+    finally:
+        REPAIRERS._items["do-nothing"] = original
+    assert len(calls) == 1  # two do-nothing jobs (one trojan x two budgets); the first finished before the "kill"
+    with ResultsStore(tmp_path / "resume.sqlite") as store:
+        (run,) = store.runs()
+        assert run.status == "complete" and run.info.get("resumed")
+    def values(board):  # every metric but wall times (NaN as None, so that equal boards compare equal)
+        return {(s.tool, m, None if e.value != e.value else round(e.value, 6)) for s in board.scores
+                for m, e in s.metrics.items() if "seconds" not in m}
+
+    assert all(values(again[b]) == values(reference[b]) for b in reference)

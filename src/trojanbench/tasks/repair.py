@@ -27,6 +27,7 @@ from ..zoo.build import Zoo
 from ..zoo.plan import Job
 from ..zoo.store import load_model
 from . import groups_of, population, role_of
+from .jobs import TrackJob, run_jobs, stored_rows
 
 TASK = "repair"
 REFERENCES = ("finetune",)  # always run: every method is judged against the fine-tuning baselines
@@ -163,17 +164,67 @@ def _resolve(tools: list[str] | None) -> list[str]:
     return [n for n in baselines if n not in names] + names  # every method is judged against the baselines
 
 
+def _setting(zoo_data, job, folder, device: str, seed: int):
+    """What every job on one trojaned model rebuilds for itself: the dataset (loaded once per process), the model,
+    its trigger and its measures before any repair."""
+    from ..zoo.worker import cached_dataset
+
+    ds = cached_dataset(zoo_data.model_dump_json())
+    model, card = load_model(folder, torch.device(device))
+    trigger = prepare(ds, job.arch, job.arch_kwargs, job.trojan, seed=card.seed).trigger
+    ctx = RepairContext(ds.num_classes, card.arch, dict(card.arch_kwargs), dict(ds.augment), torch.device(device), seed)
+    return ds, model, card, trigger, ctx
+
+
+def repair_one(name: str, job, folder, zoo_data, budget_idx: torch.Tensor, task: str, seed: int, holds: bool,
+               device: str) -> list:
+    """Job: one repairer on one trojaned model at one budget; its rows (ASR, clean / robust accuracy, DER, and with
+    `holds` P-ASR, probe AUROC, target-class cost, came back)."""
+    ds, model, card, trigger, ctx = _setting(zoo_data, job, folder, device, seed)
+    before = measure_repair(model, ds, job, trigger)
+    rep = REPAIRERS.get(name)()
+    start = time.perf_counter()
+    repaired = rep.repair(model, ds.x_train[budget_idx], ds.y_train[budget_idx], ctx)
+    seconds = time.perf_counter() - start
+    after = measure_repair(repaired.cpu(), ds, job, trigger)
+    values = {**after, "asr_drop": before["asr"] - after["asr"], "clean_cost": before["clean_acc"] - after["clean_acc"],
+              "seconds": seconds, "der": der(before["asr"], after["asr"], before["clean_acc"], after["clean_acc"])}
+    if holds:
+        target_before = target_class_accuracy(model, ds, job, trigger)
+        h = measure_holds(repaired.cpu(), ds, job, trigger, *retuning_set(ds, job, trigger, budget_idx, seed), ctx, seed)
+        values.update(p_asr=h["p_asr"], probe_auroc=h["probe_auroc"], target_class_cost=target_before - h["target_class_acc"],
+                      came_back=float(h["p_asr"] > CAME_BACK_ABOVE) if after["asr"] < REMOVED_BELOW
+                      else float("nan"))  # only trojans counted as removed
+    return [model_row(name, card.id, task, metric, v, role=_role(name), groups=groups_of(job), version=rep.version,
+                      seed=seed, job=job.id, n_budget=len(budget_idx), asr_before=before["asr"],
+                      clean_before=before["clean_acc"]) for metric, v in values.items()]
+
+
+def twin_control(job, folder, twin_folder, zoo_data, budget_idx: torch.Tensor, task: str, seed: int, device: str) -> list:
+    """Job: the control, the same retuning attack and probe on the trojan's clean twin (tool `clean-twin`)."""
+    ds, _, card, trigger, ctx = _setting(zoo_data, job, folder, device, seed)
+    twin, _ = load_model(twin_folder, torch.device(device))
+    control = measure_holds(twin, ds, job, trigger, *retuning_set(ds, job, trigger, budget_idx, seed), ctx, seed)
+    return [model_row(CONTROL, card.id, task, metric, control[metric], role="anchor", groups=groups_of(job), seed=seed,
+                      job=job.id, twin=job.twin) for metric in ("p_asr", "probe_auroc")]
+
+
 def run_repair_track(zoo_dir: str | Path, results, tools: list[str] | None = None,
                      budgets: tuple[float, ...] = (0.01, 0.05, 0.10), seed: int = 0, n_boot: int = 2000, progress=None,
                      max_models: int | None = None, kinds: list[str] | None = None, device: str = "cpu",
-                     plot: str | Path | None = None, split: str | None = None, holds: bool = True) -> dict[float, Board]:
+                     plot: str | Path | None = None, split: str | None = None, holds: bool = True,
+                     executor: str = "serial", jobs: int = 1, address: str | None = None) -> dict[float, Board]:
     """Repair every trojaned model of the zoo (those with a trigger kind in `kinds`, the first `max_models`;
     `split` "train"/"test" restricts to one zoo split) with every repairer in `tools` (default: all; the
     fine-tuning references are always added) at every budget. With `holds`, every repaired model is also put
     through the retuning attack (P-ASR), a linear probe for the trigger (probe AUROC) and the target-class
-    accuracy, and the trojan's clean twin through the same attack and probe as the control (tool `clean-twin`). Per-model rows go into `results` (a RunTarget, a
-    store path — then the track is a run of its own — or None); a frontier plot to `plot` if given. Returns one
-    board per budget (task `repair@<budget>`)."""
+    accuracy, and the trojan's clean twin through the same attack and probe as the control (tool `clean-twin`).
+
+    The work runs as jobs (`tasks.jobs`) on `executor`: one per (repairer, trojan, budget) and one per (trojan,
+    budget) for the control, each rebuilding its model, trigger and data and committing its rows as it finishes;
+    a rerun of an interrupted run skips finished jobs, and the boards are computed from the stored rows. Per-model
+    rows go into `results` (a RunTarget, a store path — then the track is a run of its own — or None); a frontier
+    plot to `plot` if given. Returns one board per budget (task `repair@<budget>`)."""
     zoo = Zoo(zoo_dir)
     zoo.plan()  # a clear error if this is not a zoo
     names = _resolve(tools)
@@ -187,55 +238,25 @@ def run_repair_track(zoo_dir: str | Path, results, tools: list[str] | None = Non
     if not models:
         raise UserError(f"zoo {zoo.root} has no trojaned models" + (f" of kind {', '.join(kinds)}" if kinds else ""))
     budget_idx = {b: draw_budget(ds.y_train, b, ds.num_classes, seed) for b in budgets}
-    dev = torch.device(device)
     specs = {b: board_spec(b, population(zoo, split, models)) for b in budgets}
     config = {"track": "repair", "zoo": zoo.config().model_dump(), "tools": names, "budgets": list(budgets),
-              "max_models": max_models, "kinds": kinds, "split": split}
-    rows = []
+              "max_models": max_models, "kinds": kinds, "split": split, "holds": holds, "device": device}
     folders = {j.id: f for j, f, _ in zoo.models()}
-    with recording(results, "track:repair", config, seed) as store:
+    data = zoo.config().data
+    work = []
+    for job, folder, _ in models:
+        for b in budgets:
+            common = dict(job=job, folder=folder, zoo_data=data, budget_idx=budget_idx[b], task=specs[b].task, seed=seed)
+            if holds and job.twin in folders:
+                work.append(TrackJob(f"{specs[b].task}/{CONTROL}/{job.id}", twin_control,
+                                     dict(twin_folder=folders[job.twin], **common)))
+            work += [TrackJob(f"{specs[b].task}/{name}/{job.id}", repair_one, dict(name=name, holds=holds, **common))
+                     for name in names]
+    with recording(results, "track:repair", config, seed, resume=True) as store:
         store.write([r for s in specs.values() for r in (spec_row(s), *tool_info_rows(s.task, "repair", REPAIRERS, names))])
-        for job, folder, card in models:
-            model, _ = load_model(folder, dev)
-            trigger = prepare(ds, job.arch, job.arch_kwargs, job.trojan, seed=card.seed).trigger
-            before = measure_repair(model, ds, job, trigger)
-            target_before = target_class_accuracy(model, ds, job, trigger) if holds else float("nan")
-            for b in budgets:
-                idx = budget_idx[b]
-                ctx = RepairContext(ds.num_classes, card.arch, dict(card.arch_kwargs), dict(ds.augment), dev, seed)
-                retune_set = retuning_set(ds, job, trigger, idx, seed) if holds else None
-                if holds and job.twin in folders:  # the control: the same attack and probe on the clean twin
-                    twin, _ = load_model(folders[job.twin], dev)
-                    control = measure_holds(twin, ds, job, trigger, *retune_set, ctx, seed)
-                    new = [model_row(CONTROL, card.id, specs[b].task, metric, control[metric], role="anchor",
-                                     groups=groups_of(job), seed=seed, job=job.id, twin=job.twin)
-                           for metric in ("p_asr", "probe_auroc")]
-                    rows.extend(new)
-                    store.write(new)
-                for name in names:
-                    rep = REPAIRERS.get(name)()
-                    start = time.perf_counter()
-                    repaired = rep.repair(model, ds.x_train[idx], ds.y_train[idx], ctx)
-                    seconds = time.perf_counter() - start
-                    after = measure_repair(repaired.cpu(), ds, job, trigger)
-                    values = {**after, "asr_drop": before["asr"] - after["asr"],
-                              "clean_cost": before["clean_acc"] - after["clean_acc"], "seconds": seconds,
-                              "der": der(before["asr"], after["asr"], before["clean_acc"], after["clean_acc"])}
-                    if holds:
-                        h = measure_holds(repaired.cpu(), ds, job, trigger, *retune_set, ctx, seed)
-                        values.update(p_asr=h["p_asr"], probe_auroc=h["probe_auroc"],
-                                      target_class_cost=target_before - h["target_class_acc"],
-                                      came_back=float(h["p_asr"] > CAME_BACK_ABOVE) if after["asr"] < REMOVED_BELOW
-                                      else float("nan"))  # only trojans counted as removed
-                    new = [model_row(name, card.id, specs[b].task, metric, v, role=_role(name), groups=groups_of(job),
-                                     version=rep.version, seed=seed, job=job.id, n_budget=len(idx),
-                                     asr_before=before["asr"], clean_before=before["clean_acc"])
-                           for metric, v in values.items()]
-                    rows.extend(new)
-                    store.write(new)
-                    if progress:
-                        progress()
-    out = {b: compute_board(rows, specs[b], n_boot, seed) for b in budgets}
+        new = run_jobs(work, store, executor, jobs, device, address, progress)
+        out = {b: compute_board(stored_rows(store, [r for r in new if r.task == specs[b].task], specs[b].task,
+                                            [*names, CONTROL]), specs[b], n_boot, seed) for b in budgets}
     if plot is not None:
         frontier_plot(out, plot)
     return out
