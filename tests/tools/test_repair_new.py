@@ -65,7 +65,7 @@ def test_lat_without_an_adversary_is_matched_fine_tuning(small_trojaned):
 
 
 def test_latent_pgd_stays_in_its_ball_raises_the_loss_and_removes_its_hooks(small_trojaned):
-    from trojanbench.tools.locate import hooked
+    from trojanbench.models.hooks import hooked
     from trojanbench.tools.repair.lat import latent_pgd, latent_sites, resolve_site
 
     model, x, y, _, _, _ = small_trojaned

@@ -151,3 +151,65 @@ def test_a_tool_leaves_the_callers_model_as_it_was(family, name, env):
     for n, (value, stride) in before["buffers"].items():
         assert torch.equal(after["buffers"][n][0], value), f"{family}:{name} changed buffer {n}"
         assert after["buffers"][n][1] == stride, f"{family}:{name} changed the memory layout of buffer {n}"
+
+
+class Tripwire(torch.nn.Linear):
+    """The model's last layer, raising on the `TRIP[0]`-th forward call (counted over every copy of the model a
+    tool makes: the counter is global), as an out-of-memory error or a user's Ctrl-C would mid-forward."""
+
+    def forward(self, x):
+        CALLS[0] += 1
+        if CALLS[0] == TRIP[0]:
+            raise RuntimeError("tripwire")
+        return super().forward(x)
+
+
+CALLS, TRIP = [0], [0]
+
+
+def hooks_left(model: torch.nn.Module) -> list[str]:
+    """Every module of `model` (and torch's global registries) still holding a hook."""
+    from torch.nn.modules import module as torch_module
+
+    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    left = [f"{n or '(model)'}.{k}" for n, m in model.named_modules() for k in kinds if getattr(m, k, None)]
+    return left + [k for k in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
+                   if getattr(torch_module, k, None)]
+
+
+@pytest.mark.parametrize("family, name", TOOLS)
+def test_an_exception_mid_forward_leaves_no_hook_and_the_mode(family, name, env):
+    """Every tool, stopped by an exception in the middle of a forward pass (early, half-way, at its last forward),
+    leaves no hook on the caller's model and its train/eval mode as it was: hooks are registered by context
+    managers that always remove them."""
+    from trojanbench.models import build_model
+
+    model = build_model(env["card"].arch, **env["card"].arch_kwargs)
+    model.load_state_dict(env["state"])
+    name_last = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1]
+
+    def wired():
+        m = build_model(env["card"].arch, **env["card"].arch_kwargs)
+        m.load_state_dict(env["state"])
+        parent = m.get_submodule(name_last.rpartition(".")[0]) if "." in name_last else m
+        old = m.get_submodule(name_last)
+        new = Tripwire(old.in_features, old.out_features, bias=old.bias is not None)
+        new.load_state_dict(old.state_dict())
+        setattr(parent, name_last.rpartition(".")[2], new)
+        return m.train()
+
+    CALLS[0], TRIP[0] = 0, -1
+    call(family, name, wired(), env)  # count the forwards of a whole call
+    total = CALLS[0]
+    for trip in sorted({1, max(1, total // 2), max(1, total)}):
+        CALLS[0], TRIP[0] = 0, trip
+        model = wired()
+        modes = {n: m.training for n, m in model.named_modules()}
+        try:
+            call(family, name, model, env)
+        except RuntimeError as e:
+            assert "tripwire" in str(e), e
+        left = hooks_left(model)
+        assert not left, f"{family}:{name} stopped at forward {trip} of {total} left hooks on {left[:5]}"
+        changed = [n or "(model)" for n, m in model.named_modules() if m.training != modes[n]]
+        assert not changed, f"{family}:{name} stopped at forward {trip} of {total} left the mode of {changed[:5]} changed"

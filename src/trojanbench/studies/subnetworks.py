@@ -51,6 +51,7 @@ from ..config import TrainConfig
 from ..data import load_dataset
 from ..errors import UserError
 from ..models import build_model, data_kwargs
+from ..models.hooks import hooked
 from ..report.html import View, figure_row, register_view
 from ..results import ResultRow
 from ..results.stats import Estimate, bootstrap, mean
@@ -207,12 +208,8 @@ def edge_intervention(model: nn.Module, masks: dict[str, torch.Tensor], mode: st
             return F.linear(x, module.weight - w_sub, module.bias) + F.linear(sources[name].to(x), w_sub)
         return fn
 
-    handles = [layers[name].register_forward_hook(hook(name)) for name in masks]
-    try:
+    with hooked({layers[name]: hook(name) for name in masks}):
         yield model
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def layer_inputs(model: nn.Module, x: torch.Tensor, masks: dict[str, torch.Tensor] | None = None

@@ -317,7 +317,7 @@ def _distill_loss(teacher: nn.Module, temperature: float):
 def _lat_loss(model: nn.Module, layer: int, epsilon: float, pgd_steps: int, seed: int):
     """The `lat` repairer's objective (tools.repair.lat) on token ids: cross-entropy under an untargeted L2 PGD
     perturbation of one block's output, found anew for every batch."""
-    from ..tools.locate import hooked
+    from ..models.hooks import hooked
     from ..tools.repair.lat import latent_pgd, resolve_site
 
     site = dict(model.named_modules())[resolve_site(model, layer)]

@@ -45,6 +45,7 @@ from ..config import TrainConfig
 from ..data import ImageDataset, load_dataset
 from ..errors import UserError
 from ..models import build_model, count_parameters, data_kwargs
+from ..models.hooks import hooked
 from ..report.html import View, figure_row, register_view
 from ..results import ResultRow
 from ..results.stats import Estimate, auroc
@@ -195,17 +196,14 @@ def hidden_activations(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """The output of every ReLU module (the hidden layers of the mlp and cnn families), on `x`, in eval mode;
     the hooks are removed and the train/eval state restored whatever happens."""
     acts: list[torch.Tensor] = []
-    handles = [m.register_forward_hook(lambda mod, inp, out: acts.append(out.detach().cpu()))
-               for m in model.modules() if isinstance(m, nn.ReLU)]
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     try:
-        with torch.no_grad():
+        with torch.no_grad(), hooked([m for m in model.modules() if isinstance(m, nn.ReLU)],
+                                     lambda mod, inp, out: acts.append(out.detach().cpu())):
             model(x.to(device))
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
     return acts
 

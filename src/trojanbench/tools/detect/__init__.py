@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ...models.hooks import hooked
 from ...registry import Registry
 from .. import ToolInfo
 
@@ -78,16 +79,14 @@ def penultimate(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> tor
     always removed."""
     head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     feats = []
-    handle = head.register_forward_hook(lambda mod, inp, out: feats.append(inp[0].detach().flatten(1).cpu()))
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     try:
-        with torch.no_grad():
+        with torch.no_grad(), hooked(head, lambda mod, inp, out: feats.append(inp[0].detach().flatten(1).cpu())):
             for i in range(0, len(x), batch_size):
                 model(x[i:i + batch_size].to(device))
     finally:
-        handle.remove()
         model.train(was_training)
     return torch.cat(feats)
 
@@ -108,13 +107,12 @@ def spatial_features(model: nn.Module, x: torch.Tensor, batch_size: int = 512, m
             slot[0] = out
 
     leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(keep) for m in leaves]
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     feats = []
     try:
-        with torch.no_grad():
+        with torch.no_grad(), hooked(leaves, keep):
             for i in range(0, len(x), batch_size):
                 slot[0] = None
                 model(x[i:i + batch_size].to(device))
@@ -125,8 +123,6 @@ def spatial_features(model: nn.Module, x: torch.Tensor, batch_size: int = 512, m
                     f = torch.nn.functional.avg_pool2d(f, 2, ceil_mode=True)
                 feats.append(f.detach().flatten(1).cpu())
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
     if sum(len(f) for f in feats) < len(x):  # no spatial layer
         return penultimate(model, x, batch_size)

@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import UserError
+from ...models.hooks import hooked
 from ...registry import Registry
 from .. import ToolInfo
-from ..locate import hooked, traceable_layers
+from ..locate import traceable_layers
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import UserError
-from ..locate import hooked
+from ...models.hooks import hooked
 from . import (
     EditInputs,
     Editor,

@@ -12,11 +12,12 @@ addressed by their module names; forward hooks are removed when the trace ends, 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from ...models.hooks import hooked
 
 
 def traceable_layers(model: nn.Module) -> list[str]:
@@ -27,29 +28,17 @@ def traceable_layers(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and name not in inside_mha]
 
 
-@contextmanager
-def hooked(module: nn.Module, hook):
-    handle = module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 def called_in_order(model: nn.Module, x: torch.Tensor, candidates, keep=None) -> list[nn.Module]:
     """The `candidates` that one probe forward of `x[:2]` calls (those whose output `keep(out)` accepts), in call
     order, each once. Eval mode, no gradients; the model's mode is restored and every hook removed."""
     seen: list[nn.Module] = []
-    handles = [m.register_forward_hook(lambda mod, inp, out: seen.append(mod) if keep is None or keep(out) else None)
-               for m in candidates]
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), hooked(candidates, lambda mod, inp, out: seen.append(mod) if keep is None or keep(out)
+                                     else None):
             model(x[:2])
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
     return list(dict.fromkeys(seen))
 

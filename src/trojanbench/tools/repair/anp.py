@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...models.hooks import hooked
 from ...train.augment import augment_batch
 from ..locate import called_in_order
 from . import STRONG_STEPS, RepairContext, Repairer, register, working_copy
@@ -68,12 +69,8 @@ class NeuronPerturbation:
 
     @contextmanager
     def hooked(self):
-        handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(self.layers)]
-        try:
+        with hooked({layer: self._hook(i) for i, layer in enumerate(self.layers)}):
             yield self
-        finally:
-            for h in handles:
-                h.remove()
 
 
 @register("anp")

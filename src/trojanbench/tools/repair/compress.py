@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...models.hooks import hooked
 from . import RepairContext, Repairer, register, strong_augment, working_copy
 
 
@@ -111,14 +112,9 @@ class Quantize(Repairer):
                     setattr(parent, name, q)
                     acts.append(q)
         peaks = {q: torch.tensor(0.0) for q in acts}
-        handles = [q.register_forward_hook(lambda mod, inp, out: peaks.__setitem__(mod, torch.maximum(
-            peaks[mod], out.detach().max().cpu()))) for q in acts]
-        try:
-            with torch.no_grad():
-                m(x_clean.to(ctx.device))
-        finally:
-            for h in handles:
-                h.remove()
+        with torch.no_grad(), hooked(acts, lambda mod, inp, out: peaks.__setitem__(mod, torch.maximum(
+                peaks[mod], out.detach().max().cpu()))):
+            m(x_clean.to(ctx.device))
         for q in acts:
             q.scale.fill_(float(peaks[q]) / q.levels)
         return m.eval()

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...models.hooks import hooked
 from . import STRONG_LR, STRONG_STEPS, RepairContext, Repairer, fit, fresh_model, register, steps_for, strong_views, working_copy
 from .finetune import FineTune
 
@@ -141,8 +142,6 @@ class AttentionDistill(Repairer):
         t_layers = attention_layers(teacher, x_clean.to(ctx.device), self.layers)
         s_maps: list[torch.Tensor] = []
         t_maps: list[torch.Tensor] = []
-        handles = [m.register_forward_hook(lambda mod, inp, out: s_maps.append(out)) for m in s_layers] + \
-                  [m.register_forward_hook(lambda mod, inp, out: t_maps.append(out)) for m in t_layers]
 
         def loss(m, xb, yb):
             s_maps.clear()
@@ -153,9 +152,7 @@ class AttentionDistill(Repairer):
             at = sum((_attention(s) - _attention(t)).pow(2).sum(1).mean() for s, t in zip(s_maps, t_maps))
             return ce + self.beta * at
 
-        try:
+        with hooked(s_layers, lambda mod, inp, out: s_maps.append(out)), \
+                hooked(t_layers, lambda mod, inp, out: t_maps.append(out)):
             steps = steps_for(len(x_clean), self.epochs, min_steps=60)
             return fit(student, x_clean, y_clean, ctx, steps=steps, lr=self.lr, loss=loss, seed_offset=1)
-        finally:
-            for h in handles:
-                h.remove()

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import UserError
-from ..locate import hooked
+from ...models.hooks import hooked
 from . import STRONG_LR, STRONG_STEPS, Repairer, fit, register, strong_views, working_copy
 
 _ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.Tanh)

@@ -8,6 +8,7 @@ import math
 import torch
 from torch import nn
 
+from ...models.hooks import hooked
 from ...train.evaluate import predict
 from . import Repairer, fit, register, steps_for, working_copy
 
@@ -30,13 +31,12 @@ def last_conv_block(model: nn.Module) -> tuple[nn.Conv2d, nn.BatchNorm2d | None,
 def channel_activity(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Mean activation per channel of `layer`'s output on `x` (eval mode; the hook is always removed)."""
     acts: list[torch.Tensor] = []
-    handle = layer.register_forward_hook(lambda mod, inp, out: acts.append(out.detach().mean((0, 2, 3))))
     was_training = model.training
     model.eval()
     try:
-        model(x)
+        with hooked(layer, lambda mod, inp, out: acts.append(out.detach().mean((0, 2, 3)))):
+            model(x)
     finally:
-        handle.remove()
         model.train(was_training)
     return acts[0]
 
