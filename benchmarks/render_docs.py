@@ -198,6 +198,23 @@ def _zoo_determinism_summary(d):
     return _determinism(d["zoo_determinism.json"], lambda what: "oneDNN off" in what and "plain loop" not in what)
 
 
+@block("zoo-throughput", "zoo_throughput.json")
+def _zoo_throughput(d):
+    data = d["zoo_throughput.json"]
+    peak = data["gemm_peak"]
+    lines = ["| trainer | seconds | models / second | achieved GFLOP/s | fraction of the GEMM peak | mean clean accuracy |"
+             " ASR min / median |", "|---|---|---|---|---|---|---|"]
+    for name, label in (("serial", "plain loop (`serial`)"), ("batched", "many at once (`batched`)")):
+        r = data[name]
+        lines.append(f"| {label} | {r['seconds']:.1f} | {r['models_per_second']:.3f} | "
+                     f"{r['achieved_gflops_per_second']:.2f} | {r['fraction_of_gemm_peak']:.3f} | "
+                     f"{r['mean_clean_accuracy']:.4f} | {r['asr_min']:.3f} / {r['asr_median']:.3f} |")
+    return ("\n".join(lines) + f"\n\n{data['serial']['models']} models each way; batched / loop throughput "
+            f"{data['speedup_batched_over_loop']:.3f}; GEMM peak {max(peak['by_size'].values()):.1f} GFLOP/s (the best "
+            f"float32 square matmul; each size's rate and the training FLOPs per step and per model are in the "
+            f"file).\n\n" + provenance_line(data, "zoo_throughput.json"))
+
+
 @block("vs-art", "vs_art.json")
 def _vs_art(d):
     data = d["vs_art.json"]
