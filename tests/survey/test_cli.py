@@ -65,9 +65,12 @@ def test_results_prints_and_writes(cli, tiny_bank, tmp_path):
 
 def test_serve_blocks_until_ctrl_c_and_keeps_answers(tiny_bank, tmp_path):
     results = tmp_path / "r.sqlite"
+    # SIGINT at its default in the child whatever the suite was started from (a background job of a non-interactive
+    # shell ignores SIGINT, and an ignored signal stays ignored across exec: the server would never see Ctrl-C)
     proc = subprocess.Popen([sys.executable, "-c", MOUNTED, "survey", "serve", "--bank", str(tiny_bank.folder),
                              "--results", str(results), "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=os.environ | {"COLUMNS": "200"})
+                            text=True, env=os.environ | {"COLUMNS": "200"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         url = None
         for _ in range(10):
