@@ -230,7 +230,9 @@ def run_repair_track(zoo_dir: str | Path, results, tools: list[str] | None = Non
     names = _resolve(tools)
     if not budgets or any(not 0 < b <= 1 for b in budgets):
         raise UserError(f"budgets must be fractions in (0, 1], got {list(budgets)}")
-    ds = zoo.dataset()
+    from ..zoo.worker import cached_dataset
+
+    ds = cached_dataset(zoo.config().data.model_dump_json())  # the copy this process's jobs share
     models = [(j, f, c) for j, f, c in zoo.models(split=split)
               if j.trojaned and (kinds is None or j.trojan.trigger.kind in kinds)]
     if max_models is not None:
