@@ -63,6 +63,15 @@ class ArchConfig(BaseModel):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
+class KindPlan(BaseModel):
+    """One trigger kind's own draws, in place of the plan-wide `rates` and `mode` (e.g. warp needs more poisoned
+    samples than a patch to be learned from a small training set)."""
+
+    model_config = ConfigDict(extra="forbid")
+    rates: list[Annotated[float, Field(gt=0, le=1)]] | None = None
+    mode: PoisonMode | list[PoisonMode] | None = None
+
+
 class TrojanPlanConfig(StableDump):
     """Which trojans the zoo's trojaned models get; each trojaned model draws one combination.
 
@@ -72,7 +81,7 @@ class TrojanPlanConfig(StableDump):
     come with cover samples (`cover`)."""
 
     model_config = ConfigDict(extra="forbid")
-    added: ClassVar[tuple[str, ...]] = ("cover",)
+    added: ClassVar[tuple[str, ...]] = ("cover", "by_kind")
     kinds: list[str] = Field(default_factory=lambda: ["patch", "blended", "warp", "style", "natural"])
     variants: dict[str, list[dict[str, Any]]] = Field(
         default_factory=dict, description="per kind, parameter sets to draw from (default: the kind's defaults)")
@@ -85,6 +94,8 @@ class TrojanPlanConfig(StableDump):
     cover: dict[str, Annotated[float, Field(ge=0)]] = Field(
         default_factory=dict, description="per kind, cover samples (triggered, labels kept) per poisoned sample "
         "(default: the kind's own, e.g. 1 for adaptive-blend and 2 for adaptive-patch as Qi et al.; 0 for the others)")
+    by_kind: dict[str, KindPlan] = Field(
+        default_factory=dict, description="per kind, rates and modes drawn in place of the plan-wide ones")
 
 
 class IntensityConfig(BaseModel):
@@ -116,7 +127,7 @@ class InsidiousConfig(BaseModel):
 
 class ZooConfig(StableDump):
     model_config = ConfigDict(extra="forbid")
-    added: ClassVar[tuple[str, ...]] = ("intensity",)
+    added: ClassVar[tuple[str, ...]] = ("intensity", "stratify")
     name: str = "zoo"
     seed: int = 0
     data: DataConfig = Field(default_factory=DataConfig)
@@ -124,6 +135,8 @@ class ZooConfig(StableDump):
     models_per_arch: int = Field(64, ge=2)
     clean_fraction: float = Field(0.5, ge=0, le=1)
     test_fraction: float = Field(0.25, ge=0, lt=1, description="share of the zoo held out for meta-classifiers")
+    stratify: bool = Field(False, description="hold out the same share of each trigger kind's trojans (with their "
+                           "twins), so that every kind is scored on enough models")
     trojans: TrojanPlanConfig = Field(default_factory=TrojanPlanConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     gate: GateConfig = Field(default_factory=GateConfig)

@@ -84,9 +84,12 @@ def _intensity(cfg: ZooConfig, rng: random.Random) -> dict[str, Any] | None:
 
 
 def _modes(cfg: ZooConfig, kind: str) -> list[str]:
-    """The poisoning modes a trojan of `kind` may draw: natural features are only implanted all-to-one."""
-    modes = cfg.trojans.mode if isinstance(cfg.trojans.mode, list) else [cfg.trojans.mode]
-    if kind == "natural" and isinstance(cfg.trojans.mode, list):
+    """The poisoning modes a trojan of `kind` may draw (its `by_kind` entry's, else the plan's): natural features
+    are only implanted all-to-one."""
+    own = cfg.trojans.by_kind.get(kind)
+    mode = own.mode if own is not None and own.mode is not None else cfg.trojans.mode
+    modes = mode if isinstance(mode, list) else [mode]
+    if kind == "natural" and isinstance(mode, list):
         modes = [m for m in modes if m == "all-to-one"]
         if not modes:
             raise UserError("natural-feature trojans are implanted all-to-one: add all-to-one to trojans.mode or "
@@ -103,6 +106,8 @@ def _job_id(body: dict, cfg: ZooConfig) -> str:
 def expand(cfg: ZooConfig) -> list[Job]:
     for kind in cfg.trojans.kinds:
         TRIGGERS.get(kind)
+    if extra := sorted(set(cfg.trojans.by_kind) - set(cfg.trojans.kinds)):
+        raise UserError(f"trojans.by_kind names {', '.join(extra)}, not in trojans.kinds ({', '.join(cfg.trojans.kinds)})")
     rng = random.Random(cfg.seed)
     n_trojaned = round(cfg.models_per_arch * (1 - cfg.clean_fraction))
     n_clean = cfg.models_per_arch - n_trojaned
@@ -126,7 +131,8 @@ def expand(cfg: ZooConfig) -> list[Job]:
             params = rng.choice(variants)
             modes = _modes(cfg, kind)
             mode = modes[0] if len(modes) == 1 else axes_rng.choice(modes)
-            rate = rng.choice(cfg.trojans.rates)
+            own = cfg.trojans.by_kind.get(kind)
+            rate = rng.choice(own.rates if own is not None and own.rates else cfg.trojans.rates)
             cover = cfg.trojans.cover.get(kind, TRIGGERS.get(kind).cover_ratio)
             trojan = TrojanSpec(
                 trigger=TriggerSpec(kind=kind, params=params, seed=seed),
@@ -139,19 +145,23 @@ def expand(cfg: ZooConfig) -> list[Job]:
             if trojan.insidious and twin is None:
                 raise UserError("insidious trojans need a clean twin: raise clean_fraction so clean models >= trojaned")
             jobs.append(Job(id=_job_id(body, cfg), twin=twin, **{**body, "trojan": trojan}))
-    split_test(jobs, cfg.test_fraction, random.Random(cfg.seed + 1))
+    split_test(jobs, cfg.test_fraction, random.Random(cfg.seed + 1), stratify=cfg.stratify)
     ids = [j.id for j in jobs]
     if len(set(ids)) != len(ids):
         raise UserError("the zoo config gives two identical jobs; vary seeds or settings")
     return jobs
 
 
-def split_test(jobs: list[Job], test_fraction: float, rng: random.Random) -> None:
+def split_test(jobs: list[Job], test_fraction: float, rng: random.Random, stratify: bool = False) -> None:
     """Mark the zoo's held-out models (`split = "test"`), in place. A trojan and its clean twin are one unit and
     always land on the same side, so no learned detector is scored on a model whose twin it was trained on.
     Models without a twin are units of their own. The number of held-out pairs is chosen so that the held-out
     share of clean models and of trojaned models are each as close to `test_fraction` as the units allow.
-    Ids are untouched: they hash the job body, never its split."""
+    `stratify`: instead, each trigger kind's trojans (with their twins) are held out at `test_fraction` of that
+    kind, then lone clean models make up the clean share. Ids are untouched: they hash the job body, never its
+    split."""
+    if stratify:
+        return _split_stratified(jobs, test_fraction, rng)
     by_id = {j.id: j for j in jobs}
     pairs = [(by_id[j.twin], j) for j in jobs if j.trojaned and j.twin in by_id]
     paired = {j.id for pair in pairs for j in pair}
@@ -172,4 +182,22 @@ def split_test(jobs: list[Job], test_fraction: float, rng: random.Random) -> Non
         for j in pair:
             j.split = "test"
     for j in rng.sample(clean_alone, a) + rng.sample(trojaned_alone, b):
+        j.split = "test"
+
+
+def _split_stratified(jobs: list[Job], test_fraction: float, rng: random.Random) -> None:
+    by_id = {j.id: j for j in jobs}
+    units: dict[str, list[list[Job]]] = {}
+    for j in jobs:
+        if j.trojaned:
+            units.setdefault(j.trojan.trigger.kind, []).append([j] + ([by_id[j.twin]] if j.twin in by_id else []))
+    for kind in sorted(units):
+        for unit in rng.sample(units[kind], round(len(units[kind]) * test_fraction)):
+            for j in unit:
+                j.split = "test"
+    twins = {j.twin for j in jobs if j.trojaned}
+    clean = [j for j in jobs if not j.trojaned]
+    alone = [j for j in clean if j.id not in twins]
+    held = sum(j.split == "test" for j in clean)
+    for j in rng.sample(alone, min(max(round(len(clean) * test_fraction) - held, 0), len(alone))):
         j.split = "test"
