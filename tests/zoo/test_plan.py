@@ -80,7 +80,8 @@ def test_configs_without_the_difficulty_axes_plan_the_ids_they_always_did(name):
     jobs = expand(cfg)
     assert hashlib.sha256(" ".join(j.id for j in jobs).encode()).hexdigest()[:16] == PINNED_IDS[name]
     dump = cfg.model_dump()
-    assert "intensity" not in dump and "cover" not in dump["trojans"]  # the zoo cache key hashes this dump
+    assert not {"intensity", "stratify"} & set(dump) and not {"cover", "by_kind"} & set(dump["trojans"])  # the zoo
+    # cache key hashes this dump
     assert all("intensity" not in j.model_dump() and "cover_rate" not in j.model_dump()["trojan"]["poison"]
                for j in jobs if j.trojaned)
 
@@ -139,3 +140,38 @@ def test_a_chunk_trains_with_its_jobs_intensity(tmp_path):
     assert len(tasks) == 4  # one per intensity draw
     for task in tasks:
         assert all(item.job.train_config(cfg) == task.train for item in task.items)
+
+
+def test_a_kind_draws_its_own_rates_and_modes():
+    cfg = ZooConfig(**{**AXES, "models_per_arch": 80, "trojans": {
+        **AXES["trojans"], "by_kind": {"patch": {"rates": [0.5]}, "adaptive-blend": {"mode": "all-to-one"}}}})
+    trojans = [j.trojan for j in expand(cfg) if j.trojaned]
+    patch = [t for t in trojans if t.trigger.kind == "patch"]
+    assert patch and {t.poison.rate for t in patch} == {0.5}
+    assert {t.poison.mode for t in patch} == {"all-to-one", "all-to-all"}  # the plan's modes still
+    assert {t.poison.mode for t in trojans if t.trigger.kind == "adaptive-blend"} == {"all-to-one"}
+    assert {t.poison.rate for t in trojans if t.trigger.kind == "natural"} <= set(AXES["trojans"]["rates"])
+    with pytest.raises(UserError, match="by_kind names warp"):
+        expand(ZooConfig(trojans={"kinds": ["patch"], "by_kind": {"warp": {"rates": [0.1]}}}))
+
+
+@pytest.mark.parametrize("clean_fraction", [0.5, 0.7])
+def test_a_stratified_split_holds_out_each_kinds_share(clean_fraction):
+    cfg = ZooConfig(**{**AXES, "models_per_arch": 90, "clean_fraction": clean_fraction, "test_fraction": 0.4,
+                       "stratify": True})
+    jobs = expand(cfg)
+    by_id = {j.id: j for j in jobs}
+    assert all(by_id[j.twin].split == j.split for j in jobs if j.twin)
+    for kind in cfg.trojans.kinds:
+        of_kind = [j for j in jobs if j.trojaned and j.trojan.trigger.kind == kind]
+        assert sum(j.split == "test" for j in of_kind) == round(len(of_kind) * 0.4)
+    clean = [j for j in jobs if not j.trojaned]
+    assert abs(sum(j.split == "test" for j in clean) - len(clean) * 0.4) <= len(cfg.trojans.kinds)
+    assert [j.id for j in jobs] == [j.id for j in expand(cfg.model_copy(update={"stratify": False}))]
+
+
+def test_the_large_config_holds_out_every_kind_at_least_twenty_times():
+    jobs = expand(load_zoo_config("digits-large"))
+    assert len(jobs) >= 600 and sum(j.split == "test" for j in jobs) >= 200
+    for kind in load_zoo_config("digits-large").trojans.kinds:
+        assert sum(j.split == "test" for j in jobs if j.trojaned and j.trojan.trigger.kind == kind) >= 20

@@ -240,6 +240,17 @@ def compute_board(rows: list[ResultRow], spec: BoardSpec, n_boot: int = 2000, se
     return Board(spec, sorted(scores, key=rank_key), reference, n_boot)
 
 
+def _paired(data: _Data, column: Column, group: str | None, tool: str, ref_tool: str, n_boot: int, seed: int) -> Comparison:
+    """stat(tool) − stat(ref_tool) on the models both scored, paired (see `paired_test`)."""
+    ref_ids, ref_vals, _ = data.units(ref_tool, column, group)
+    ref = dict(zip(ref_ids, ref_vals))
+    ids, vals, labels = data.units(tool, column, group)
+    common = [i for i, mid in enumerate(ids) if mid in ref]
+    kind = "auroc" if column.stat == "auroc" else "mean"
+    return paired_test(vals[common], np.asarray([ref[ids[i]] for i in common]), kind,
+                       None if labels is None else labels[common], n_boot, seed)
+
+
 def _compare(data: _Data, spec: BoardSpec, scores: list[ToolScores], n_boot: int, seed: int) -> str | None:
     """Set each tool's paired comparison with the strongest baseline on the key aggregate; returns its name."""
     base, group = _split(spec.key)
@@ -250,23 +261,34 @@ def _compare(data: _Data, spec: BoardSpec, scores: list[ToolScores], n_boot: int
     if not baselines:
         return None
     best = max(baselines, key=lambda s: (sign * s.metrics[spec.key].value, s.tool))
-    ref_ids, ref_vals, ref_labels = data.units(best.tool, column, group)
-    ref = dict(zip(ref_ids, ref_vals))
     comparisons = []
     for s in scores:
-        if s.role != "tool" or s.disqualified or spec.key not in s.metrics:
+        if s.role != "tool" or s.disqualified or spec.key not in s.metrics or column.stat == "timing":
             continue
-        ids, vals, labels = data.units(s.tool, column, group)
-        common = [i for i, mid in enumerate(ids) if mid in ref]
-        a = vals[common]
-        b = np.asarray([ref[ids[i]] for i in common])
-        kind = "auroc" if column.stat == "auroc" else "mean"
-        if column.stat == "timing":
-            continue
-        s.comparison = paired_test(a, b, kind, None if labels is None else labels[common], n_boot, seed)
+        s.comparison = _paired(data, column, group, s.tool, best.tool, n_boot, seed)
         comparisons.append(s.comparison)
     holm(comparisons, spec.higher_is_better)
     return best.tool
+
+
+def pairwise(rows: list[ResultRow], board: Board, top: int = 3, n_boot: int = 2000, seed: int = 0) -> list[dict]:
+    """Paired verdicts among the board's `top` ranked tools (baselines included, disqualified ones left out) on its
+    key aggregate, every pair Holm-corrected together: [{a, b, diff, low, high, n, p, p_holm, verdict}], where the
+    verdict is a's ("beats", "ties", "worse") against b."""
+    spec = board.spec
+    column = spec.column(spec.key)
+    if column.stat == "timing":
+        return []
+    data = _Data([r for r in rows if r.task == spec.task])
+    ranked = [s.tool for s in board.scores if not s.disqualified
+              and not math.isnan(s.metrics.get(spec.key, Estimate(math.nan)).value)][:top]
+    pairs = [(a, b) for i, a in enumerate(ranked) for b in ranked[i + 1:]]
+    comparisons = holm([_paired(data, column, _split(spec.key)[1], a, b, n_boot, seed) for a, b in pairs],
+                       spec.higher_is_better)
+    return [{"a": a, "b": b, "diff": round(c.diff.value, 6), "low": round(c.diff.low, 6), "high": round(c.diff.high, 6),
+             "n": c.diff.n, "p": None if math.isnan(c.p) else round(c.p, 6),
+             "p_holm": None if math.isnan(c.p_holm) else round(c.p_holm, 6), "verdict": c.verdict}
+            for (a, b), c in zip(pairs, comparisons)]
 
 
 def board_specs(rows: list[ResultRow]) -> dict[str, BoardSpec]:

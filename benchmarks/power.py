@@ -1,0 +1,85 @@
+"""Can the boards tell tools apart? For the default benchmark and the large zoo: per board, the models per cell
+and every interval's half-width, and the paired, Holm-corrected verdicts among each board's top tools.
+
+    .venv/bin/python benchmarks/power.py      # after benchmarks/boards.py and benchmarks/detect_rss.py
+
+Reads stored runs, never reruns them: the default benchmark's run (every track) named by
+benchmarks/results/board_digits-bench.json, and the large zoo's detect run named by
+benchmarks/results/detect_rss.json. Each config's section carries its run id; nothing mixes the two runs. Writes
+benchmarks/results/power.json, with, for the large zoo's model-detection board, whether every AUROC interval's
+half-width is at most 0.06 (issue 16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+LIMIT = 0.06  # the model-detection AUROC half-width the large zoo must reach
+
+
+def _source(name: str, section: str | None) -> tuple[str, Path, dict]:
+    """(run id, results store, provenance) of the run a benchmark file names."""
+    data = json.loads((RESULTS / f"{name}.json").read_text())
+    if section is None:
+        run_id, store = data["provenance"]["run_id"], Path(f"runs/board-{data['zoo_config']}/results.sqlite")
+    else:
+        run_id, store = data["zoos"][section]["run_id"], Path(data["zoos"][section]["run_folder"]) / "results.sqlite"
+    if not store.is_file():
+        sys.exit(f"{store} (run {run_id}, named by {name}.json) is missing: rerun the script that wrote {name}.json")
+    return run_id, store, data["provenance"]
+
+
+def board_power(rows, board, top: int, n_boot: int, seed: int) -> dict:
+    from trojanbench.results.boards import pairwise
+
+    key = board.spec.key
+    tools = []
+    for s in board.scores:
+        cells = {m: {"n": e.n, **({"half_width": round((e.high - e.low) / 2, 4)} if e.has_interval else {})}
+                 for m, e in sorted(s.metrics.items())}
+        tools.append({"tool": s.tool, "role": s.role, "n_models": s.n_models, "cells": cells})
+    halves = [t["cells"][key]["half_width"] for t in tools if "half_width" in t["cells"].get(key, {})]
+    verdicts = [s.verdict for s in board.scores if s.role == "tool"]
+    return {"task": board.spec.task, "title": board.title, "key": key, "tools": tools,
+            "key_half_width": {"max": max(halves), "median": round(statistics.median(halves), 4)} if halves else None,
+            "vs_strongest_baseline": {v: verdicts.count(v) for v in sorted(set(verdicts))},
+            "reference": board.reference, "top_pairs": pairwise(rows, board, top, n_boot, seed)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--top", type=int, default=3, help="pairwise verdicts among this many top tools per board")
+    ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    from trojanbench.results.boards import boards_of_run
+    from trojanbench.results.provenance import write_benchmark
+    from trojanbench.results.store import ResultsStore
+
+    started = time.time()
+    out = {}
+    for config, (name, section) in {"digits-bench": ("board_digits-bench", None),
+                                    "digits-large": ("detect_rss", "digits-large")}.items():
+        run_id, store, prov = _source(name, section)
+        with ResultsStore(store) as s:
+            rows = s.rows(run_id)
+        boards = boards_of_run(rows, args.n_boot, args.seed)
+        out[config] = {"run_id": run_id, "source": f"{name}.json", "source_commit": prov["commit"],
+                       "boards": [board_power(rows, b, args.top, args.n_boot, args.seed) for b in boards]}
+    model = next(b for b in out["digits-large"]["boards"] if b["task"] == "detect-model")
+    widest = model["key_half_width"]["max"]
+    out["large_model_detection"] = {"max_auroc_half_width": widest, "limit": LIMIT, "met": widest <= LIMIT}
+    path = write_benchmark("power", out, config=vars(args), started=started)
+    print(f"large zoo, model detection: widest AUROC half-width {widest} (limit {LIMIT}) -> {path}")
+
+
+if __name__ == "__main__":
+    main()
