@@ -129,11 +129,11 @@ register_track(Track("repair", _repair, _repair_registries, "scrub the trojan wi
                      as_jobs=True))
 
 
-def _edit(zoo_dir, target, tools, seed, device, figures, progress) -> list[Board]:
+def _edit(zoo_dir, target, tools, seed, device, figures, progress, executor="serial", jobs=1) -> list[Board]:
     from .tasks.edit import run_edit_track
 
     return [run_edit_track(zoo_dir, target, tools, seed=seed, split="test", progress=progress, figures=figures,
-                           device=device)]
+                           device=device, executor=executor, jobs=jobs)]
 
 
 def _edit_registries():
@@ -142,7 +142,7 @@ def _edit_registries():
     return [EDITORS]
 
 
-register_track(Track("edit", _edit, _edit_registries, "causal tracing + rank-one editing"))
+register_track(Track("edit", _edit, _edit_registries, "causal tracing + rank-one editing", as_jobs=True))
 
 
 def split_tools(tools: list[str] | None, tracks: list[str]) -> dict[str, list[str] | None]:

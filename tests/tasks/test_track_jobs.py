@@ -119,3 +119,33 @@ def test_detect_track_killed_mid_way_resumes_without_redoing_finished_jobs(tiny_
         assert (r.tool_version, r.extra) == (ref.tool_version, ref.extra), key
         if r.metric != "seconds":
             assert r.value == (None if ref.value is None else pytest.approx(ref.value, rel=1e-6, abs=1e-9)), key
+
+
+
+def test_edit_track_runs_one_job_per_model_and_a_pool_gives_the_serial_rows(tiny_zoo, tmp_path, monkeypatch):
+    from trojanbench.results.store import RunTarget
+    from trojanbench.tasks import edit
+    from trojanbench.zoo.build import Zoo
+
+    tools = ["rome", "finetune-layer"]
+    n_models = len(Zoo(tiny_zoo).trojaned())
+    boards = {}
+    for executor in ("serial", "pool"):
+        boards[executor] = edit.run_edit_track(tiny_zoo, tmp_path / f"{executor}.sqlite", tools, n_boot=50,
+                                               executor=executor, jobs=2)
+        assert {s.tool: s.n_models for s in boards[executor].scores} == {t: n_models for t in tools}
+    (run, serial, serial_jobs), (_, pool, pool_jobs) = (_run(tmp_path / f"{e}.sqlite") for e in ("serial", "pool"))
+    assert set(serial_jobs) == set(pool_jobs) and len(serial_jobs) == n_models
+    assert serial.keys() == pool.keys()
+    for key, r in serial.items():
+        if r.metric != "seconds":
+            assert (r.value, r.extra) == (pool[key].value, pool[key].extra), key
+
+    # into the same run again: every job is finished, so none runs (one that did would raise) and the board is the same
+    def refuse(**_):
+        raise AssertionError("a finished job ran again")
+
+    monkeypatch.setattr(edit, "edit_one", refuse)
+    again = edit.run_edit_track(tiny_zoo, RunTarget(tmp_path / "serial.sqlite", run.run_id), tools, n_boot=50)
+    assert [(s.tool, s.metrics["asr"].value) for s in again.scores] == \
+        [(s.tool, s.metrics["asr"].value) for s in boards["serial"].scores]
