@@ -3,6 +3,9 @@ and every interval's half-width, and the paired, Holm-corrected verdicts among e
 
     .venv/bin/python benchmarks/power.py      # after benchmarks/boards.py and benchmarks/detect_rss.py
 
+For the large zoo, also each board in full and its key column per level of each difficulty axis (poison rate,
+mode, training epochs, learning rate: the curves of the run's report, as numbers).
+
 Reads stored runs, never reruns them: the default benchmark's run (every track) named by
 benchmarks/results/board_digits-bench.json, and the large zoo's detect run named by
 benchmarks/results/detect_rss.json. Each config's section carries its run id; nothing mixes the two runs. Writes
@@ -24,16 +27,36 @@ RESULTS = Path(__file__).parent / "results"
 LIMIT = 0.06  # the model-detection AUROC half-width the large zoo must reach
 
 
-def _source(name: str, section: str | None) -> tuple[str, Path, dict]:
-    """(run id, results store, provenance) of the run a benchmark file names."""
+def _source(name: str, section: str | None) -> tuple[str, Path, dict, str]:
+    """(run id, results store, provenance, zoo folder) of the run a benchmark file names."""
     data = json.loads((RESULTS / f"{name}.json").read_text())
     if section is None:
         run_id, store = data["provenance"]["run_id"], Path(f"runs/board-{data['zoo_config']}/results.sqlite")
+        zoo = data.get("zoo")
     else:
         run_id, store = data["zoos"][section]["run_id"], Path(data["zoos"][section]["run_folder"]) / "results.sqlite"
+        zoo = data["zoos"][section]["zoo"]
     if not store.is_file():
         sys.exit(f"{store} (run {run_id}, named by {name}.json) is missing: rerun the script that wrote {name}.json")
-    return run_id, store, data["provenance"]
+    return run_id, store, data["provenance"], zoo
+
+
+def curves(zoo_dir: str, rows, board, n_boot: int, seed: int) -> dict:
+    """The board's key column per level of every difficulty axis on which its models vary (`results.axes`)."""
+    from trojanbench.results.axes import AXES, axis_curves, axis_levels
+    from trojanbench.zoo.build import Zoo
+
+    zoo, out = Zoo(zoo_dir), {}
+    for axis in AXES:
+        levels = axis_levels(zoo, axis)
+        found = axis_curves([r for r in rows if r.task == board.spec.task], board.spec, levels, n_boot, seed)
+        points = {tool: [{"level": p.level, "value": round(p.estimate.value, 4), "n_trojaned": p.n_trojaned,
+                          "n_clean": p.n_clean, **({"low": round(p.estimate.low, 4), "high": round(p.estimate.high, 4)}
+                                                   if p.estimate.has_interval else {})} for p in pts]
+                  for tool, pts in found.items()}
+        if any(len(pts) > 1 for pts in points.values()):
+            out[axis] = points
+    return out
 
 
 def board_power(rows, board, top: int, n_boot: int, seed: int) -> dict:
@@ -60,7 +83,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    from trojanbench.results.boards import boards_of_run
+    from trojanbench.results.boards import board_json, boards_of_run
     from trojanbench.results.provenance import write_benchmark
     from trojanbench.results.store import ResultsStore
 
@@ -68,12 +91,15 @@ def main() -> None:
     out = {}
     for config, (name, section) in {"digits-bench": ("board_digits-bench", None),
                                     "digits-large": ("detect_rss", "digits-large")}.items():
-        run_id, store, prov = _source(name, section)
+        run_id, store, prov, zoo = _source(name, section)
         with ResultsStore(store) as s:
             rows = s.rows(run_id)
         boards = boards_of_run(rows, args.n_boot, args.seed)
-        out[config] = {"run_id": run_id, "source": f"{name}.json", "source_commit": prov["commit"],
+        out[config] = {"run_id": run_id, "source": f"{name}.json", "source_commit": prov["commit"], "zoo": zoo,
                        "boards": [board_power(rows, b, args.top, args.n_boot, args.seed) for b in boards]}
+        if config == "digits-large":  # its boards are nowhere else: in full, with the curves over the axes
+            for entry, b in zip(out[config]["boards"], boards):
+                entry.update(board=board_json(b), curves=curves(zoo, rows, b, args.n_boot, args.seed))
     model = next(b for b in out["digits-large"]["boards"] if b["task"] == "detect-model")
     widest = model["key_half_width"]["max"]
     out["large_model_detection"] = {"max_auroc_half_width": widest, "limit": LIMIT, "met": widest <= LIMIT}
