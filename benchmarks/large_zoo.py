@@ -13,6 +13,7 @@ models' mean clean accuracy.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from collections import defaultdict
@@ -25,7 +26,7 @@ def build_seconds(log: Path) -> tuple[float, int]:
     """(wall seconds spent building, number of builds) from a zoo's log."""
     times = sorted(json.loads(line)["time"] for line in log.read_text().splitlines() if line.strip())
     total, builds = 0.0, 1
-    for a, b in zip(times, times[1:]):
+    for a, b in itertools.pairwise(times):
         if b - a > GAP:
             builds += 1
         else:

@@ -56,7 +56,7 @@ from ..report.html import View, figure_row, register_view
 from ..results import ResultRow
 from ..results.stats import Estimate, bootstrap, mean
 from ..train import predict, train_model
-from ..train.single import lr_factor
+from ..train.loop import epoch_batches, run_steps, steps_per_epoch
 from ..utils import one_thread, private_rng
 from . import Progress, StudySummary, record_study, register_study
 
@@ -157,22 +157,16 @@ def edge_popup(model: nn.Module, x: torch.Tensor, y: torch.Tensor, density: floa
         s.requires_grad_(True)
     weights = {name: m.weight.detach() * (1 / math.sqrt(density) if scale else 1.0) for name, m in layers.items()}
     opt = torch.optim.SGD(list(scores.values()), lr=lr, momentum=0.9, weight_decay=5e-4)
-    steps, step = epochs * math.ceil(len(x) / batch_size), 0
+
+    def loss_of(idx):
+        masked = {f"{name}.weight": weights[name] * _TopK.apply(scores[name].abs(), density) for name in layers}
+        return F.cross_entropy(functional_call(model, masked, (x[idx],)), y[idx])
+
     was_training = model.training
     model.eval()
     try:
-        for _ in range(epochs):
-            perm = torch.randperm(len(x), generator=g)
-            for i in range(0, len(x), batch_size):
-                idx = perm[i:i + batch_size]
-                masked = {f"{name}.weight": weights[name] * _TopK.apply(scores[name].abs(), density) for name in layers}
-                loss = F.cross_entropy(functional_call(model, masked, (x[idx],)), y[idx])
-                for group in opt.param_groups:
-                    group["lr"] = lr * lr_factor(step, steps, 0.1)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
+        run_steps(opt, epoch_batches(len(x), batch_size, epochs, g), loss_of, lr=lr, warmup=0.1,
+                  total=epochs * steps_per_epoch(len(x), batch_size))
     finally:
         model.train(was_training)
     return {name: top_fraction(s.detach().abs(), density) for name, s in scores.items()}
@@ -261,14 +255,8 @@ def finetune_masked(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.T
     was_training = model.training
     model.eval()
     try:
-        for _ in range(epochs):
-            perm = torch.randperm(len(x), generator=g)
-            for i in range(0, len(x), batch_size):
-                idx = perm[i:i + batch_size]
-                loss = F.cross_entropy(functional_call(model, pruned(), (x[idx],)), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+        run_steps(opt, epoch_batches(len(x), batch_size, epochs, g),
+                  lambda idx: F.cross_entropy(functional_call(model, pruned(), (x[idx],)), y[idx]))
     finally:
         model.train(was_training)
     return {n: p.detach() for n, p in pruned().items()}

@@ -17,7 +17,6 @@ then sentences within each seed), so a CI reflects both the training seeds and t
 from __future__ import annotations
 
 import copy
-import math
 import random
 import time
 import warnings
@@ -39,7 +38,7 @@ from ..results.stats import Estimate
 from ..tools.attribute import attribution_copy
 from ..tools.edit import layer_keys
 from ..tools.locate import causal_trace
-from ..train.single import lr_factor
+from ..train.loop import epoch_batches, run_steps, steps_per_epoch
 from ..trojans.text import (
     CRUDE_TROJAN,
     DAN,
@@ -163,24 +162,17 @@ def train_text(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, *, epo
     replaces that share of words with <unk>."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    n = len(ids)
-    steps, step = epochs * math.ceil(n / batch_size), 0
     model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=g)
-        for b in range(0, n, batch_size):
-            idx = perm[b:b + batch_size]
-            xb, yb = _trim(ids[idx]), labels[idx]
-            if token_dropout:
-                drop = (torch.rand(xb.shape, generator=g) < token_dropout) & (xb != 0)
-                xb = xb.masked_fill(drop, unk_id)
-            value = F.cross_entropy(model(xb), yb) if loss is None else loss(model, xb, yb)
-            for group in opt.param_groups:
-                group["lr"] = lr * lr_factor(step, steps, 0.1)
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            opt.step()
-            step += 1
+
+    def loss_of(idx):
+        xb, yb = _trim(ids[idx]), labels[idx]
+        if token_dropout:
+            drop = (torch.rand(xb.shape, generator=g) < token_dropout) & (xb != 0)
+            xb = xb.masked_fill(drop, unk_id)
+        return F.cross_entropy(model(xb), yb) if loss is None else loss(model, xb, yb)
+
+    run_steps(opt, epoch_batches(len(ids), batch_size, epochs, g), loss_of, lr=lr, warmup=0.1,
+              total=epochs * steps_per_epoch(len(ids), batch_size))
     return model.eval()
 
 

@@ -1,5 +1,6 @@
-"""Training and evaluation: one plain, fast loop over tensors (`train_model`), and the many-models trainer
-every zoo executor goes through (`train.batched.train_models_batched`)."""
+"""Training and evaluation. One training loop (`train.loop.run_steps`) runs every optimiser step in the package:
+the plain trainer (`train_model`), the many-models trainer every zoo executor goes through
+(`train.batched.train_models_batched`), the repairers' `fit`, the studies' and the fine-tuning editor's loops."""
 
 from .evaluate import attack_success_rate, clean_accuracy, predict
 from .single import train_model

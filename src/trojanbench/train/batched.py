@@ -29,7 +29,6 @@ plain loop's CNN weights already differ between 1 and 2 threads).
 from __future__ import annotations
 
 import copy
-import math
 from contextlib import contextmanager
 
 import torch
@@ -38,7 +37,7 @@ from torch.func import functional_call, stack_module_state
 
 from ..config import TrainConfig
 from .augment import AugmentDraw, apply_augment, draw_augment
-from .single import lr_factor
+from .loop import optimizer_for, param_groups, run_steps, steps_per_epoch
 
 
 def train_models_batched(models: list[nn.Module], xs: list[torch.Tensor], ys: list[torch.Tensor], cfg: TrainConfig,
@@ -74,11 +73,8 @@ def train_models_batched(models: list[nn.Module], xs: list[torch.Tensor], ys: li
 
     # no random op may run inside a model: its draws would come from one stream shared by the whole chunk
     batched_loss = torch.vmap(model_loss, randomness="error")
-    decay = [v for v in trainable.values() if v.dim() > 2]
-    no_decay = [v for v in trainable.values() if v.dim() <= 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr) if cfg.optimizer == "adamw" else \
-        torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    # stacked tensors have one more dimension: matrices and kernels are those of more than 2
+    opt = optimizer_for(param_groups(trainable.values(), cfg.weight_decay, matrix_dim=2), cfg)
     pull = None
     if pull_to is not None and pull_weight > 0 and any(r is not None for r in pull_to):
         weights = torch.tensor([0.0 if r is None else pull_weight for r in pull_to], device=device)
@@ -87,34 +83,30 @@ def train_models_batched(models: list[nn.Module], xs: list[torch.Tensor], ys: li
         pull = (weights, refs)
 
     augment = augment if (cfg.augment and augment) else {}
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total, step = cfg.epochs * steps_per_epoch, 0
     rows = torch.arange(k_models, device=device).view(-1, 1)
-    with _per_model_arithmetic(device):
+
+    def batches():
         for epoch in range(cfg.epochs):
             perms = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(device)  # [K, N]
-            running = torch.zeros(k_models)
             for i in range(0, n, cfg.batch_size):
-                idx = perms[:, i:i + cfg.batch_size]
-                xb, yb = x_all[rows, idx], y_all[rows, idx]  # [K, B, ...]
-                if augment:  # each model's choices from its own generator, applied in one gather
-                    draw = AugmentDraw.cat([draw_augment(idx.shape[1], generator=g, **augment) for g in gens])
-                    xb = apply_augment(xb.flatten(0, 1), draw).view_as(xb)
-                losses = batched_loss(params, buffers, xb, yb)
-                loss = losses.sum()
-                if pull is not None:
-                    w, refs = pull
-                    dist = sum(((trainable[name] - refs[name]) ** 2).flatten(1).sum(1) for name in trainable)
-                    loss = loss + (w * dist).sum()
-                for group in opt.param_groups:
-                    group["lr"] = cfg.lr * lr_factor(step, total, cfg.warmup)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                running += losses.detach().cpu()
-                step += 1
-            if progress is not None:
-                progress(epoch, float(running.mean()) / steps_per_epoch)
+                yield epoch, perms[:, i:i + cfg.batch_size]
+
+    def loss_of(idx):
+        xb, yb = x_all[rows, idx], y_all[rows, idx]  # [K, B, ...]
+        if augment:  # each model's choices from its own generator, applied in one gather
+            draw = AugmentDraw.cat([draw_augment(idx.shape[1], generator=g, **augment) for g in gens])
+            xb = apply_augment(xb.flatten(0, 1), draw).view_as(xb)
+        losses = batched_loss(params, buffers, xb, yb)
+        loss = losses.sum()
+        if pull is not None:
+            w, refs = pull
+            dist = sum(((trainable[name] - refs[name]) ** 2).flatten(1).sum(1) for name in trainable)
+            loss = loss + (w * dist).sum()
+        return loss, losses.mean()
+
+    with _per_model_arithmetic(device):
+        run_steps(opt, batches(), loss_of, lr=cfg.lr, warmup=cfg.warmup,
+                  total=cfg.epochs * steps_per_epoch(n, cfg.batch_size), on_epoch=progress)
 
     with torch.no_grad():
         for k, m in enumerate(models):

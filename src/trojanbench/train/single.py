@@ -1,30 +1,16 @@
-"""One plain, fast training loop: data as tensors, index-sliced batches, batched augmentation."""
+"""One plain, fast trainer: data as tensors, index-sliced batches, batched augmentation (on `train.loop`)."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..config import TrainConfig
 from .augment import augment_batch
+from .loop import epoch_batches, lr_factor, make_optimizer, run_steps, steps_per_epoch
 
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() > 1]
-    no_decay = [p for p in params if p.dim() <= 1]  # no weight decay on norms and biases
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-
-
-def lr_factor(step: int, total: int, warmup: float) -> float:
-    """Linear warm-up, then linear decay to zero (as airbench's triangular schedule)."""
-    w = max(1, int(total * warmup))
-    return (step + 1) / w if step < w else max(0.0, (total - step) / max(1, total - w))
+__all__ = ["lr_factor", "make_optimizer", "train_model"]
 
 
 def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, *,
@@ -39,27 +25,13 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCo
     x, y = x.to(device), y.to(device)
     layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(memory_format=layout)
-    opt = make_optimizer(model, cfg)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
     augment = augment if (cfg.augment and augment) else {}
-    step = 0
-    for epoch in range(cfg.epochs):
-        perm = torch.randperm(len(x), generator=g).to(device)
-        running = 0.0
-        for i in range(0, len(x), cfg.batch_size):
-            idx = perm[i:i + cfg.batch_size]
-            xb = augment_batch(x[idx], generator=g, **augment) if augment else x[idx]
-            xb = xb.contiguous(memory_format=layout)
-            loss = loss_fn(model(xb), y[idx])
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * lr_factor(step, total, cfg.warmup)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            running += float(loss.detach())
-            step += 1
-        if progress is not None:
-            progress(epoch, running / steps_per_epoch)
+
+    def loss_of(idx):
+        xb = augment_batch(x[idx], generator=g, **augment) if augment else x[idx]
+        return F.cross_entropy(model(xb.contiguous(memory_format=layout)), y[idx], label_smoothing=cfg.label_smoothing)
+
+    run_steps(make_optimizer(model, cfg), epoch_batches(len(x), cfg.batch_size, cfg.epochs, g, device), loss_of,
+              lr=cfg.lr, warmup=cfg.warmup, total=cfg.epochs * steps_per_epoch(len(x), cfg.batch_size),
+              on_epoch=progress)
     return model.to(memory_format=torch.contiguous_format).eval()

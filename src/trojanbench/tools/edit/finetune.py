@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...train.loop import run_steps, sampled_batches
 from . import EditInputs, Editor, editable_module, register, restore_requires_grad, working_copy
 
 
@@ -44,11 +45,7 @@ class FineTuneLayer(Editor):
         module.weight.requires_grad_(True)
         opt = torch.optim.SGD([module.weight], lr=self.lr, momentum=0.9)
         g = torch.Generator().manual_seed(inputs.seed)
-        for _ in range(self.steps):
-            idx = torch.randint(len(x), (min(self.batch_size, len(x)),), generator=g)
-            loss = F.cross_entropy(edited(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        run_steps(opt, sampled_batches(len(x), min(self.batch_size, len(x)), self.steps, g),
+                  lambda idx: F.cross_entropy(edited(x[idx]), y[idx]))
         module.weight.grad = None
         return restore_requires_grad(edited, model)

@@ -25,7 +25,7 @@ from torch import nn
 
 from ...registry import Registry
 from ...train.augment import augment_batch
-from ...train.single import lr_factor
+from ...train.loop import param_groups, run_steps, sampled_batches
 from ...utils import private_rng
 from .. import ToolInfo
 
@@ -130,23 +130,16 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RepairContext, 
     g = torch.Generator().manual_seed(ctx.seed * 7919 + seed_offset)
     model.to(ctx.device).to(memory_format=torch.channels_last).train()  # ~1.5x faster convolutions on CPU
     x, y = x.to(ctx.device), y.to(ctx.device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() > 1], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() <= 1], "weight_decay": 0.0}]
-    opt = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+    opt = torch.optim.SGD(param_groups(model.parameters(), weight_decay), lr=lr, momentum=0.9, nesterov=True)
     views = views or (lambda xb, yb, gen: (augment_batch(xb, generator=gen, **ctx.augment), yb))
     loss = loss or (lambda m, xb, yb: F.cross_entropy(m(xb), yb))
-    for step in range(steps):
-        idx = torch.randint(0, len(x), (min(batch_size, max(len(x), batch_size)),), generator=g).to(ctx.device)
+
+    def loss_of(idx):
         xb, yb = views(x[idx], y[idx], g)
-        value = loss(model, xb.contiguous(memory_format=torch.channels_last), yb)
-        for group in opt.param_groups:
-            group["lr"] = lr * lr_factor(step, steps, warmup)
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        opt.step()
-        if after_step is not None:
-            after_step()
+        return loss(model, xb.contiguous(memory_format=torch.channels_last), yb)
+
+    run_steps(opt, sampled_batches(len(x), batch_size, steps, g, ctx.device), loss_of, lr=lr, warmup=warmup,
+              total=steps, after_step=after_step)
     return model.to(memory_format=torch.contiguous_format).eval()
 
 
