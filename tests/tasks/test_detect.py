@@ -120,3 +120,26 @@ def test_an_installed_plugin_detector_appears_on_the_leaderboard(patch_zoo, tmp_
     (broken / "broken_plugin-0.1.dist-info" / "entry_points.txt").write_text("[trojanbench.tools]\nbroken = no_such_module_x\n")
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**env, "PYTHONPATH": str(broken)})
     assert r.returncode == 2 and "plug-in 'broken'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_track_scores_all_to_all_and_adaptive_trojans(tmp_path):
+    """The large zoo's hard cases: all-to-all trojans (no target label) and adaptive ones (cover samples) go through
+    both boards; target accuracy is counted on all-to-one trojans only."""
+    cfg = ZooConfig(name="hard", models_per_arch=8, test_fraction=0.5, stratify=True,
+                    archs=[{"arch": "cnn", "kwargs": {"width": 8, "depth": 2}}],
+                    trojans={"kinds": ["patch", "adaptive-patch"], "targets": [3], "rates": [0.2],
+                             "by_kind": {"patch": {"mode": "all-to-all"}}},
+                    train={"epochs": 6}, gate={"min_asr": 0.0, "max_clean_drop": 1.0, "retries": 0})
+    build_zoo(cfg, tmp_path / "zoo", batch_models=8)
+    tools = ["final-layer-outlier", "neural-cleanse", "spectral", "knn-pixels"]
+    model_board, sample_board = run_detect_track(tmp_path / "zoo", tmp_path / "r.sqlite", tools, n_boot=50)
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        rows = store.rows(store.runs()[0].run_id)
+    groups = {g for r in rows if r.task == "detect-model" for g in r.extra.get("groups", [])}
+    assert {"kind=patch", "kind=adaptive-patch"} <= groups
+    assert {s.tool for s in model_board.scores} == {"final-layer-outlier", "neural-cleanse"}
+    assert all(s.n_models == 4 for s in model_board.scores)  # 2 clean + 2 trojaned held out
+    nc = model_board.get("neural-cleanse")
+    assert nc.metrics["target_accuracy"].n == 1  # the adaptive-patch trojan; all-to-all has no target to name
+    assert {s.tool for s in sample_board.scores} == {"spectral", "knn-pixels"}
+    assert all(s.n_models == 2 for s in sample_board.scores)
