@@ -64,12 +64,12 @@ register_track(Track("detect", _detect, _detect_registries, "is this model troja
 DIAGNOSE_IMAGES = 16  # triggered images per model in the default benchmark
 
 
-def _diagnose(zoo_dir, target, tools, seed, device, figures, progress) -> list[Board]:
+def _diagnose(zoo_dir, target, tools, seed, device, figures, progress, executor="serial", jobs=1) -> list[Board]:
     from .report.html import figure_row
     from .tasks.diagnose import TASK, run_diagnose_track
 
     board = run_diagnose_track(zoo_dir, target, tools, seed=seed, n_images=DIAGNOSE_IMAGES, progress=progress,
-                               images_dir=figures, split="test", device=device)
+                               images_dir=figures, split="test", device=device, executor=executor, jobs=jobs)
     with ResultsStore(target) as store:
         store.write([figure_row("diagnose", TASK, path, f"{path.stem.removeprefix('diagnose-')} trigger: triggered input, "
                                 "ground-truth footprint, and attribution maps toward the target label", seed)
@@ -83,7 +83,8 @@ def _diagnose_registries():
     return [ATTRIBUTORS]
 
 
-register_track(Track("diagnose", _diagnose, _diagnose_registries, "do attribution maps point at the trigger"))
+register_track(Track("diagnose", _diagnose, _diagnose_registries, "do attribution maps point at the trigger",
+                     as_jobs=True))
 
 
 def _synthesize(zoo_dir, target, tools, seed, device, figures, progress) -> list[Board]:

@@ -122,16 +122,27 @@ def test_detect_track_killed_mid_way_resumes_without_redoing_finished_jobs(tiny_
 
 
 
-def test_edit_track_runs_one_job_per_model_and_a_pool_gives_the_serial_rows(tiny_zoo, tmp_path, monkeypatch):
+
+# tracks that run one job per trojaned model: (module, track function, job function, tools, trojans the track takes)
+PER_MODEL = {"edit": ("edit", "run_edit_track", "edit_one", ["rome", "finetune-layer"], "all-to-one"),
+             "diagnose": ("diagnose", "run_diagnose_track", "diagnose_one", ["saliency", "sobel"], "all")}
+
+
+@pytest.mark.parametrize("track", sorted(PER_MODEL))
+def test_a_per_model_track_runs_one_job_per_model_and_a_pool_gives_the_serial_rows(track, tiny_zoo, tmp_path,
+                                                                                   monkeypatch):
+    import importlib
+
     from trojanbench.results.store import RunTarget
-    from trojanbench.tasks import edit
     from trojanbench.zoo.build import Zoo
 
-    tools = ["rome", "finetune-layer"]
-    n_models = len(Zoo(tiny_zoo).trojaned())
+    module, fn, job_fn, tools, which = PER_MODEL[track]
+    module = importlib.import_module(f"trojanbench.tasks.{module}")
+    zoo = Zoo(tiny_zoo)
+    n_models = len(zoo.trojaned()) if which == "all-to-one" else sum(j.trojaned for j, _, _ in zoo.models())
     boards = {}
     for executor in ("serial", "pool"):
-        boards[executor] = edit.run_edit_track(tiny_zoo, tmp_path / f"{executor}.sqlite", tools, n_boot=50,
+        boards[executor] = getattr(module, fn)(tiny_zoo, tmp_path / f"{executor}.sqlite", tools, n_boot=50,
                                                executor=executor, jobs=2)
         assert {s.tool: s.n_models for s in boards[executor].scores} == {t: n_models for t in tools}
     (run, serial, serial_jobs), (_, pool, pool_jobs) = (_run(tmp_path / f"{e}.sqlite") for e in ("serial", "pool"))
@@ -145,7 +156,8 @@ def test_edit_track_runs_one_job_per_model_and_a_pool_gives_the_serial_rows(tiny
     def refuse(**_):
         raise AssertionError("a finished job ran again")
 
-    monkeypatch.setattr(edit, "edit_one", refuse)
-    again = edit.run_edit_track(tiny_zoo, RunTarget(tmp_path / "serial.sqlite", run.run_id), tools, n_boot=50)
-    assert [(s.tool, s.metrics["asr"].value) for s in again.scores] == \
-        [(s.tool, s.metrics["asr"].value) for s in boards["serial"].scores]
+    monkeypatch.setattr(module, job_fn, refuse)
+    again = getattr(module, fn)(tiny_zoo, RunTarget(tmp_path / "serial.sqlite", run.run_id), tools, n_boot=50)
+    key = boards["serial"].spec.key
+    assert [(s.tool, s.metrics[key].value) for s in again.scores] == \
+        [(s.tool, s.metrics[key].value) for s in boards["serial"].scores]

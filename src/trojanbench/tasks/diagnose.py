@@ -51,6 +51,7 @@ from ..trojans.poison import attack_mask, relabel
 from ..zoo.build import Zoo
 from ..zoo.store import load_model
 from . import groups_of, population, role_of
+from .jobs import TrackJob, run_jobs, stored_rows
 
 TASK = "diagnose-attribution"
 SANITY_THRESHOLD = 0.5
@@ -153,16 +154,70 @@ def board_spec(pop: str) -> BoardSpec:
              f"< {SANITY_THRESHOLD})")
 
 
+def _attributors(ds, names: list[str], seed: int) -> dict:
+    reference = reference_sample(ds.x_train, seed=seed)  # every attributor gets the same clean sample
+    return {n: ATTRIBUTORS.get(n)(seed=seed).fit_reference(reference) for n in names}
+
+
+def _inputs(ds, job, folder, seed: int, n_images: int, device: str):
+    """One trojaned model, its card and what every attributor explains on it: `n_images` clean test images the
+    attack applies to (x), triggered (x_trig), with their target labels and the trigger's footprints."""
+    model, card = load_model(folder, torch.device(device))
+    model.eval()
+    p = prepare(ds, job.arch, job.arch_kwargs, job.trojan, seed=card.seed)
+    trigger, poison = p.trigger, job.trojan.poison
+    keep = attack_mask(ds.y_test, poison) & clean_test_mask(trigger, ds.x_test)
+    idx = torch.nonzero(keep).flatten()
+    idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))[:n_images]]
+    x, y = ds.x_test[idx], ds.y_test[idx]
+    x_trig, mask = trigger.apply_with_mask(x, generator=torch.Generator().manual_seed(seed))
+    return model, card, x, x_trig, relabel(y, poison, ds.num_classes), footprints(x, x_trig, mask)
+
+
+def diagnose_one(names: list[str], job, folder, zoo_data, seed: int, n_images: int, n_sanity: int,
+                 device: str) -> list:
+    """Job: every attributor in `names` on one trojaned model (they share its images, footprint and randomized
+    copy); its rows."""
+    from ..zoo.worker import cached_dataset
+
+    ds = cached_dataset(zoo_data.model_dump_json())
+    model, card, x, x_trig, target_y, (soft, binary) = _inputs(ds, job, folder, seed, n_images, device)
+    asr = float((predict(model, x_trig) == target_y).float().mean())
+    randomized = randomized_copy(model, seed=seed)
+    rows = []
+    for name, tool in _attributors(ds, names, seed).items():
+        start = time.perf_counter()
+        maps = tool.attribute(model, x_trig, target_y)
+        seconds = time.perf_counter() - start
+        maps = maps.detach().cpu()  # scored with numpy, whatever device a tool left its maps on
+        scores = score_maps(maps, soft, binary)
+        k = min(n_sanity, len(x_trig))
+        sim = rank_similarity(maps[:k], tool.attribute(randomized, x_trig[:k], target_y[:k]).detach().cpu()) \
+            if k else np.array([])
+        values = {m: _nanmean(v) for m, v in scores.items()} | {"sanity_similarity": _nanmean(sim)}
+        values["sanity_pass"] = float(values["sanity_similarity"] < SANITY_THRESHOLD) \
+            if not math.isnan(values["sanity_similarity"]) else float("nan")
+        values["seconds"] = seconds
+        rows += [model_row(name, card.id, TASK, metric, v, role=role_of(type(tool)), groups=groups_of(job),
+                           version=tool.version, seed=seed, job=job.id, n_images=len(x), attack_success=asr)
+                 for metric, v in values.items()]
+    return rows
+
+
 def run_diagnose_track(zoo_dir: str | Path, results, tools: list[str] | None = None, seed: int = 0,
                        n_images: int = 32, n_boot: int = 2000, progress=None, images_dir: str | Path | None = None,
                        max_models: int | None = None, split: str | None = None, n_sanity: int = 8,
-                       device: str = "cpu") -> Board:
+                       device: str = "cpu", executor: str = "serial", jobs: int = 1, address: str | None = None,
+                       panel_rows: int = 3) -> Board:
     """Score attributors (all registered, or `tools`) on the trojaned models of a zoo (`split` None = both
     splits; `max_models` caps how many, in plan order); write per-model rows into `results` (a RunTarget, a store
-    path — then the track is a run of its own — or None) and, with `images_dir`, one PNG panel per trigger kind.
-    Returns the board (columns: correlation, pointing_game, pointing_game_strict, mask_auroc, each also
-    [kind=K] / [crude] / [insidious]; sanity_similarity, sanity_pass, seconds_per_model). `progress()` is called
-    once per (model, attributor)."""
+    path — then the track is a run of its own — or None) and, with `images_dir`, one PNG panel per trigger kind
+    (its first `panel_rows` models). Returns the board (columns: correlation, pointing_game, pointing_game_strict,
+    mask_auroc, each also [kind=K] / [crude] / [insidious]; sanity_similarity, sanity_pass, seconds_per_model).
+
+    The work runs as jobs (`tasks.jobs`) on `executor`, one per model (its attributors share its images); a rerun
+    of an interrupted run skips finished jobs, and the board is computed from the stored rows. `progress()` is
+    called once per model."""
     names = _select(tools)
     zoo = Zoo(zoo_dir)
     zoo.plan()  # a clear error if this is not a zoo
@@ -171,69 +226,49 @@ def run_diagnose_track(zoo_dir: str | Path, results, tools: list[str] | None = N
         models = models[:max_models]
     if not models:
         raise UserError(f"zoo {zoo.root} has no finished trojaned models" + (f" in split {split!r}" if split else ""))
-    ds = zoo.dataset()
-    reference = reference_sample(ds.x_train, seed=seed)  # every attributor gets the same clean sample
-    tools_ = {n: ATTRIBUTORS.get(n)(seed=seed).fit_reference(reference) for n in names}
-    dev = torch.device(device)
-    panels: dict[str, list[dict]] = defaultdict(list)
+    from ..zoo.worker import cached_dataset
+
+    data = zoo.config().data
+    ds = cached_dataset(data.model_dump_json())
     spec = board_spec(population(zoo, split, models))
     config = {"track": "diagnose", "zoo": zoo.config().model_dump(), "tools": names, "n_images": n_images,
               "split": split, "max_models": max_models, "n_sanity": n_sanity}
-    rows = []
-    checked, collapsed = False, {}
-    with recording(results, "track:diagnose", config, seed) as store:
+    # on the first model: a method whose maps equal another's is reported once
+    job, folder, _ = models[0]
+    model, _, _, x_trig, target_y, _ = _inputs(ds, job, folder, seed, n_images, device)
+    collapsed = collapsed_methods(_attributors(ds, names, seed), model, x_trig[:4], target_y[:4])
+    kept = [n for n in names if n not in collapsed]
+    work = [TrackJob(f"{TASK}/{j.id}", diagnose_one, dict(names=kept, job=j, folder=f, zoo_data=data, seed=seed,
+                                                        n_images=n_images, n_sanity=n_sanity))
+            for j, f, _ in models]
+    with recording(results, "track:diagnose", config, seed, resume=True) as store:
         store.write([spec_row(spec), *tool_info_rows(spec.task, "attribute", ATTRIBUTORS, names)])
-        for job, folder, card in models:
-            model, _ = load_model(folder, dev)
-            model.eval()
-            p = prepare(ds, job.arch, job.arch_kwargs, job.trojan, seed=card.seed)
-            trigger, poison = p.trigger, job.trojan.poison
-            keep = attack_mask(ds.y_test, poison) & clean_test_mask(trigger, ds.x_test)
-            idx = torch.nonzero(keep).flatten()
-            idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))[:n_images]]
-            x, y = ds.x_test[idx], ds.y_test[idx]
-            x_trig, mask = trigger.apply_with_mask(x, generator=torch.Generator().manual_seed(seed))
-            target_y = relabel(y, poison, ds.num_classes)
-            soft, binary = footprints(x, x_trig, mask)
-            asr = float((predict(model, x_trig) == target_y).float().mean())
-            randomized = randomized_copy(model, seed=seed)
-            example = {"image": x_trig[0], "footprint": soft[0], "maps": {}, "model": card.id}
-            if not checked:  # on the first model: a method whose maps equal another's is reported once
-                collapsed.update(collapsed_methods(tools_, model, x_trig[:4], target_y[:4]))
-                for name, same in collapsed.items():
-                    del tools_[name]
-                    store.write(ResultRow(name, "collapsed", TASK, "collapsed_onto", None,
-                                          extra={"onto": same, "arch": job.arch}))
-                checked = True
-            for name, tool in tools_.items():
-                start = time.perf_counter()
-                maps = tool.attribute(model, x_trig, target_y)
-                seconds = time.perf_counter() - start
-                maps = maps.detach().cpu()  # scored with numpy, whatever device a tool left its maps on
-                scores = score_maps(maps, soft, binary)
-                k = min(n_sanity, len(x_trig))
-                sim = rank_similarity(maps[:k], tool.attribute(randomized, x_trig[:k], target_y[:k]).detach().cpu()) \
-                    if k else np.array([])
-                values = {m: _nanmean(v) for m, v in scores.items()} | {"sanity_similarity": _nanmean(sim)}
-                values["sanity_pass"] = float(values["sanity_similarity"] < SANITY_THRESHOLD) \
-                    if not math.isnan(values["sanity_similarity"]) else float("nan")
-                values["seconds"] = seconds
-                example["maps"][name] = maps[0]
-                new = [model_row(name, card.id, TASK, metric, v, role=role_of(type(tool)), groups=groups_of(job),
-                                 version=tool.version, seed=seed, job=job.id, n_images=len(x), attack_success=asr)
-                       for metric, v in values.items()]
-                rows.extend(new)
-                store.write(new)
-                if progress:
-                    progress()
-            panels[job.trojan.trigger.kind].append(example)
+        store.write([ResultRow(name, "collapsed", TASK, "collapsed_onto", None, extra={"onto": same, "arch": job.arch})
+                     for name, same in collapsed.items()])
         if collapsed:
             spec.note += "; reported once (identical maps on this architecture): " + ", ".join(
                 f"{n} = {same}" for n, same in collapsed.items())
             store.write(spec_row(spec))
+        new = run_jobs(work, store, executor, jobs, device, address, progress)
+        rows = stored_rows(store, new, TASK, kept)
     if images_dir is not None:
-        write_panels(panels, images_dir, [n for n in names if n not in collapsed])
+        write_panels(_panels(ds, models, kept, seed, n_images, device, panel_rows), images_dir, kept)
     return compute_board(rows, spec, n_boot, seed)
+
+
+def _panels(ds, models, names: list[str], seed: int, n_images: int, device: str, per_kind: int) -> dict[str, list[dict]]:
+    """The panels' examples, drawn again: the first image of the first `per_kind` models of each trigger kind, its
+    footprint and each method's map."""
+    panels: dict[str, list[dict]] = defaultdict(list)
+    tools = _attributors(ds, names, seed)
+    for job, folder, _ in models:
+        kind = job.trojan.trigger.kind
+        if len(panels[kind]) >= per_kind:
+            continue
+        model, card, _, x_trig, target_y, (soft, _) = _inputs(ds, job, folder, seed, n_images, device)
+        maps = {n: t.attribute(model, x_trig[:1], target_y[:1]).detach().cpu()[0] for n, t in tools.items()}
+        panels[kind].append({"image": x_trig[0], "footprint": soft[0], "maps": maps, "model": card.id})
+    return panels
 
 
 def collapsed_methods(tools: dict, model, x: torch.Tensor, target: torch.Tensor) -> dict[str, str]:
