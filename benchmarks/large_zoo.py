@@ -76,7 +76,7 @@ def main() -> None:
         groups = defaultdict(list)
         for j in trojans:
             groups[key(j)].append(j)
-        by_axis[axis] = {str(level): tally(groups[level]) for level in sorted(groups)}
+        by_axis[axis] = {str(level): {"level": level, **tally(groups[level])} for level in sorted(groups)}
     clean = [j for j in plan if not j.trojaned]
     accs = [c.metrics["clean_accuracy"] for c in cards.values()]
     result = {"zoo_config": args.config, "zoo": str(root), "models_planned": len(plan),
