@@ -87,11 +87,11 @@ register_track(Track("diagnose", _diagnose, _diagnose_registries, "do attributio
                      as_jobs=True))
 
 
-def _synthesize(zoo_dir, target, tools, seed, device, figures, progress) -> list[Board]:
+def _synthesize(zoo_dir, target, tools, seed, device, figures, progress, executor="serial", jobs=1) -> list[Board]:
     from .tasks.synthesize import run_synthesize_track
 
     return run_synthesize_track(zoo_dir, target, tools, seed=seed, split="test", progress=progress, figures=figures,
-                                bank=Path(target).parent / "survey", device=device)
+                                bank=Path(target).parent / "survey", device=device, executor=executor, jobs=jobs)
 
 
 def _synthesize_registries():
@@ -100,7 +100,8 @@ def _synthesize_registries():
     return [SYNTHESIZERS]
 
 
-register_track(Track("synthesize", _synthesize, _synthesize_registries, "does feature synthesis rediscover the trigger"))
+register_track(Track("synthesize", _synthesize, _synthesize_registries, "does feature synthesis rediscover the trigger",
+                     as_jobs=True))
 
 
 REPAIR_BUDGET = 0.05  # the default benchmark repairs the held-out split's trojans with a 5% clean budget

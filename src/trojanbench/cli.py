@@ -229,7 +229,7 @@ def run(
                                               "or ray"),
     jobs: int = typer.Option(2, help="workers for the pool / ray executors"),
     track_executor: str = typer.Option("serial", help="executor of the (tool, model) jobs of the tracks that run as "
-                                                      "jobs (detect, diagnose, repair, edit): serial (in this process), pool or ray"),
+                                                      "jobs (every track): serial (in this process), pool or ray"),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto (CUDA where available): where the zoo trains "
                                             "and every track runs its models and tools"),
     report: bool = typer.Option(True, help="render the HTML report"),

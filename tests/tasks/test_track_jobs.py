@@ -125,7 +125,9 @@ def test_detect_track_killed_mid_way_resumes_without_redoing_finished_jobs(tiny_
 
 # tracks that run one job per trojaned model: (module, track function, job function, tools, trojans the track takes)
 PER_MODEL = {"edit": ("edit", "run_edit_track", "edit_one", ["rome", "finetune-layer"], "all-to-one"),
-             "diagnose": ("diagnose", "run_diagnose_track", "diagnose_one", ["saliency", "sobel"], "all")}
+             "diagnose": ("diagnose", "run_diagnose_track", "diagnose_one", ["saliency", "sobel"], "all"),
+             "synthesize": ("synthesize", "run_synthesize_track", "synthesize_one", ["noise-patch", "exemplar"],
+                            "all-to-one")}
 
 
 @pytest.mark.parametrize("track", sorted(PER_MODEL))
@@ -144,6 +146,7 @@ def test_a_per_model_track_runs_one_job_per_model_and_a_pool_gives_the_serial_ro
     for executor in ("serial", "pool"):
         boards[executor] = getattr(module, fn)(tiny_zoo, tmp_path / f"{executor}.sqlite", tools, n_boot=50,
                                                executor=executor, jobs=2)
+        boards[executor] = boards[executor][0] if isinstance(boards[executor], list) else boards[executor]
         assert {s.tool: s.n_models for s in boards[executor].scores} == {t: n_models for t in tools}
     (run, serial, serial_jobs), (_, pool, pool_jobs) = (_run(tmp_path / f"{e}.sqlite") for e in ("serial", "pool"))
     assert set(serial_jobs) == set(pool_jobs) and len(serial_jobs) == n_models
@@ -158,6 +161,26 @@ def test_a_per_model_track_runs_one_job_per_model_and_a_pool_gives_the_serial_ro
 
     monkeypatch.setattr(module, job_fn, refuse)
     again = getattr(module, fn)(tiny_zoo, RunTarget(tmp_path / "serial.sqlite", run.run_id), tools, n_boot=50)
+    again = again[0] if isinstance(again, list) else again
     key = boards["serial"].spec.key
     assert [(s.tool, s.metrics[key].value) for s in again.scores] == \
         [(s.tool, s.metrics[key].value) for s in boards["serial"].scores]
+
+
+
+def test_the_synthesize_track_writes_its_bank_and_panel_from_stored_jobs(tiny_zoo, tmp_path):
+    """The survey bank and the report's panel come from the rows the jobs stored: one question per (tool, trojan),
+    in the trojans' order, readable by the survey app (the pooled condition is covered by tests/test_benchmark.py)."""
+    from trojanbench.survey.bank import load_bank
+    from trojanbench.tasks.synthesize import run_synthesize_track
+    from trojanbench.zoo.build import Zoo
+
+    tools = ["noise-patch", "exemplar"]
+    run_synthesize_track(tiny_zoo, tmp_path / "r.sqlite", tools, n_boot=20, bank=tmp_path / "bank",
+                         figures=tmp_path / "fig")
+    bank = load_bank(tmp_path / "bank")
+    trojans = [c.id for _, _, c in Zoo(tiny_zoo).trojaned()]
+    asked = [q for q in bank.questions]
+    assert [q.model_id for q in asked] == [m for m in trojans for _ in tools]
+    assert [q.tool for q in asked] == tools * len(trojans)
+    assert (tmp_path / "fig" / "synthesize-stamps.png").stat().st_size > 0
