@@ -1,11 +1,11 @@
 """The main job (`trojanbench run`): build (or reuse) a zoo, run every registered tool of every track on it as one
 run of the results store, render the HTML report of that run, and return the leaderboards.
 
-A track is one function `run(zoo_dir, target, tools, seed, device, figures, progress) -> list[Board]` plus the
-registries its tools live in (so `--tools` can be checked and routed before anything runs). `target` names the
-store and the run every row goes into; the boards come from `results.boards`, computed from those rows. A track
-that runs as jobs (`as_jobs`, see `tasks.jobs`) also takes `executor` and `jobs`: its (tool, model) jobs run on
-that zoo executor, and a rerun after an interruption (the same config: the run is resumed) skips finished jobs.
+A track is one function `run(zoo_dir, target, tools, seed, device, figures, progress, executor, jobs) ->
+list[Board]` plus the registries its tools live in (so `--tools` can be checked and routed before anything runs).
+`target` names the store and the run every row goes into; the boards come from `results.boards`, computed from
+those rows. Every track runs as jobs (see `tasks.jobs`): they run on the zoo executor `executor` with `jobs`
+workers, and a rerun after an interruption (the same config: the run is resumed) skips finished jobs.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ class Track:
     run: Callable[..., list[Board]]
     registries: Callable[[], list]  # imported lazily: a track's tools load only when it runs
     about: str = ""
-    as_jobs: bool = False  # its work runs as (tool, model) jobs on an executor (`run` takes executor=, jobs=)
 
 
 TRACKS: dict[str, Track] = {}
@@ -57,8 +56,7 @@ def _detect_registries():
     return [DETECTORS, SAMPLE_DETECTORS]
 
 
-register_track(Track("detect", _detect, _detect_registries, "is this model trojaned; which samples were poisoned",
-                     as_jobs=True))
+register_track(Track("detect", _detect, _detect_registries, "is this model trojaned; which samples were poisoned"))
 
 
 DIAGNOSE_IMAGES = 16  # triggered images per model in the default benchmark
@@ -83,8 +81,7 @@ def _diagnose_registries():
     return [ATTRIBUTORS]
 
 
-register_track(Track("diagnose", _diagnose, _diagnose_registries, "do attribution maps point at the trigger",
-                     as_jobs=True))
+register_track(Track("diagnose", _diagnose, _diagnose_registries, "do attribution maps point at the trigger"))
 
 
 def _synthesize(zoo_dir, target, tools, seed, device, figures, progress, executor="serial", jobs=1) -> list[Board]:
@@ -100,8 +97,7 @@ def _synthesize_registries():
     return [SYNTHESIZERS]
 
 
-register_track(Track("synthesize", _synthesize, _synthesize_registries, "does feature synthesis rediscover the trigger",
-                     as_jobs=True))
+register_track(Track("synthesize", _synthesize, _synthesize_registries, "does feature synthesis rediscover the trigger"))
 
 
 REPAIR_BUDGET = 0.05  # the default benchmark repairs the held-out split's trojans with a 5% clean budget
@@ -127,8 +123,7 @@ def _repair_registries():
     return [REPAIRERS]
 
 
-register_track(Track("repair", _repair, _repair_registries, "scrub the trojan with a small clean budget",
-                     as_jobs=True))
+register_track(Track("repair", _repair, _repair_registries, "scrub the trojan with a small clean budget"))
 
 
 def _edit(zoo_dir, target, tools, seed, device, figures, progress, executor="serial", jobs=1) -> list[Board]:
@@ -144,7 +139,7 @@ def _edit_registries():
     return [EDITORS]
 
 
-register_track(Track("edit", _edit, _edit_registries, "causal tracing + rank-one editing", as_jobs=True))
+register_track(Track("edit", _edit, _edit_registries, "causal tracing + rank-one editing"))
 
 
 def split_tools(tools: list[str] | None, tracks: list[str]) -> dict[str, list[str] | None]:
@@ -268,7 +263,7 @@ def run_benchmark(out: str | Path, config: str = "digits-bench", zoo: str | Path
     for name, names in routed.items():
         start = time.perf_counter()
         progress = track_progress(name) if track_progress else None
-        on = {"executor": track_executor, "jobs": jobs} if TRACKS[name].as_jobs else {}
+        on = {"executor": track_executor, "jobs": jobs}
         try:
             boards = TRACKS[name].run(zoo, target, names, seed, device, out / "figures",
                                       progress.__enter__() if progress else None, **on)
