@@ -26,6 +26,18 @@ RESULTS = Path(__file__).parent / "results"
 LIMIT = 0.06  # the model-detection AUROC half-width the large zoo must reach
 
 
+def _store_source(store: Path) -> tuple[str, Path, dict, str]:
+    """(run id, store, provenance, zoo folder) of the newest run in a results store, finished or not."""
+    from trojanbench.results.store import ResultsStore
+
+    if not store.is_file():
+        sys.exit(f"{store} is not a results store")
+    with ResultsStore(store) as s:
+        run = s.runs()[-1]
+    prov = {"commit": run.info.get("commit"), "status": run.status, "seconds": run.info.get("seconds")}
+    return run.run_id, store, prov, run.info["zoo"]
+
+
 def _source(name: str, section: str | None) -> tuple[str, Path, dict, str]:
     """(run id, results store, provenance, zoo folder) of the run a benchmark file names."""
     data = json.loads((RESULTS / f"{name}.json").read_text())
@@ -80,6 +92,10 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=3, help="pairwise verdicts among this many top tools per board")
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--large-store", default=None,
+                    help="read the large zoo's detect run from this results store (its newest run, even one that was "
+                         "stopped before the end) instead of the run detect_rss.json names")
+    ap.add_argument("--out", default="power", help="result name under benchmarks/results/ (or a .json path)")
     args = ap.parse_args()
 
     from trojanbench.results.boards import board_json, boards_of_run
@@ -90,11 +106,18 @@ def main() -> None:
     out = {}
     for config, (name, section) in {"digits-bench": ("board_digits-bench", None),
                                     "digits-large": ("detect_rss", "digits-large")}.items():
-        run_id, store, prov, zoo = _source(name, section)
+        if config == "digits-large" and args.large_store:
+            run_id, store, prov, zoo = _store_source(Path(args.large_store))
+            name = str(store)
+        else:
+            run_id, store, prov, zoo = _source(name, section)
+            prov = {**prov, "status": "complete"}
         with ResultsStore(store) as s:
             rows = s.rows(run_id)
+            jobs = len(s.jobs(run_id))
         boards = boards_of_run(rows, args.n_boot, args.seed)
-        out[config] = {"run_id": run_id, "source": f"{name}.json", "source_commit": prov["commit"], "zoo": zoo,
+        out[config] = {"run_id": run_id, "source": name if name.endswith(".sqlite") else f"{name}.json",
+                       "source_commit": prov["commit"], "run_status": prov["status"], "jobs_finished": jobs, "zoo": zoo,
                        "boards": [board_power(rows, b, args.top, args.n_boot, args.seed) for b in boards]}
         if config == "digits-large":  # its boards are nowhere else: in full, with the curves over the axes
             for entry, b in zip(out[config]["boards"], boards):
@@ -102,7 +125,7 @@ def main() -> None:
     model = next(b for b in out["digits-large"]["boards"] if b["task"] == "detect-model")
     widest = model["key_half_width"]["max"]
     out["large_model_detection"] = {"max_auroc_half_width": widest, "limit": LIMIT, "met": widest <= LIMIT}
-    path = write_benchmark("power", out, config=vars(args), started=started)
+    path = write_benchmark(args.out, out, config=vars(args), started=started)
     print(f"large zoo, model detection: widest AUROC half-width {widest} (limit {LIMIT}) -> {path}")
 
 

@@ -42,14 +42,25 @@ def _large_boards(data):
 @block("board-large-detect", "power.json")
 def _board_large_detect(d):
     data = d["power.json"]
-    out = [f"Run `{data['digits-large']['run_id']}` (the detect track of `benchmarks/detect_rss.py`), read back by "
-           f"`benchmarks/power.py`.", ""]
+    large = data["digits-large"]
+    out = [f"Run `{large['run_id']}` of the detect track ({large['run_status']}, {large['jobs_finished']} jobs "
+           f"finished), read back by `benchmarks/power.py`."]
+    if large["run_status"] != "complete":
+        out[0] += (" The run was stopped before all its jobs had finished: a board covers the models its `n` "
+                   "column counts, and the sample-level board only the trojans scored before the stop.")
+    out.append("")
     for b in _large_boards(data):
         board = b["board"]
         cols = [(board["key"], board["key"].upper() if board["key"] == "auroc" else board["key"])]
         cols += [(m, m) for m in ("auroc[kind=adaptive-blend]", "auroc[kind=adaptive-patch]", "auroc[insidious]")
                  if any(m in t["metrics"] for t in board["tools"])]
-        out += [f"#### {board['title']}", "", board_table(board, cols), ""]
+        head = ["rank", "tool", *[h for _, h in cols], "models", f"vs {board['reference']}" if board.get("reference")
+                else "verdict"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for rank, t in enumerate(board["tools"], 1):
+            lines.append("| " + " | ".join([str(rank), t["tool"], *[cell(t["metrics"].get(m)) for m, _ in cols],
+                                            str(t["n_models"]), verdict(t)]) + " |")
+        out += [f"#### {board['title']}", "", "\n".join(lines), ""]
     return "\n".join(out) + provenance_line(data, "power.json")
 
 
