@@ -48,12 +48,14 @@ def verdict(tool: dict) -> str:
     return v
 
 
-def board_table(board: dict, columns: list[tuple[str, str]]) -> str:
-    """A markdown table of one stored board: rank, tool, the given cells, n, verdict."""
-    head = ["rank", "tool", *[h for _, h in columns], f"vs {board['reference']}" if board.get("reference") else "verdict"]
+def board_table(board: dict, columns: list[tuple[str, str]], models: bool = False) -> str:
+    """A markdown table of one stored board: rank, tool, the given cells, (with `models`) the models each tool was
+    scored on, verdict."""
+    head = ["rank", "tool", *[h for _, h in columns], *(["models"] if models else []),
+            f"vs {board['reference']}" if board.get("reference") else "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rank, t in enumerate(board["tools"], 1):
-        cells = [cell(t["metrics"].get(m)) for m, _ in columns]
+        cells = [cell(t["metrics"].get(m)) for m, _ in columns] + ([str(t["n_models"])] if models else [])
         lines.append("| " + " | ".join([str(rank), t["tool"], *cells, verdict(t)]) + " |")
     return "\n".join(lines)
 

@@ -54,13 +54,7 @@ def _board_large_detect(d):
         cols = [(board["key"], board["key"].upper() if board["key"] == "auroc" else board["key"])]
         cols += [(m, m) for m in ("auroc[kind=adaptive-blend]", "auroc[kind=adaptive-patch]", "auroc[insidious]")
                  if any(m in t["metrics"] for t in board["tools"])]
-        head = ["rank", "tool", *[h for _, h in cols], "models", f"vs {board['reference']}" if board.get("reference")
-                else "verdict"]
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for rank, t in enumerate(board["tools"], 1):
-            lines.append("| " + " | ".join([str(rank), t["tool"], *[cell(t["metrics"].get(m)) for m, _ in cols],
-                                            str(t["n_models"]), verdict(t)]) + " |")
-        out += [f"#### {board['title']}", "", "\n".join(lines), ""]
+        out += [f"#### {board['title']}", "", board_table(board, cols, models=True), ""]
     return "\n".join(out) + provenance_line(data, "power.json")
 
 

@@ -182,8 +182,9 @@ def run_synthesize_track(zoo_dir: str | Path, results, tools: list[str] | None =
     specs = board_specs(population(zoo, split, models, "models (all-to-one trojans)"))
     config = {"track": "synthesize", "zoo": cfg.model_dump(), "tools": names, "split": split, "max_models": max_models}
     panel_job = next((j.id for j, _, _ in models if j.trojan.trigger.kind == "patch"), None)
+    prior = trigger_prior(cfg)
     work = [TrackJob(f"{TASK}/{job.id}", synthesize_one, dict(
-        names=names, pooled=pooled, job=job, folder=folder, zoo_data=cfg.data, prior=trigger_prior(cfg), judge=judge,
+        names=names, pooled=pooled, job=job, folder=folder, zoo_data=cfg.data, prior=prior, judge=judge,
         library=library, m_index=m_index, seed=seed, panel=job.id == panel_job,
         twin_folder=zoo.root / "models" / job.twin if job.twin and zoo._valid_model(job.twin) else None))
         for m_index, (job, folder, _) in enumerate(models)]
