@@ -35,7 +35,7 @@ def main() -> None:
             out = Path(args.keep) if (args.keep and label == "cold") else Path(tmp) / label
             started = time.time()
             start = time.perf_counter()
-            run = run_benchmark(out, config=args.config, seed=args.seed)
+            run = run_benchmark(out, config=args.config, seed=args.seed, track_executor="pool", jobs=2)  # as `make run`
             runs[label] = {"run_id": run.run_id, "total_s": round(time.perf_counter() - start, 1),
                            "stages_s": {k: round(v, 1) for k, v in run.seconds.items()}}
             print(label, runs[label], flush=True)

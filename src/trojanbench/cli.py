@@ -228,8 +228,9 @@ def run(
     executor: str = typer.Option("pool", help="zoo executor: pool (a process per core), batched (in-process), serial "
                                               "or ray"),
     jobs: int = typer.Option(2, help="workers for the pool / ray executors"),
-    track_executor: str = typer.Option("serial", help="executor of the (tool, model) jobs of the tracks that run as "
-                                                      "jobs (every track): serial (in this process), pool or ray"),
+    track_executor: str = typer.Option("pool", help="executor of the tracks' (tool, model) jobs: pool (--jobs "
+                                                    "processes; workers share the shadow models they need), serial "
+                                                    "(in this process) or ray"),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N or auto (CUDA where available): where the zoo trains "
                                             "and every track runs its models and tools"),
     report: bool = typer.Option(True, help="render the HTML report"),

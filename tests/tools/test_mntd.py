@@ -124,3 +124,36 @@ def test_jumbo_distribution_is_the_authors():
     stamped = xj[200:, :, d.row:d.row + h, d.col:d.col + h]
     if d.alpha == 1.0:
         assert torch.equal(stamped, d.pattern.expand_as(stamped))
+
+
+def test_workers_that_need_the_same_shadows_share_their_training(tiny, tmp_path):
+    """A pool's workers build MNTD's shadows at once: each chunk another worker is building is left to it and read
+    from its file when it is done, so no chunk is trained twice (here the other worker holds chunk 0)."""
+    import threading
+
+    from trojanbench.tools.detect.jumbo import CHUNK, FORMAT, chunk_key
+    from trojanbench.tools.detect.shadow import claim, save_states
+
+    _, ctx, models, _ = tiny
+    cfg = JumboConfig(epochs=1)
+    path = tmp_path / f"mntd-jumbo-{chunk_key(models[0], ctx.x_clean, ctx.y_clean, 4, cfg, 'jumbo', 0)}.safetensors"
+    others_done, held = threading.Event(), threading.Event()
+    marker = {"1.weight": torch.full_like(models[0].state_dict()["1.weight"], 7.0)}
+
+    def other_worker():
+        with claim(path) as got:
+            assert got
+            held.set()
+            assert others_done.wait(120)  # this worker is slow: it finishes chunk 0 after the rest
+            save_states(path, [{k: v.clone() for k, v in marker.items()} for _ in range(CHUNK)], fmt=FORMAT)
+
+    thread = threading.Thread(target=other_worker)
+    thread.start()
+    assert held.wait(30)
+    done = []
+    states, trained = shadow_states(models[0], ctx.x_clean, ctx.y_clean, 4, cfg, "jumbo", 3 * CHUNK, tmp_path,
+                                    progress=lambda i, n: done.append(i) or (len(done) == 2 and others_done.set()))
+    thread.join()
+    assert trained == 2 * CHUNK  # chunks 1 and 2 here, chunk 0 by the other worker
+    assert all(torch.equal(s["1.weight"], marker["1.weight"]) for s in states[:CHUNK])
+    assert len(states) == 3 * CHUNK and not torch.equal(states[CHUNK]["1.weight"], marker["1.weight"])

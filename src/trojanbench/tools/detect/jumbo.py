@@ -28,7 +28,7 @@ from torch import nn
 
 from ...config import TrainConfig
 from ...utils import canonical_json, private_rng, sha256_bytes
-from .shadow import architecture_key, cache_root, data_key, fixed_buffers_key, fresh_copy, load_states, save_states
+from .shadow import architecture_key, cache_root, claim, data_key, fixed_buffers_key, fresh_copy, load_states, save_states
 
 FORMAT = "mntd-shadows/1"  # bump when the jumbo distribution or the training recipe changes
 CHUNK = 16
@@ -155,18 +155,38 @@ def shadow_states(template: nn.Module, x: torch.Tensor, y: torch.Tensor, num_cla
     the cache where present and trained (and cached) otherwise. Returns (states, how many were trained now).
     `progress(done, n)` is called after each trained chunk."""
     x, y = x.detach().cpu(), y.detach().cpu()
-    states, trained = [], 0
-    for chunk in range((n + CHUNK - 1) // CHUNK):
+    n_chunks = (n + CHUNK - 1) // CHUNK
+    parts: dict[int, list[dict[str, torch.Tensor]]] = {}
+    trained = 0
+
+    def take(chunk: int, wait: bool) -> bool:
+        """Chunk `chunk` from the cache, or trained now; False if another process is building it (`wait=False`)."""
+        nonlocal trained
         path = cache_root(cache) / f"mntd-{kind}-{chunk_key(template, x, y, num_classes, cfg, kind, chunk)}.safetensors"
         stored = load_states(path)
-        if stored is None or len(stored[0]) != CHUNK:
-            with private_rng():  # nothing here may move the caller's global RNG
-                part = [train_shadow(template, x, y, num_classes, cfg, kind, chunk * CHUNK + i, device)
-                        for i in range(CHUNK)]
-            save_states(path, part, fmt=FORMAT)
-            trained += CHUNK
-            stored = (part, {})
-            if progress is not None:
-                progress(min(n, (chunk + 1) * CHUNK), n)
-        states += stored[0]
+        if stored is not None and len(stored[0]) == CHUNK:
+            parts[chunk] = stored[0]
+            return True
+        with claim(path, wait) as held:
+            if not held:
+                return False
+            stored = load_states(path)  # built by the process that held the claim before us
+            if stored is None or len(stored[0]) != CHUNK:
+                with private_rng():  # nothing here may move the caller's global RNG
+                    part = [train_shadow(template, x, y, num_classes, cfg, kind, chunk * CHUNK + i, device)
+                            for i in range(CHUNK)]
+                save_states(path, part, fmt=FORMAT)
+                trained += CHUNK
+                stored = (part, {})
+                if progress is not None:
+                    progress(min(n, len(parts) * CHUNK + CHUNK), n)
+            parts[chunk] = stored[0]
+        return True
+
+    # chunks another worker is building are left to it and collected at the end: workers that need the same
+    # shadows at once share the training instead of repeating it
+    later = [chunk for chunk in range(n_chunks) if not take(chunk, wait=False)]
+    for chunk in later:
+        take(chunk, wait=True)
+    states = [s for chunk in range(n_chunks) for s in parts[chunk]]
     return states[:n], trained

@@ -63,7 +63,7 @@ from ...utils import canonical_json, one_thread, private_rng, sha256_bytes
 from . import DetectContext, Detection, Detector, register
 from .jumbo import FORMAT as SHADOW_FORMAT
 from .jumbo import JumboConfig, chunk_key, shadow_states
-from .shadow import architecture_key, cache_root, data_key, fresh_copy, load_states, save_states
+from .shadow import architecture_key, cache_root, claim, data_key, fresh_copy, load_states, save_states
 
 PAPER = ("Xiaojun Xu, Qi Wang, Huichen Li, Nikita Borisov, Carl A. Gunter, Bo Li. Detecting AI Trojans Using "
          "Meta Neural Analysis. IEEE Symposium on Security and Privacy (S&P), 2021")
@@ -229,39 +229,50 @@ class _MNTD(Detector):
             meta = MetaClassifier(initial_queries(ctx.x_clean.detach().cpu(), self.meta_cfg.queries, g),
                                   ctx.num_classes, self.meta_cfg.hidden, self.one_class)
             stored = load_states(path)
+            if stored is None or len(stored[0]) != 1:
+                # the shadows first (workers that need them at once share their training), then one worker
+                # meta-trains while any other waits for its file
+                banks, trained = self._shadows(model, ctx)
+                with claim(path):
+                    stored = load_states(path)
+                    if stored is None or len(stored[0]) != 1:
+                        info = self._build(meta.to(ctx.device), banks, trained, g, arch)
+                        save_states(path, [meta.state_dict()],
+                                    {"val_auroc": torch.tensor(info.val_auroc, dtype=torch.float64)}, fmt=FORMAT)
             if stored is not None and len(stored[0]) == 1:
                 meta.load_state_dict(stored[0][0])
                 info = BuildInfo(arch, 0, True, 0.0, stored[1].get("val_auroc", torch.zeros(0)).tolist())
-            else:
-                info = self._build(meta.to(ctx.device), model, ctx, g, arch)
-                save_states(path, [meta.state_dict()], {"val_auroc": torch.tensor(info.val_auroc, dtype=torch.float64)},
-                            fmt=FORMAT)
         meta = meta.to(ctx.device).eval().requires_grad_(False)
         info.seconds = time.perf_counter() - start
         self.builds.append(info)
         self._meta[memo] = meta
         return meta
 
-    def _build(self, meta: MetaClassifier, template: nn.Module, ctx: DetectContext, g: torch.Generator,
-               arch: str) -> BuildInfo:
-        trained = 0
-
-        def shadows(*kinds_and_counts) -> _ShadowBank:
-            nonlocal trained
+    def _shadows(self, template: nn.Module, ctx: DetectContext) -> tuple[dict[str, _ShadowBank], int]:
+        """The shadow banks the meta-classifier learns from ("train" and, for jumbo learning, "val"), read from the
+        cache or trained now, and how many shadows were trained now."""
+        n, v = self.shadows.train, self.shadows.val
+        parts = {"train": [("benign", n)]} if self.one_class else {
+            "train": [("benign", n), ("jumbo", n)], "val": [("benign-val", v), ("jumbo-val", v)]}
+        banks, trained = {}, 0
+        for name, kinds_and_counts in parts.items():
             states = []
-            for kind, n in kinds_and_counts:
-                part, new = shadow_states(template, ctx.x_clean, ctx.y_clean, ctx.num_classes, self.shadows, kind, n,
-                                          self.cache, ctx.device, self.progress)
+            for kind, count in kinds_and_counts:
+                part, new = shadow_states(template, ctx.x_clean, ctx.y_clean, ctx.num_classes, self.shadows, kind,
+                                          count, self.cache, ctx.device, self.progress)
                 states += part
                 trained += new
-            return _ShadowBank(template, states, ctx.device)
+            banks[name] = _ShadowBank(template, states, ctx.device)
+        return banks, trained
 
+    def _build(self, meta: MetaClassifier, banks: dict[str, _ShadowBank], trained: int, g: torch.Generator,
+               arch: str) -> BuildInfo:
         n, v = self.shadows.train, self.shadows.val
         if self.one_class:
-            train_meta_one_class(meta, shadows(("benign", n)), self.meta_cfg, g)
+            train_meta_one_class(meta, banks["train"], self.meta_cfg, g)
             return BuildInfo(arch, trained, False, 0.0)
-        train, val = shadows(("benign", n), ("jumbo", n)), shadows(("benign-val", v), ("jumbo-val", v))
-        history = train_meta_jumbo(meta, train, [0] * n + [1] * n, val, [0] * v + [1] * v, self.meta_cfg, g)
+        history = train_meta_jumbo(meta, banks["train"], [0] * n + [1] * n, banks["val"], [0] * v + [1] * v,
+                                   self.meta_cfg, g)
         return BuildInfo(arch, trained, False, 0.0, history)
 
     def detect(self, model: nn.Module, ctx: DetectContext) -> Detection:

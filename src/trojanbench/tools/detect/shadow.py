@@ -13,8 +13,11 @@ determines them, written atomically, so a benchmark run pays for them once and a
 from __future__ import annotations
 
 import copy
+import fcntl
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -100,6 +103,28 @@ def save_states(path: Path, states: list[dict[str, torch.Tensor]], extra: dict[s
         Path(tmp).unlink(missing_ok=True)
 
 
+@contextmanager
+def claim(path: Path, wait: bool = True) -> Iterator[bool]:
+    """An exclusive flock on `<path>.lock` while the block runs, so that processes sharing a cache (a pool's workers
+    on one machine) build each cached file once. Yields True once held; with `wait=False` and another process
+    holding it, yields False at once (build something else and come back). The kernel drops the lock when its
+    holder exits, kill -9 included, so a dead builder never blocks anyone; the holder re-checks the cache first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 def load_states(path: Path) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None:
     """(state dicts, extra tensors) from `save_states`, or None if the file is missing or damaged (then the
     caller rebuilds it: a damaged file, e.g. from a full disk, is never trusted)."""
@@ -175,15 +200,16 @@ def shadow_zoo(template: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classe
     """The `output-stats-meta` shadow zoo for `template`'s architecture, trained once and cached under `cache`
     (default $TROJANBENCH_CACHE/shadows). Returns (models, labels, whether it came from the cache)."""
     path = cache_root(cache) / f"{shadow_key(template, x, y, num_classes, cfg)}.safetensors"
-    stored = load_states(path)
-    if stored is not None and "__labels__" in stored[1]:
-        states, extra = stored
-        models = []
-        for state in states:
-            m = copy.deepcopy(template).cpu()
-            m.load_state_dict(state)
-            models.append(m.eval())
-        return [m.to(device) for m in models], extra["__labels__"].tolist(), True
-    models, labels = train_shadow_zoo(template, x, y, num_classes, cfg, device)
-    save_states(path, [m.state_dict() for m in models], {"__labels__": torch.tensor(labels)})
+    with claim(path):  # another worker building the same zoo: wait for it and read its file
+        stored = load_states(path)
+        if stored is not None and "__labels__" in stored[1]:
+            states, extra = stored
+            models = []
+            for state in states:
+                m = copy.deepcopy(template).cpu()
+                m.load_state_dict(state)
+                models.append(m.eval())
+            return [m.to(device) for m in models], extra["__labels__"].tolist(), True
+        models, labels = train_shadow_zoo(template, x, y, num_classes, cfg, device)
+        save_states(path, [m.state_dict() for m in models], {"__labels__": torch.tensor(labels)})
     return [m.to(device) for m in models], labels, False
