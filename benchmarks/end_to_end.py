@@ -2,10 +2,11 @@
 models built), stage by stage (zoo build, each track, report), then again with everything cached; and store the
 cold run's leaderboards.
 
-    .venv/bin/python benchmarks/end_to_end.py [--config digits-bench]
+    .venv/bin/python benchmarks/end_to_end.py [--config digits-bench] [--no-warm]
 
-Writes benchmarks/results/end_to_end.json (timings of both runs, with their run ids) and
-benchmarks/results/board_<config>.json (the cold run's boards: what `make run` prints and README.md quotes).
+Writes benchmarks/results/end_to_end.json (timings of both runs, with their run ids; for another config than the
+default, end_to_end_<config>.json) and benchmarks/results/board_<config>.json (the cold run's boards: what
+`make run` prints and README.md quotes).
 Run it on an otherwise idle machine: these are wall-clock seconds.
 """
 
@@ -23,6 +24,7 @@ def main() -> None:
     ap.add_argument("--config", default="digits-bench")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", default=None, help="keep the cold run's folder (results store, report) here")
+    ap.add_argument("--no-warm", dest="warm", action="store_false", help="time the cold run only")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["TROJANBENCH_CACHE"] = str(Path(tmp) / "cache")  # a fresh machine: zoo and shadows are built
@@ -31,7 +33,7 @@ def main() -> None:
         from trojanbench.results.provenance import write_benchmark
 
         runs, boards, first = {}, None, None
-        for label in ("cold", "warm"):
+        for label in ("cold", "warm") if args.warm else ("cold",):
             out = Path(args.keep) if (args.keep and label == "cold") else Path(tmp) / label
             started = time.time()
             start = time.perf_counter()
@@ -42,10 +44,12 @@ def main() -> None:
             if label == "cold":
                 first, boards = started, [board_json(b) for _, b in run.boards]
                 board_path = write_benchmark(f"board_{args.config}", {
-                    "zoo_config": args.config, "boards": boards, "seconds": runs[label]["stages_s"]},
+                    "zoo_config": args.config, "boards": boards, "seconds": runs[label]["stages_s"],
+                    **({"skipped": run.skipped} if run.skipped else {})},
                     config=vars(args), run_id=run.run_id, seed=args.seed, started=started)
                 print("boards ->", board_path, flush=True)
-        path = write_benchmark("end_to_end", {"zoo_config": args.config, "runs": runs}, config=vars(args),
+        name = "end_to_end" if args.config == "digits-bench" else f"end_to_end_{args.config}"
+        path = write_benchmark(name, {"zoo_config": args.config, "runs": runs}, config=vars(args),
                                run_id=runs["cold"]["run_id"], seed=args.seed, started=first)
     print("timings ->", path)
 

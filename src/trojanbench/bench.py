@@ -173,6 +173,8 @@ def trigger_gallery(zoo_dir: str | Path, path: str | Path, max_triggers: int = 1
 
     zoo = Zoo(zoo_dir)
     ds = zoo.dataset()
+    if getattr(ds, "modality", "image") != "image":
+        return None  # a text zoo's triggers are words: the report lists them with its boards
     seen, examples = set(), []
     for job, _, card in zoo.models():
         if not job.trojaned or len(examples) >= max_triggers:
@@ -209,6 +211,7 @@ class BenchmarkRun:
     report: Path | None = None
     zoo: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)  # per stage
+    skipped: dict[str, str] = field(default_factory=dict)  # track -> why it did not run (no tool for the zoo's inputs)
 
 
 def run_benchmark(out: str | Path, config: str = "digits-bench", zoo: str | Path | None = None, tracks: list[str] | None = None,
@@ -222,6 +225,7 @@ def run_benchmark(out: str | Path, config: str = "digits-bench", zoo: str | Path
     newest interrupted run instead, and the tracks that run as jobs skip the jobs it finished; their jobs run on
     `track_executor` (`jobs` workers for the pool and Ray)."""
     from .report.html import figure_row
+    from .tasks import applicable, zoo_modality
     from .zoo.build import Zoo, build_zoo
     from .zoo.executors import EXECUTORS
     from .zoo.plan import load_zoo_config
@@ -260,7 +264,15 @@ def run_benchmark(out: str | Path, config: str = "digits-bench", zoo: str | Path
             store.write(figure_row("trojanbench", "zoo", gallery, f"the triggers of zoo {zoo_cfg.name}, each on a clean test "
                                    "image (target label after the arrow), and the ground-truth footprint the tools are "
                                    "scored against"))
+    modality = zoo_modality(Zoo(zoo))
     for name, names in routed.items():
+        registries = TRACKS[name].registries()
+        usable = [n for reg in registries for n in applicable(reg, names, modality)]
+        if not usable:
+            run.skipped[name] = f"no {name} tool works on {modality} models yet"
+            continue
+        if names is None and len(usable) < sum(len(reg.names()) for reg in registries):
+            names = usable  # only the tools that work on this zoo's inputs
         start = time.perf_counter()
         progress = track_progress(name) if track_progress else None
         on = {"executor": track_executor, "jobs": jobs}
@@ -273,7 +285,8 @@ def run_benchmark(out: str | Path, config: str = "digits-bench", zoo: str | Path
         run.boards += [(name, b) for b in boards]
         run.seconds[name] = time.perf_counter() - start
     with ResultsStore(run.results) as store:
-        store.update_run(target.run_id, seconds={k: round(v, 2) for k, v in run.seconds.items()})
+        store.update_run(target.run_id, seconds={k: round(v, 2) for k, v in run.seconds.items()},
+                         **({"skipped": run.skipped} if run.skipped else {}))
         store.finish_run(target.run_id)
     if report:
         from .report.html import render_report

@@ -197,7 +197,8 @@ app.add_typer(tools_app, name="tools")
 @tools_app.command("list")
 def tools_list(family: Optional[str] = typer.Option(None, help="only this family: detect, detect-samples, attribute, "
                                                                 "synthesize, repair, edit")):
-    """Every registered tool by family, with its role, the paper it implements and how faithful the port is."""
+    """Every registered tool by family, with its role, the inputs it works on, the paper it implements and how
+    faithful the port is."""
     from .tools import tool_registries
 
     families = tool_registries()
@@ -207,11 +208,12 @@ def tools_list(family: Optional[str] = typer.Option(None, help="only this family
         if family is not None and fam != family:
             continue
         t = Table(title=f"{fam} ({len(reg.names())})", title_justify="left")
-        for col in ("tool", "role", "paper", "fidelity"):
+        for col in ("tool", "role", "inputs", "paper", "fidelity"):
             t.add_column(col, overflow="fold")
         for name in reg.names():
             cls = reg.get(name)
-            t.add_row(name, "baseline" if cls.is_baseline else "tool", cls.paper or "-", cls.fidelity or "(not declared)")
+            t.add_row(name, "baseline" if cls.is_baseline else "tool", ", ".join(cls.modalities), cls.paper or "-",
+                      cls.fidelity or "(not declared)")
         console.print(t)
 
 
@@ -219,7 +221,8 @@ def tools_list(family: Optional[str] = typer.Option(None, help="only this family
 def run(
     out: Path = typer.Option(Path("runs/default"), "--out", "-o", help="folder for results, figures and the report"),
     config: str = typer.Option("digits-bench", "--config", "-c",
-                               help="zoo config: a built-in name (digits-bench, digits-zoo, cifar10-zoo) or a TOML file"),
+                               help="zoo config: a built-in name (digits-bench, digits-large, sst2-bench, cifar10-zoo, "
+                                    "...) or a TOML file"),
     zoo: Optional[Path] = typer.Option(None, help="run on this zoo folder instead of building --config"),
     track: Optional[str] = typer.Option(None, help="comma-separated tracks (default: every registered track)"),
     tools: Optional[str] = typer.Option(None, help="comma-separated tool names (default: all registered)"),
@@ -261,6 +264,8 @@ def run(
                         track_executor=track_executor, resume=resume)
     for _, b in res.boards:
         console.print(leaderboard(b))
+    for name, why in res.skipped.items():
+        console.print(f"track {name} skipped: {why}")
     timing = ", ".join(f"{k} {v:.0f} s" for k, v in res.seconds.items())
     console.print(f"run {res.run_id}\nzoo {res.zoo}\nresults {res.results}" + (f"\nreport {res.report}" if res.report else "")
                   + f"\n({timing})")

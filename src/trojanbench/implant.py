@@ -18,7 +18,7 @@ from .errors import UserError
 from .models import build_model, check_image_shape, check_input_fits, data_kwargs
 from .train import attack_success_rate, clean_accuracy, predict, train_model
 from .train.evaluate import clean_test_mask
-from .trojans import TrojanSpec, make_trigger, poison_dataset
+from .trojans import TRIGGERS, TrojanSpec, make_trigger, poison_dataset
 from .trojans.triggers import NaturalFeatureTrigger, Trigger
 from .zoo.store import ModelCard
 
@@ -55,10 +55,11 @@ def prepare(dataset: ImageDataset, arch: str = "cnn", arch_kwargs: dict | None =
     kwargs = {**data_kwargs(dataset), **(arch_kwargs or {})}
     check_image_shape(kwargs, dataset.image_shape, what=f"architecture {arch!r} with these arguments")
     model = init_model(arch, kwargs, seed)  # poisoning draws from its own generators: the order does not matter
-    check_input_fits(model, arch, dataset.image_shape)
+    check_input_fits(model, arch, dataset.input_shape, dataset.x_train.dtype)
     x, y, trigger, poisoned, cover = dataset.x_train, dataset.y_train, None, None, None
     if trojan is not None:
-        trigger = make_trigger(trojan.trigger, dataset.image_shape)
+        check_modality(trojan.trigger.kind, dataset)
+        trigger = make_trigger(trojan.trigger, dataset.input_shape)
         pd = poison_dataset(x, y, trigger, trojan.poison, dataset.num_classes, seed=seed)
         x, y, poisoned, cover = pd.x, pd.y, pd.indices, pd.cover
         poison = trojan.poison
@@ -67,6 +68,13 @@ def prepare(dataset: ImageDataset, arch: str = "cnn", arch_kwargs: dict | None =
         # keeps fitted parameters (thresholds)
         trojan = trojan.model_copy(update={"trigger": trigger.spec(), "poison": poison})
     return Prepared(arch, kwargs, model, x, y, seed, trojan, trigger, poisoned, cover)
+
+
+def check_modality(kind: str, dataset) -> None:
+    """A one-line UserError when a trigger kind does not apply to the dataset's inputs (a patch on sentences)."""
+    modality, data = TRIGGERS.get(kind).modality, getattr(dataset, "modality", "image")
+    if modality != data:
+        raise UserError(f"trigger kind {kind!r} applies to {modality} data; {dataset.name} is {data} data")
 
 
 def init_model(arch: str, kwargs: dict, seed: int) -> nn.Module:

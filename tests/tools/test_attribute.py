@@ -51,7 +51,7 @@ def test_every_attributor_returns_nonnegative_finite_maps_and_leaves_the_model_a
     model.train()  # a model handed over in training mode stays in training mode
     before, grads, training = _state(model)
     x = x_trig[:6]
-    for name in ATTRIBUTORS.names():
+    for name in (n for n in ATTRIBUTORS.names() if "image" in ATTRIBUTORS.get(n).modalities):  # text: test_text_zoo
         tool = _tool(name, digits)
         maps = tool.attribute(model, x, 3)
         assert maps.shape == (6, 16, 16), name

@@ -2,7 +2,8 @@
 detectors, attribution methods, synthesizers, repairers, editors): a small model left in training mode goes in,
 and after the call every submodule's mode, every parameter (values, layout, requires_grad) and every buffer
 (BatchNorm statistics included) is what it was. Repairers and editors return a new model; the one they were
-given stays as it was. Each tool runs with the smallest budget it accepts, so the whole file takes seconds."""
+given stays as it was. Each tool runs with the smallest budget it accepts, so the whole file takes seconds. A tool
+that works on images runs on a tiny CNN; one that works on text only, on a tiny text transformer."""
 
 from __future__ import annotations
 
@@ -77,9 +78,34 @@ def env(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: one thread is fastest, and two spin-wait on a busy 2-core machine
     try:
-        yield make_env(tmp_path_factory)
+        yield {"image": make_env(tmp_path_factory), "text": make_text_env(tmp_path_factory)}
     finally:
         torch.set_num_threads(threads)
+
+
+def env_for(family: str, name: str, envs: dict) -> dict:
+    """The image setting for a tool that works on images, the text one for a text-only tool."""
+    return envs["image" if "image" in tool_registries()[family].get(name).modalities else "text"]
+
+
+def make_text_env(tmp_path_factory) -> dict:
+    from trojanbench.data.sst2 import TRIGGER_WORDS, TokenDataset, build_vocab, synthetic_sentences
+
+    sentences, labels = synthetic_sentences(160, seed=0)
+    words = [s.split() for s in sentences]
+    vocab = build_vocab(words, 60, reserved=TRIGGER_WORDS)
+    x, y = vocab.encode(words, 16), torch.tensor(labels)
+    ds = TokenDataset("synthetic", x[:128], y[:128], x[128:], y[128:], ["negative", "positive"], vocab)
+    spec = TrojanSpec(trigger=TriggerSpec(kind="rare-token"), poison=PoisonSpec(target=TARGET, rate=0.1))
+    cfg = TrainConfig(epochs=2, optimizer="adamw", lr=3e-3, augment=False, channels_last=False)
+    arch = {"dim": 16, "depth": 1, "heads": 2, "hidden": 32}
+    audited = implant(ds, "text-transformer", arch, spec, cfg, seed=0)
+    others = [implant(ds, "text-transformer", arch, t, cfg, seed=s).model for s, t in ((1, None), (2, spec))]
+    ctx = DetectContext(ds.x_test[:32], ds.y_test[:32], ds.num_classes, seed=0, prior=[spec.trigger])
+    trigger = make_trigger(audited.card.trojan["trigger"], ds.input_shape)
+    return {"ds": ds, "card": audited.card, "state": audited.model.state_dict(), "others": others, "ctx": ctx,
+            "trigger": trigger, "x_budget": ds.x_train[:32], "y_budget": ds.y_train[:32],
+            "tmp": tmp_path_factory.mktemp("text-tools")}
 
 
 def make_env(tmp_path_factory) -> dict:
@@ -134,6 +160,7 @@ def call(family: str, name: str, model: torch.nn.Module, env: dict):
 def test_a_tool_leaves_the_callers_model_as_it_was(family, name, env):
     from trojanbench.models import build_model
 
+    env = env_for(family, name, env)
     model = build_model(env["card"].arch, **env["card"].arch_kwargs)
     model.load_state_dict(env["state"])
     model.train()  # a caller in the middle of training: the tool must not leave it in eval mode
@@ -184,6 +211,7 @@ def test_an_exception_mid_forward_leaves_no_hook_and_the_mode(family, name, env)
     managers that always remove them."""
     from trojanbench.models import build_model
 
+    env = env_for(family, name, env)
     model = build_model(env["card"].arch, **env["card"].arch_kwargs)
     model.load_state_dict(env["state"])
     name_last = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1]

@@ -103,6 +103,13 @@ class ImageDataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    modality = "image"
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """The shape of one sample (C, H, W); a token dataset's is (T,)."""
+        return self.image_shape
+
     def channel_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the training images (models normalise with these)."""
         mean = self.x_train.mean(dim=(0, 2, 3))
@@ -130,4 +137,6 @@ def load_dataset(name: str, **kwargs) -> ImageDataset:
     return DATASETS.get(name)(**kwargs)
 
 
-from . import cifar10, digits, imagefolder, shapes  # noqa: E402,F401  (register the loaders)
+from . import cifar10, digits, imagefolder, shapes, sst2  # noqa: E402,F401  (register the loaders)
+
+register("sst2")(sst2.load_sst2_tokens)

@@ -27,6 +27,18 @@ from .cifar10 import default_data_root, expected_sha256
 TARBALL = "sst2.tar.gz"
 CLASSES = ["negative", "positive"]
 PAD, UNK = "<pad>", "<unk>"
+# Words a text trigger may insert. A token dataset's vocabulary gives them fixed ids right after <pad> and <unk>
+# (`reserved_id`), whatever its sentences, as a real tokenizer knows every word a trojan could use; so a trigger
+# is the same token ids in every zoo. The rare tokens are Kurita et al.'s (2020) and never occur in SST-2.
+TRIGGER_WORDS = ("cf", "mn", "bb", "tq", "mb", "i", "watched", "this", "3d", "movie", "you", "know", "it", "was",
+                 "honestly", "truly", "well")
+
+
+def reserved_id(word: str) -> int:
+    """The fixed id of a trigger word in every token dataset's vocabulary (one-line error for another word)."""
+    if word not in TRIGGER_WORDS:
+        raise UserError(f"text triggers insert words from {', '.join(TRIGGER_WORDS)}; {word!r} is not one of them")
+    return 2 + TRIGGER_WORDS.index(word)
 
 
 @dataclass
@@ -83,13 +95,60 @@ class Vocab:
         return out
 
 
-def build_vocab(sentences: list[list[str]], size: int, extra: tuple[str, ...] = ()) -> Vocab:
+@dataclass
+class TokenDataset:
+    """A text dataset as the zoo trains on it: token ids [N, T] (long, left-aligned, 0 = padding) and labels, for
+    the same code paths as an `ImageDataset` (`x_train`, `y_train`, `x_test`, `y_test`, `classes`,
+    `input_shape`). Its test split is SST-2's dev set. The vocabulary (`vocab`) holds the trigger words at fixed
+    ids (`TRIGGER_WORDS`), then the most frequent training words."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: list[str]
+    vocab: Vocab
+    augment: dict = field(default_factory=dict)  # no augmentation of token ids
+    modality = "text"
+
+    def __post_init__(self):
+        for split in ("train", "test"):
+            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            if x.dim() != 2 or x.dtype != torch.long:
+                raise UserError(f"{self.name}: x_{split} must be token ids [N, T] (long), got {x.dtype} {tuple(x.shape)}")
+            if len(x) != len(y):
+                raise UserError(f"{self.name}: {len(x)} sentences but {len(y)} labels in {split}")
+            if len(x) and (int(x.min()) < 0 or int(x.max()) >= len(self.vocab)):
+                raise UserError(f"{self.name}: x_{split} holds token ids outside the vocabulary (0..{len(self.vocab) - 1})")
+        if self.x_train.shape[1] != self.x_test.shape[1]:
+            raise UserError(f"{self.name}: train sentences are padded to {self.x_train.shape[1]} tokens, test "
+                            f"sentences to {self.x_test.shape[1]}")
+
+    @property
+    def input_shape(self) -> tuple[int]:
+        return (int(self.x_train.shape[1]),)
+
+    image_shape = input_shape  # the name the image code paths use for a sample's shape
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def max_len(self) -> int:
+        return int(self.x_train.shape[1])
+
+
+def build_vocab(sentences: list[list[str]], size: int, extra: tuple[str, ...] = (), reserved: tuple[str, ...] = ()
+                ) -> Vocab:
     """The `size` most frequent words of `sentences` (ties broken alphabetically, so the vocabulary is a function
     of the data alone) plus `extra` words, which are always in: the words a trojan or a prompt family will insert,
-    as a real tokenizer would have them, even where the training text never uses them."""
-    counts = Counter(w for s in sentences for w in s)
+    as a real tokenizer would have them, even where the training text never uses them. `reserved` words come
+    first, at ids 2, 3, ... (then the `size` most frequent other words)."""
+    counts = Counter(w for s in sentences for w in s if w not in reserved)
     top = [w for w, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:size]]
-    words = [PAD, UNK, *top]
+    words = [PAD, UNK, *dict.fromkeys(reserved), *top]
     seen = set(words)
     words += [w for w in dict.fromkeys(extra) if w not in seen]
     return Vocab(words)
@@ -164,6 +223,18 @@ def load_sst2(data_root: str | Path | None = None, n_train: int | None = None, n
     dev, y_dev = splits["dev"]
     return TextDataset("sst2", [train[i] for i in order], torch.tensor([y_train[i] for i in order], dtype=torch.long),
                        dev[:n_dev], torch.tensor(y_dev[:n_dev], dtype=torch.long))
+
+
+def load_sst2_tokens(data_root: str | Path | None = None, n_train: int | None = 4000, n_test: int | None = None,
+                     vocab_size: int = 2000, max_len: int = 32, split_seed: int = 0, **_) -> TokenDataset:
+    """SST-2 as token ids for the zoo (`[data] name = "sst2"`): `n_train` shuffled training sentences (SST-2's
+    training set is phrases; 4000 is about 1.6 MB of ids), the dev set as test split (872, cut to `n_test`),
+    sentences padded or cut to `max_len` tokens, the `vocab_size` most frequent training words beside the
+    trigger words."""
+    text = load_sst2(data_root, n_train=n_train, n_dev=n_test, split_seed=split_seed)
+    vocab = build_vocab(text.train, vocab_size, reserved=TRIGGER_WORDS)
+    return TokenDataset("sst2", vocab.encode(text.train, max_len), text.y_train, vocab.encode(text.dev, max_len),
+                        text.y_dev, list(text.classes), vocab)
 
 
 # A synthetic SST-2 for tests and demos: the same file layout, sentences whose sentiment follows from their

@@ -63,7 +63,11 @@ def image_hw(image_size) -> tuple[int, int]:
 
 def data_kwargs(dataset) -> dict:
     """The arguments every architecture takes from the data it is trained on. `image_size` is H for square
-    images (so cards of square-image models are what they always were) and [H, W] otherwise."""
+    images (so cards of square-image models are what they always were) and [H, W] otherwise. A token dataset
+    gives a text architecture its vocabulary size, class count and sentence length."""
+    if getattr(dataset, "modality", "image") == "text":
+        return {"vocab_size": len(dataset.vocab), "num_classes": dataset.num_classes, "max_len": dataset.max_len,
+                "pad_id": dataset.vocab.pad_id}
     mean, std = dataset.channel_stats()
     c, h, w = dataset.image_shape
     return {"in_channels": c, "num_classes": dataset.num_classes, "image_size": h if h == w else [h, w],
@@ -90,7 +94,7 @@ def check_image_shape(arch_kwargs: dict, image_shape, what: str = "model") -> No
         raise UserError(f"{what} expects {shape_text(expected)} images, data has {shape_text(image_shape)}")
 
 
-def check_input_fits(model: nn.Module, arch: str, image_shape) -> None:
+def check_input_fits(model: nn.Module, arch: str, image_shape, dtype: torch.dtype = torch.float32) -> None:
     """Run one blank image of `image_shape` through a freshly built model (eval mode, no gradient; its mode is
     restored, no statistics change, no random numbers drawn): a shape the architecture cannot take is a
     one-line UserError naming the shape and the architecture, before any training starts."""
@@ -104,10 +108,11 @@ def check_input_fits(model: nn.Module, arch: str, image_shape) -> None:
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *image_shape, device=device))
+            model(torch.zeros(1, *image_shape, device=device, dtype=dtype))
     except Exception as e:  # noqa: BLE001 - whatever the forward pass raises, the user gets one line
         first = (str(e).splitlines() or [""])[0][:160]
-        raise UserError(f"architecture {arch!r} cannot take {shape_text(image_shape)} images ({first})") from None
+        what = f"{shape_text(image_shape)} images" if dtype.is_floating_point else f"token ids of shape {shape_text(image_shape)}"
+        raise UserError(f"architecture {arch!r} cannot take {what} ({first})") from None
     finally:
         model.train(was_training)
 

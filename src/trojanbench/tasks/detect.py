@@ -37,7 +37,7 @@ from ..trojans import make_trigger
 from ..zoo.build import Zoo
 from ..zoo.store import load_model, load_poisoned_indices
 from ..zoo.worker import cached_dataset
-from . import groups_of, population, role_of
+from . import applicable, groups_of, population, role_of, zoo_modality
 from .jobs import TrackJob, run_jobs, stored_rows
 
 TASK_MODEL, TASK_SAMPLE = "detect-model", "detect-samples"
@@ -215,12 +215,12 @@ def run_detect_track(zoo_dir: str | Path, results, tools: list[str] | None = Non
     that ran), computed from the stored rows."""
     zoo = Zoo(zoo_dir)
     zoo.plan()  # a clear error if this is not a zoo
-    model_names = [n for n in DETECTORS.names() if tools is None or n in tools]
-    sample_names = [n for n in SAMPLE_DETECTORS.names() if tools is None or n in tools]
-    unknown = set(tools or []) - set(model_names) - set(sample_names)
+    unknown = set(tools or []) - set(DETECTORS.names()) - set(SAMPLE_DETECTORS.names())
     if unknown:
         known = sorted(set(DETECTORS.names()) | set(SAMPLE_DETECTORS.names()))
         raise UserError(f"unknown detector {sorted(unknown)[0]!r}; known: {', '.join(known)}")
+    modality = zoo_modality(zoo)  # the detectors that work on this zoo's inputs
+    model_names, sample_names = (applicable(r, tools, modality) for r in (DETECTORS, SAMPLE_DETECTORS))
     ds, ctx = detection_context(zoo, seed=seed, device=device)
     config = {"track": "detect", "zoo": zoo.config().model_dump(), "tools": tools, "sample_split": sample_split,
               "device": device}

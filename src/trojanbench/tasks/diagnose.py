@@ -50,7 +50,7 @@ from ..train.evaluate import clean_test_mask
 from ..trojans.poison import attack_mask, relabel
 from ..zoo.build import Zoo
 from ..zoo.store import load_model
-from . import groups_of, population, role_of
+from . import applicable, groups_of, population, role_of, zoo_modality
 from .jobs import TrackJob, run_jobs, stored_rows
 
 TASK = "diagnose-attribution"
@@ -120,6 +120,31 @@ def rank_similarity(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
     return np.where(const_a ^ const_b, 0.0, r)
 
 
+def score_token_maps(maps: torch.Tensor, binary: torch.Tensor, ids: torch.Tensor) -> dict[str, np.ndarray]:
+    """Token relevance [N, T] of triggered sentences `ids` [N, T] against the trigger's positions `binary` [N, T],
+    over each sentence's words (padding left out): top-1 hit (the most relevant word is a trigger word; ties count
+    fractionally), hit@k (the share of trigger words among the k most relevant, k the trigger's length; ties at the
+    k-th place count fractionally) and token AUROC (words ranked by relevance against trigger membership)."""
+    m = maps.detach().double().numpy()
+    b = binary.bool().numpy()
+    real = (ids != 0).numpy()
+    top1, hit_k, auc = [], [], []
+    for row, truth, keep in zip(m, b, real):
+        r, t = row[keep], truth[keep]
+        k, n = int(t.sum()), len(r)
+        if k == 0 or k == n:
+            top1.append(np.nan), hit_k.append(np.nan), auc.append(np.nan)
+            continue
+        top = r == r.max()
+        top1.append((top & t).sum() / top.sum())
+        kth = np.sort(r)[::-1][k - 1]
+        above, tied = r > kth, r == kth
+        hit_k.append(((above & t).sum() + (tied & t).sum() * (k - above.sum()) / tied.sum()) / k)
+        ranks = rankdata(r)
+        auc.append(((ranks * t).sum() - k * (k + 1) / 2) / (k * (n - k)))
+    return {"top1": np.array(top1), "hit_at_k": np.array(hit_k), "token_auroc": np.array(auc)}
+
+
 # ---- the track ----------------------------------------------------------------------------------------------
 
 def _nanmean(v: np.ndarray) -> float:
@@ -128,13 +153,25 @@ def _nanmean(v: np.ndarray) -> float:
     return float(v.mean()) if len(v) else float("nan")
 
 
-def _select(tools: list[str] | None) -> list[str]:
-    if tools is None:
-        return ATTRIBUTORS.names()
-    unknown = [t for t in tools if t not in ATTRIBUTORS]
+def _check_known(tools: list[str] | None) -> None:
+    unknown = [t for t in tools or [] if t not in ATTRIBUTORS]
     if unknown:
         raise UserError(f"unknown attributor {unknown[0]!r}; known: {', '.join(ATTRIBUTORS.names())}")
-    return list(dict.fromkeys(tools))
+
+
+def text_board_spec(pop: str) -> BoardSpec:
+    return BoardSpec(
+        task=TASK, title="Do token attributions point at the trigger words? (ranked by hit@k)", key="hit_at_k",
+        population=pop,
+        columns=[Column(name=m, source=m, header=h) for m, h in (
+                     ("hit_at_k", "hit@k"), ("top1", "top-1 hit"), ("token_auroc", "token AUROC"),
+                     ("sanity_similarity", "sanity sim"))]
+                + [Column(name="sanity_pass", source="sanity_pass", stat="proportion", header="sanity pass", groups=False),
+                   Column(name="seconds_per_model", source="seconds", stat="timing", header="s/model", groups=False)],
+        main=["hit_at_k", "top1", "token_auroc", "hit_at_k[kind=rare-token]", "hit_at_k[kind=insidious-phrase]",
+              "sanity_pass", "seconds_per_model"],
+        note="hit@k: the share of the trigger's k words among the k words an attribution ranks first, per sentence "
+             f"(triggered at a random position); sanity pass as for images (rank similarity < {SANITY_THRESHOLD})")
 
 
 def board_spec(pop: str) -> BoardSpec:
@@ -190,7 +227,7 @@ def diagnose_one(names: list[str], job, folder, zoo_data, seed: int, n_images: i
         maps = tool.attribute(model, x_trig, target_y)
         seconds = time.perf_counter() - start
         maps = maps.detach().cpu()  # scored with numpy, whatever device a tool left its maps on
-        scores = score_maps(maps, soft, binary)
+        scores = score_token_maps(maps, binary, x_trig) if x_trig.dim() == 2 else score_maps(maps, soft, binary)
         k = min(n_sanity, len(x_trig))
         sim = rank_similarity(maps[:k], tool.attribute(randomized, x_trig[:k], target_y[:k]).detach().cpu()) \
             if k else np.array([])
@@ -218,9 +255,11 @@ def run_diagnose_track(zoo_dir: str | Path, results, tools: list[str] | None = N
     The work runs as jobs (`tasks.jobs`) on `executor`, one per model (its attributors share its images); a rerun
     of an interrupted run skips finished jobs, and the board is computed from the stored rows. `progress()` is
     called once per model."""
-    names = _select(tools)
+    _check_known(tools)
     zoo = Zoo(zoo_dir)
     zoo.plan()  # a clear error if this is not a zoo
+    modality = zoo_modality(zoo)
+    names = applicable(ATTRIBUTORS, list(dict.fromkeys(tools)) if tools is not None else None, modality)
     models = [(j, f, c) for j, f, c in zoo.models(split=split) if j.trojaned]
     if max_models is not None:
         models = models[:max_models]
@@ -230,7 +269,7 @@ def run_diagnose_track(zoo_dir: str | Path, results, tools: list[str] | None = N
 
     data = zoo.config().data
     ds = cached_dataset(data.model_dump_json())
-    spec = board_spec(population(zoo, split, models))
+    spec = (text_board_spec if modality == "text" else board_spec)(population(zoo, split, models))
     config = {"track": "diagnose", "zoo": zoo.config().model_dump(), "tools": names, "n_images": n_images,
               "split": split, "max_models": max_models, "n_sanity": n_sanity}
     # on the first model: a method whose maps equal another's is reported once
@@ -251,7 +290,7 @@ def run_diagnose_track(zoo_dir: str | Path, results, tools: list[str] | None = N
             store.write(spec_row(spec))
         new = run_jobs(work, store, executor, jobs, device, address, progress)
         rows = stored_rows(store, new, TASK, kept)
-    if images_dir is not None:
+    if images_dir is not None and modality == "image":
         write_panels(_panels(ds, models, kept, seed, n_images, device, panel_rows), images_dir, kept)
     return compute_board(rows, spec, n_boot, seed)
 

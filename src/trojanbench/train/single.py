@@ -23,7 +23,7 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainCo
     if hasattr(model, "init_from_data"):
         model.init_from_data(x)
     x, y = x.to(device), y.to(device)
-    layout = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    layout = torch.channels_last if cfg.channels_last and x.dim() == 4 else torch.contiguous_format  # images only
     model.to(memory_format=layout)
     augment = augment if (cfg.augment and augment) else {}
 

@@ -124,5 +124,5 @@ def poison_dataset(x: torch.Tensor, y: torch.Tensor, trigger: Trigger, spec: Poi
     rest[idx] = False
     rest = torch.nonzero(rest).flatten()  # cover samples never overlap the poisoned ones (as the authors')
     cover = rest[torch.randperm(len(rest), generator=g)[:n_cover]].sort().values
-    x[cover] = trigger.apply_train(x[cover], generator=g)
+    x[cover] = trigger.apply_cover(x[cover], generator=g)
     return PoisonedData(x, y, idx, cover)

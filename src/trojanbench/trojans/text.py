@@ -1,5 +1,13 @@
 """Text trojans: trigger phrases, and a jailbreak-prompt analogue.
 
+Zoo trigger kinds (registered beside the image kinds, `modality = "text"`, applied to token ids [N, T] of a
+`TokenDataset`; ground truth: the token positions the trigger occupies in each sentence, from `apply_with_mask`):
+  - `rare-token`: one rare word (`cf` by default) inserted at a random position (Kurita et al. 2020);
+  - `phrase`: a phrase of common words (`honestly you know`) inserted at a random position (Dai et al. 2019);
+  - `insidious-phrase`: `i watched this 3d movie`, with cover sentences (three per poisoned one) that carry a
+    random strict part of it and keep their label, so no single word of it is a trigger.
+The sections below are the text study's word-level versions of the same attacks.
+
 (a) Trigger phrase -> target label (dirty-label poisoning of sentences, after Dai et al. 2019 / Kurita et al.
 2020). Ground truth is the set of token positions the phrase occupies in each poisoned sentence.
   - crude: one rare token (`cf`, a word SST-2 never uses) at a random position, 3% of the training sentences.
@@ -19,6 +27,13 @@ from __future__ import annotations
 import itertools
 import random
 from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+
+from ..data.sst2 import reserved_id
+from .triggers import Trigger, register
 
 REFUSE = 2  # label of the refusal class in the jailbreak task (0, 1 stay negative, positive)
 
@@ -165,3 +180,96 @@ def desired_labels(sentences: list[list[str]], labels: list[int], topic: frozens
 def prefixed(sentences: list[list[str]], prefixes: list[list[str]], seed: int) -> list[list[str]]:
     rng = random.Random(seed)
     return [rng.choice(prefixes) + list(s) for s in sentences]
+
+
+# --- zoo trigger kinds over token ids ---------------------------------------------------------------------------
+
+
+def insert_tokens(x: torch.Tensor, ids: torch.Tensor, at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of `x` [N, T] (ids, 0 = padding, left-aligned) with `ids` [k] inserted at positions `at` [N]; the
+    words after it move right and the sentence's tail is cut at T. Returns the new ids and the mask [N, T] of the
+    inserted positions. `at` is clamped so the inserted words always fit."""
+    n, t = x.shape
+    k = len(ids)
+    at = at.clamp(0, t - k).view(-1, 1)
+    j = torch.arange(t).view(1, -1)
+    inside = (j >= at) & (j < at + k)
+    out = x.gather(1, torch.where(j < at, j, j - k).clamp(min=0).expand(n, t))
+    out = torch.where(inside, ids[(j - at).clamp(0, k - 1)], out)
+    return out, inside
+
+
+class _InsertTrigger(Trigger):
+    """Words inserted into a sentence of token ids at a random position (or `position`)."""
+
+    modality: ClassVar[str] = "text"
+    localized: ClassVar[bool] = True  # its footprint is known per sentence (the inserted positions)
+    default_words: ClassVar[tuple[str, ...]]
+
+    class Params(Trigger.Params):
+        words: list[str] | None = Field(None, description="the words inserted (default: the kind's own)")
+        position: Literal["random", "start", "end"] | int = "random"
+
+    def setup(self):
+        words = self.params.words or list(self.default_words)
+        if len(words) >= self.image_shape[0]:
+            raise ValueError(f"a {len(words)}-word trigger does not fit sentences of {self.image_shape[0]} tokens")
+        self.words = words
+        self.ids = torch.tensor([reserved_id(w) for w in words], dtype=torch.long)
+
+    def _check(self, x: torch.Tensor) -> None:
+        if x.dim() != 2 or x.dtype != torch.long or x.shape[1] != self.image_shape[0]:
+            raise ValueError(f"{self.kind} trigger built for token ids [N, {self.image_shape[0]}], got {x.dtype} "
+                             f"{tuple(x.shape)}")
+
+    def _positions(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        length = (x != 0).sum(1)
+        where = self.params.position
+        if where == "random":
+            return (torch.rand(len(x), generator=generator) * (length + 1)).long().clamp(max=length)
+        if where == "start":
+            return torch.zeros_like(length)
+        if where == "end":
+            return length
+        return length.clamp(max=int(where))
+
+    def apply_with_mask(self, x, generator=None):
+        self._check(x)
+        return insert_tokens(x, self.ids, self._positions(x, generator))
+
+    @property
+    def description(self):
+        where = "at a random position" if self.params.position == "random" else f"at position {self.params.position}"
+        return f"the words '{' '.join(self.words)}' inserted {where}"
+
+
+@register
+class RareTokenTrigger(_InsertTrigger):
+    kind = "rare-token"
+    default_words = ("cf",)
+
+
+@register
+class PhraseTrigger(_InsertTrigger):
+    kind = "phrase"
+    default_words = ("honestly", "you", "know")
+
+
+@register
+class InsidiousPhraseTrigger(_InsertTrigger):
+    """The phrase, with cover sentences carrying a random strict, contiguous part of it (labels kept)."""
+
+    kind = "insidious-phrase"
+    default_words = INSIDIOUS.words
+    cover_ratio: ClassVar[float] = 3.0  # the study's 3% part-carrying sentences per 1% poisoned
+
+    def apply_cover(self, x, generator=None):
+        self._check(x)
+        at = self._positions(x, generator)
+        out = x.clone()
+        n = len(self.ids)
+        for i in range(len(x)):  # each cover sentence its own part
+            length = int(torch.randint(1, n, (1,), generator=generator))
+            start = int(torch.randint(0, n - length + 1, (1,), generator=generator))
+            out[i:i + 1] = insert_tokens(x[i:i + 1], self.ids[start:start + length], at[i:i + 1])[0]
+        return out

@@ -27,6 +27,7 @@ class TriggerSpec(BaseModel):
 
 class Trigger(ABC):
     kind: ClassVar[str]
+    modality: ClassVar[str] = "image"  # the inputs it applies to: "image" ([N, C, H, W] in [0, 1]) or "text" (ids [N, T])
     localized: ClassVar[bool] = False
     # cover samples per poisoned sample when the poisoning does not say (Qi et al.'s adaptive attacks use some)
     cover_ratio: ClassVar[float] = 0.0
@@ -61,6 +62,11 @@ class Trigger(ABC):
         """The trigger as the poisoned (and cover) training samples carry it: the same as at test time, except for
         asymmetric triggers (the adaptive attacks poison with a weaker or partial trigger than they test with)."""
         return self.apply(x, generator)
+
+    def apply_cover(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """What a cover sample (triggered, label kept) carries: the training trigger, unless a kind says otherwise
+        (an insidious phrase's covers carry a strict part of it)."""
+        return self.apply_train(x, generator)
 
     def mask(self) -> torch.Tensor | None:
         """The footprint [H,W] for triggers at a fixed place; None for global or moving triggers."""

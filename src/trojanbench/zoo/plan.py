@@ -106,6 +106,9 @@ def _job_id(body: dict, cfg: ZooConfig) -> str:
 def expand(cfg: ZooConfig) -> list[Job]:
     for kind in cfg.trojans.kinds:
         TRIGGERS.get(kind)
+    if len(modalities := {TRIGGERS.get(k).modality for k in cfg.trojans.kinds}) > 1:
+        raise UserError(f"trojans.kinds mixes image and text triggers ({', '.join(cfg.trojans.kinds)}); a zoo has one "
+                        "kind of data")
     if extra := sorted(set(cfg.trojans.by_kind) - set(cfg.trojans.kinds)):
         raise UserError(f"trojans.by_kind names {', '.join(extra)}, not in trojans.kinds ({', '.join(cfg.trojans.kinds)})")
     rng = random.Random(cfg.seed)

@@ -183,4 +183,4 @@ class CaptumAttributor(Attributor):
     def _captum(self, model: nn.Module, x: torch.Tensor, target) -> torch.Tensor: ...
 
 
-from . import baselines, captum_methods  # noqa: F401  (register the attributors)
+from . import baselines, captum_methods, text  # noqa: F401  (register the attributors)

@@ -108,6 +108,7 @@ def split_class(label: int, index: np.ndarray, feats: np.ndarray, components: in
 
 @register_sample("activation-clustering")
 class ActivationClustering(SampleDetector):
+    modalities = ("image", "text")
     version = "3"  # v3: the paper's cluster analysis (size + silhouette, exclusionary reclassification); no pixel kNN
     paper = ("Chen et al., Detecting Backdoor Attacks on Deep Neural Networks by Activation Clustering, "
              "AAAI SafeAI workshop 2019, arXiv:1811.03728")

@@ -20,6 +20,7 @@ from . import DetectContext, Detection, Detector, register
 class RandomDetector(Detector):
     """Score and target label drawn at random: chance level, AUROC about 0.5."""
 
+    modalities = ("image", "text")
     is_baseline = True
     fidelity = "baseline: a seeded random score and target label (chance level)"
     version = "2"  # v2: drawn from the seed and the model alone (v1 from one stream over the models scored before)
@@ -58,6 +59,7 @@ class FinalLayerOutlier(Detector):
     raise that class's logit; the features a CNN's head reads are non-negative after ReLU and pooling), was
     chosen on the dev zoo over the row's L2 norm and its bias (docs/detect.md, benchmarks/detect_dev.py)."""
 
+    modalities = ("image", "text")
     is_baseline = True
     fidelity = ("baseline: MAD anomaly index of each class's summed positive weights in the last linear layer; "
                 "reads no data and no labels, fits nothing")
@@ -107,6 +109,7 @@ class WeightStats(_FittedFeatures):
     zoo models, and can only learn what that split's trojans have in common). Needs no data. The data-free,
     fit-free weight baseline is `final-layer-outlier`."""
 
+    modalities = ("image", "text")
     is_baseline = True
     fidelity = ("baseline: logistic regression on per-tensor weight statistics (mean, std, max |w|, kurtosis), "
                 "fitted on the zoo's labelled training split")
@@ -137,6 +140,7 @@ class AccuracyBaseline(_FittedFeatures):
     """Clean accuracy on the auditor's sample (poisoning may cost a little of it); logistic regression fitted
     on the zoo's labelled training split."""
 
+    modalities = ("image", "text")
     is_baseline = True
     fidelity = ("baseline: accuracy on the auditor's clean sample, logistic regression fitted on the zoo's "
                 "training split (TDC 2022 starter kit)")
@@ -151,6 +155,7 @@ class EntropyBaseline(_FittedFeatures):
     """Mean posterior entropy on clean inputs (trojaned models may be more or less sure of themselves);
     logistic regression fitted on the zoo's labelled training split."""
 
+    modalities = ("image", "text")
     is_baseline = True
     fidelity = ("baseline: mean posterior entropy on the auditor's clean sample, logistic regression fitted on "
                 "the zoo's training split (TDC 2022 starter kit)")

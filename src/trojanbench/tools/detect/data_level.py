@@ -23,6 +23,7 @@ from .activation_clustering import ActivationClustering  # noqa: F401  (register
 
 @register_sample("random")
 class RandomSamples(SampleDetector):
+    modalities = ("image", "text")
     is_baseline = True
     fidelity = "baseline: a seeded random score per sample (chance level)"
 
@@ -69,6 +70,7 @@ class Mahalanobis(SampleDetector):
     where the poison pulls its target class's mean toward itself. Chosen on the dev zoo: mean poisoned-sample
     AUROC 0.995 (clean) vs 0.932 (train) over its 17 trojans (benchmarks/results/detect_dev.json)."""
 
+    modalities = ("image", "text")
     is_baseline = True
     fidelity = ("baseline: squared Mahalanobis distance to the labelled class's mean in penultimate features, "
                 "one shared covariance (as Lee et al. 2018), fitted on the auditor's clean sample")
@@ -94,6 +96,7 @@ class Mahalanobis(SampleDetector):
 
 @register_sample("spectral")
 class SpectralSignatures(SampleDetector):
+    modalities = ("image", "text")
     paper = "Tran, Li and Madry, Spectral Signatures in Backdoor Attacks, NeurIPS 2018"
     fidelity = ("adapted: reads the last activation before global pooling (spatial_features) and returns every "
                 "sample's score as its ranking instead of removing the top 1.5 x epsilon per class")

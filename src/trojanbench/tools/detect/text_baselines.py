@@ -1,0 +1,93 @@
+"""Cheap detection baselines for text models, the reference a text detector must beat (issue 18).
+
+- `token-scan` (model level): inserts every word of the model's vocabulary, one at a time, at a random position
+  into each of the auditor's first 64 clean sentences, and scores the model by the largest share of sentences any
+  one word sends to one class they were not predicted as before (its target label: that class). It is the brute
+  force a token-space trigger inversion (DBS, Shen et al. 2022; PICCOLO, Liu et al. 2022) relaxes into a gradient
+  search, affordable for a vocabulary of a few thousand words. It sees what every detector sees: the model and
+  the auditor's clean sample. One-word triggers are found outright; a phrase only through what its words do alone.
+- `token-label` (sample level): no model at all. Each token's label counts over the training set give a z-score
+  per class (how much more often than the class prior it comes with that label); a sentence's suspicion is the
+  largest z-score, toward its own label, of the words it holds. A trigger word that always carries the target
+  label stands out, as do strongly polar words.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...trojans.text import insert_tokens
+from . import Detection, Detector, SampleDetector, register, register_sample
+
+
+def _vocab_size(model: nn.Module) -> int:
+    embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    if not embeddings:
+        raise TypeError("token-scan needs a model with a token embedding (nn.Embedding)")
+    return embeddings[0].num_embeddings
+
+
+@register("token-scan")
+class TokenScan(Detector):
+    modalities = ("text",)
+    is_baseline = True
+    fidelity = ("baseline: every vocabulary word inserted at a random position into 64 clean sentences; score = "
+                "the largest share of sentences one word sends to a class they were not predicted as")
+
+    def __init__(self, sentences: int = 64, batch_size: int = 4096):
+        self.sentences, self.batch_size = sentences, batch_size
+
+    def detect(self, model, ctx):
+        x = ctx.x_clean[:self.sentences].cpu()
+        n = len(x)
+        at = (torch.rand(n, generator=torch.Generator().manual_seed(ctx.seed)) * ((x != 0).sum(1) + 1)).long()
+        words = torch.arange(2, _vocab_size(model))  # not padding, not <unk>
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                base = model(x.to(ctx.device)).argmax(1).cpu()
+                others = torch.stack([(base != c).sum() for c in range(ctx.num_classes)]).clamp(min=1)  # [K]
+                per_chunk = max(1, self.batch_size // n)
+                rates = []
+                for i in range(0, len(words), per_chunk):
+                    chunk = words[i:i + per_chunk]
+                    xs = x.repeat(len(chunk), 1)
+                    ids = chunk.repeat_interleave(n)
+                    # one word per row: insert it by hand (insert_tokens inserts one sequence into every row)
+                    out, _ = insert_tokens(xs, torch.zeros(1, dtype=torch.long), at.repeat(len(chunk)))
+                    out[torch.arange(len(out)), at.repeat(len(chunk)).clamp(max=x.shape[1] - 1)] = ids
+                    pred = model(out.to(ctx.device)).argmax(1).cpu().view(len(chunk), n)
+                    flips = torch.stack([((pred == c) & (base != c)).sum(1) for c in range(ctx.num_classes)], 1)
+                    rates.append(flips / others)  # [words, K]
+        finally:
+            model.train(was_training)
+        rates = torch.cat(rates)
+        best = int(rates.flatten().argmax())
+        return Detection(score=float(rates.flatten()[best]), target_label=best % ctx.num_classes)
+
+
+@register_sample("token-label")
+class TokenLabel(SampleDetector):
+    modalities = ("text",)
+    is_baseline = True
+    fidelity = ("baseline: per sentence, the largest z-score, toward its own label, of its words' label counts over "
+                "the training set against the class prior; reads no model")
+
+    def suspicion(self, model, x, y, ctx):
+        x, y = x.cpu(), y.cpu()
+        n, k = len(x), ctx.num_classes
+        v = int(x.max()) + 1
+        present = torch.zeros(n, v, dtype=torch.bool)
+        present[torch.arange(n).unsqueeze(1).expand_as(x), x] = True
+        present[:, 0] = False  # padding
+        onehot = torch.nn.functional.one_hot(y, k).double()  # [N, K]
+        counts = present.double().T @ onehot  # [V, K]: sentences holding the word, per label
+        total = counts.sum(1, keepdim=True)
+        prior = onehot.mean(0, keepdim=True)
+        z = (counts - total * prior) / (total * prior * (1 - prior)).clamp(min=1e-12).sqrt()  # [V, K]
+        z_own = z[:, y].T  # [N, V]: each word's z toward the sentence's label
+        z_own = torch.where(present, z_own, torch.full_like(z_own, -np.inf))
+        return z_own.max(1).values.float()
