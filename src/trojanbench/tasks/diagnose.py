@@ -229,8 +229,14 @@ def diagnose_one(names: list[str], job, folder, zoo_data, seed: int, n_images: i
         maps = maps.detach().cpu()  # scored with numpy, whatever device a tool left its maps on
         scores = score_token_maps(maps, binary, x_trig) if x_trig.dim() == 2 else score_maps(maps, soft, binary)
         k = min(n_sanity, len(x_trig))
-        sim = rank_similarity(maps[:k], tool.attribute(randomized, x_trig[:k], target_y[:k]).detach().cpu()) \
-            if k else np.array([])
+        again = tool.attribute(randomized, x_trig[:k], target_y[:k]).detach().cpu() if k else None
+        if not k:
+            sim = np.array([])
+        elif x_trig.dim() == 2:  # sentences: over their words (padding is 0 in every map and would tie)
+            real = (x_trig[:k] != 0).cpu()
+            sim = np.concatenate([rank_similarity(a[r][None], b[r][None]) for a, b, r in zip(maps[:k], again, real)])
+        else:
+            sim = rank_similarity(maps[:k], again)
         values = {m: _nanmean(v) for m, v in scores.items()} | {"sanity_similarity": _nanmean(sim)}
         values["sanity_pass"] = float(values["sanity_similarity"] < SANITY_THRESHOLD) \
             if not math.isnan(values["sanity_similarity"]) else float("nan")

@@ -1,7 +1,7 @@
 """Cheap detection baselines for text models, the reference a text detector must beat (issue 18).
 
 - `token-scan` (model level): inserts every word of the model's vocabulary, one at a time, at a random position
-  into each of the auditor's first 64 clean sentences, and scores the model by the largest share of sentences any
+  into each of the auditor's first 32 clean sentences, and scores the model by the largest share of sentences any
   one word sends to one class they were not predicted as before (its target label: that class). It is the brute
   force a token-space trigger inversion (DBS, Shen et al. 2022; PICCOLO, Liu et al. 2022) relaxes into a gradient
   search, affordable for a vocabulary of a few thousand words. It sees what every detector sees: the model and
@@ -33,14 +33,15 @@ def _vocab_size(model: nn.Module) -> int:
 class TokenScan(Detector):
     modalities = ("text",)
     is_baseline = True
-    fidelity = ("baseline: every vocabulary word inserted at a random position into 64 clean sentences; score = "
+    fidelity = ("baseline: every vocabulary word inserted at a random position into 32 clean sentences; score = "
                 "the largest share of sentences one word sends to a class they were not predicted as")
 
-    def __init__(self, sentences: int = 64, batch_size: int = 4096):
+    def __init__(self, sentences: int = 32, batch_size: int = 4096):
         self.sentences, self.batch_size = sentences, batch_size
 
     def detect(self, model, ctx):
         x = ctx.x_clean[:self.sentences].cpu()
+        x = x[:, :min(x.shape[1], int((x != 0).sum(1).max()) + 1)]  # padding no sentence reaches: not run
         n = len(x)
         at = (torch.rand(n, generator=torch.Generator().manual_seed(ctx.seed)) * ((x != 0).sum(1) + 1)).long()
         words = torch.arange(2, _vocab_size(model))  # not padding, not <unk>
