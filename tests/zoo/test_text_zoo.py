@@ -132,3 +132,20 @@ def test_token_map_scores_count_ties_fractionally():
     assert perfect["top1"][0] == 1.0 and perfect["hit_at_k"][0] == 1.0 and perfect["token_auroc"][0] == 1.0
     flat = score_token_maps(torch.ones(1, 6), truth, ids)
     assert flat["top1"][0] == 0.5 and flat["hit_at_k"][0] == 0.5 and flat["token_auroc"][0] == 0.5
+
+
+def test_the_repair_track_runs_the_repairers_that_work_on_text(text_zoo):
+    from trojanbench.tasks.repair import run_repair_track
+    from trojanbench.tools.repair import REPAIRERS
+
+    boards = run_repair_track(text_zoo, None, tools=["finetune", "self-distill"], budgets=(0.1,), split="test")
+    board = boards[0.1]
+    tools = {s.tool for s in board.scores}
+    assert tools == {"finetune", "self-distill", "finetune-matched", "clean-twin"}  # the baselines, the twin control
+    assert all("text" in REPAIRERS.get(t).modalities for t in tools - {"clean-twin"})
+    for s in board.scores:
+        if s.tool != "clean-twin":  # the control has the retuning attack's and the probe's rows only
+            assert 0.0 <= s.metrics["asr"].value <= 1.0 and 0.0 <= s.metrics["clean_acc"].value <= 1.0
+            assert 0.0 <= s.metrics["p_asr"].value <= 1.0
+    with pytest.raises(UserError, match="i-bau works on image models"):
+        run_repair_track(text_zoo, None, tools=["i-bau"], budgets=(0.1,))

@@ -26,7 +26,7 @@ from ..trojans.poison import attack_mask, relabel
 from ..zoo.build import Zoo
 from ..zoo.plan import Job
 from ..zoo.store import load_model
-from . import groups_of, population, role_of
+from . import applicable, groups_of, population, role_of, zoo_modality
 from .jobs import TrackJob, run_jobs, stored_rows
 
 TASK = "repair"
@@ -153,14 +153,14 @@ def measure_holds(model, ds: ImageDataset, job: Job, trigger, retune_x, retune_y
             "target_class_acc": target_class_accuracy(model, ds, job, trigger)}
 
 
-def _resolve(tools: list[str] | None) -> list[str]:
-    if tools is None:
-        return REPAIRERS.names()
-    unknown = [t for t in tools if t not in REPAIRERS]
+def _resolve(tools: list[str] | None, modality: str = "image") -> list[str]:
+    unknown = [t for t in tools or [] if t not in REPAIRERS]
     if unknown:
         raise UserError(f"unknown repairer {unknown[0]!r}; known: {', '.join(REPAIRERS.names())}")
-    names = list(dict.fromkeys(tools))
-    baselines = [n for n in REPAIRERS.names() if _role(n) == "baseline"]
+    if tools is None:
+        return applicable(REPAIRERS, None, modality)
+    names = applicable(REPAIRERS, list(dict.fromkeys(tools)), modality)
+    baselines = [n for n in applicable(REPAIRERS, None, modality) if _role(n) == "baseline"]
     return [n for n in baselines if n not in names] + names  # every method is judged against the baselines
 
 
@@ -172,7 +172,8 @@ def _setting(zoo_data, job, folder, device: str, seed: int):
     ds = cached_dataset(zoo_data.model_dump_json())
     model, card = load_model(folder, torch.device(device))
     trigger = prepare(ds, job.arch, job.arch_kwargs, job.trojan, seed=card.seed).trigger
-    ctx = RepairContext(ds.num_classes, card.arch, dict(card.arch_kwargs), dict(ds.augment), torch.device(device), seed)
+    ctx = RepairContext(ds.num_classes, card.arch, dict(card.arch_kwargs), dict(ds.augment), torch.device(device), seed,
+                        getattr(ds, "modality", "image"))
     return ds, model, card, trigger, ctx
 
 
@@ -227,7 +228,7 @@ def run_repair_track(zoo_dir: str | Path, results, tools: list[str] | None = Non
     plot to `plot` if given. Returns one board per budget (task `repair@<budget>`)."""
     zoo = Zoo(zoo_dir)
     zoo.plan()  # a clear error if this is not a zoo
-    names = _resolve(tools)
+    names = _resolve(tools, zoo_modality(zoo))
     if not budgets or any(not 0 < b <= 1 for b in budgets):
         raise UserError(f"budgets must be fractions in (0, 1], got {list(budgets)}")
     from ..zoo.worker import cached_dataset

@@ -46,6 +46,7 @@ def distill_into(student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: tor
 
 class _Distill(Repairer):
     width_factor = 1.0
+    modalities = ("image", "text")
 
     def __init__(self, steps: int = STRONG_STEPS, lr: float = STRONG_LR, temperature: float = 4.0,
                  hard_weight: float = 0.5, mixup: bool = True):
@@ -93,6 +94,7 @@ class KDStudent(_Distill):
     """Knowledge distillation into a student of the same family at half the width."""
 
     width_factor = 0.5
+    modalities = ("image",)  # a half-width student needs a `width`; the text transformer has none
     paper = "Hinton, Vinyals & Dean (2015). Distilling the Knowledge in a Neural Network. arXiv:1503.02531"
     fidelity = ("adapted: Hinton et al.'s loss (T = 4, T^2-scaled, plus 0.5 x hard-label CE), but the transfer set is "
                 "strongly augmented views and mixup blends of the small clean budget")

@@ -10,6 +10,7 @@ from . import STRONG_LR, STRONG_STEPS, Repairer, fit, fresh_model, register, ste
 class DoNothing(Repairer):
     """Anchor: the trojaned model as it is (a copy)."""
 
+    modalities = ("image", "text")
     is_baseline = True
     is_anchor = True  # a reference point, not a bar to beat
     fidelity = "baseline: the trojaned model unchanged (the no-repair anchor)"
@@ -22,6 +23,7 @@ class DoNothing(Repairer):
 class FineTune(Repairer):
     """The reference: fine-tune every weight on the clean budget with the data's own augmentation."""
 
+    modalities = ("image", "text")
     is_baseline = True
     fidelity = "baseline: plain fine-tuning of every weight on the clean budget (20 epochs, lr 0.01, light augmentation)"
 
@@ -43,6 +45,7 @@ class FineTuneMatched(Repairer):
     a high learning rate is known to remove many backdoors (FT-SAM: Zhu et al., ICCV 2023), so plain
     fine-tuning at lr 0.01 alone is not a fair bar."""
 
+    modalities = ("image", "text")
     is_baseline = True
     fidelity = "baseline: fine-tuning with the strongest method's steps, lr schedule, strong augmentation and mixup"
 
@@ -60,6 +63,7 @@ class Retrain(Repairer):
     """Anchor: the same architecture from a fresh initialisation, trained on the clean budget only (with the
     same strong augmentation self-distillation gets, so the two differ only in the teacher's labels)."""
 
+    modalities = ("image", "text")
     is_baseline = True
     is_anchor = True
     fidelity = "baseline: a fresh model trained on the clean budget alone (the from-scratch anchor)"

@@ -52,6 +52,7 @@ class FineTuneSAM(Repairer):
     lr 0.05 with warm-up and linear decay, on the same strongly augmented views and mixup blends of the same
     clean budget (same generator, so the same batches)."""
 
+    modalities = ("image", "text")
     paper = ("Zhu, Wei, Shen, Fan & Wu (2023). Enhancing Fine-Tuning Based Backdoor Defense with Sharpness-Aware "
              "Minimization. ICCV (adaptive perturbation: Kwon et al. 2021, ASAM)")
     fidelity = ("adapted: the paper's adaptive sharpness-aware step (e = rho |w|^2 g / || |w| g ||, rho 2, BatchNorm "

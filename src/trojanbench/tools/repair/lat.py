@@ -119,6 +119,7 @@ class LatentAdversarialTraining(Repairer):
     results: benchmarks/results/lat_sweep.json): the lowest mean ASR after repair among the settings with a mean
     clean cost of at most 3 points. 6 PGD steps is the authors' code's default."""
 
+    modalities = ("image", "text")
     paper = ("Casper, Schulze, Patel & Hadfield-Menell (2024). Defending Against Unforeseen Failure Modes with Latent "
              "Adversarial Training. arXiv:2403.05030 (TMLR 2025); targeted LAT: Sheshadri et al. (2024), arXiv:2407.15549")
     fidelity = ("adapted: Algorithm 1 (untargeted L2 PGD on one hidden layer's activations, random start, normalised "
