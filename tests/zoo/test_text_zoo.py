@@ -149,3 +149,18 @@ def test_the_repair_track_runs_the_repairers_that_work_on_text(text_zoo):
             assert 0.0 <= s.metrics["p_asr"].value <= 1.0
     with pytest.raises(UserError, match="i-bau works on image models"):
         run_repair_track(text_zoo, None, tools=["i-bau"], budgets=(0.1,))
+
+
+def test_the_edit_track_traces_tokens_and_edits_a_layer_of_a_text_model(text_zoo):
+    from trojanbench.tasks.edit import run_edit_track, triggered_twins
+
+    x = torch.tensor([[5, 6, 7, 0, 0, 0]])
+    t = make_trigger({"kind": "phrase", "params": {"words": ["truly", "well"], "position": 1}}, (6,))
+    xt, twin = triggered_twins(t, x, torch.Generator().manual_seed(0))
+    assert xt.tolist() == [[5, reserved_id("truly"), reserved_id("well"), 6, 7, 0]]
+    assert twin.tolist() == [[5, 1, 1, 6, 7, 0]]  # aligned: the trigger's words are <unk>, the rest where it was
+    board = run_edit_track(text_zoo, None, tools=["rome", "finetune-layer"], split="test", n_images=8)
+    tools = {s.tool: s for s in board.scores}
+    assert set(tools) == {"rome", "finetune-layer"}
+    for s in tools.values():
+        assert 0.0 <= s.metrics["asr"].value <= 1.0 and s.n_models >= 1

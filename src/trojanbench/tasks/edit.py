@@ -23,7 +23,7 @@ from ..tools.edit import EDITORS, EditInputs
 from ..tools.locate import causal_trace
 from ..zoo.build import Zoo
 from ..zoo.store import load_model
-from . import groups_of, population, role_of
+from . import applicable, groups_of, population, role_of, zoo_modality
 from .jobs import TrackJob, run_jobs, stored_rows
 from .repair import draw_budget, measure_repair
 
@@ -44,6 +44,19 @@ def board_spec(pop: str, budget: float) -> BoardSpec:
         main=["asr", "asr_drop", "clean_cost", "asr[kind=patch]", "asr[insidious]", "seconds_per_model"])
 
 
+UNK = 1  # a token dataset's id for a word outside the vocabulary
+
+
+def triggered_twins(trigger, x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x with the trigger, its clean twin aligned position by position). For images the twin is `x`; a text trigger
+    inserts words and moves the rest of the sentence, so a sentence's twin is the triggered sentence with the
+    trigger's words replaced by <unk>, as causal tracing of language models corrupts the subject's tokens."""
+    xt, mask = trigger.apply_with_mask(x, generator=g)
+    if xt.dim() != 2:
+        return xt, x
+    return xt, torch.where(mask, torch.full_like(xt, UNK), xt)
+
+
 def _trace_setting(zoo_data, job, folder, seed: int, n_images: int, device: str):
     """What a job on one trojaned model rebuilds: the dataset (loaded once per process), the model, its trigger, the
     causal trace and its seconds, and the generator the trace drew from (the edit's inputs draw next)."""
@@ -54,9 +67,8 @@ def _trace_setting(zoo_data, job, folder, seed: int, n_images: int, device: str)
     model, card = load_model(folder, dev)
     target_label = job.trojan.poison.target
     trigger = prepare(ds, job.arch, job.arch_kwargs, job.trojan, seed=card.seed).trigger
-    xc = ds.x_test[ds.y_test != target_label][:n_images]
     g = torch.Generator().manual_seed(seed)
-    xt = trigger.apply(xc, generator=g)
+    xt, xc = triggered_twins(trigger, ds.x_test[ds.y_test != target_label][:n_images], g)
     start = time.perf_counter()
     trace = causal_trace(model, xt.to(dev), xc.to(dev), target_label)
     return ds, model, card, trigger, trace, time.perf_counter() - start, g
@@ -70,8 +82,9 @@ def edit_one(names: list[str], job, folder, zoo_data, budget_idx: torch.Tensor, 
     layer = trace.best
     before = measure_repair(model, ds, job, trigger)
     x_budget, y_budget = ds.x_train[budget_idx], ds.y_train[budget_idx]
-    inputs = EditInputs(layer=layer, x_triggered=trigger.apply(x_budget, generator=g), y_triggered=y_budget,
-                        x_clean=x_budget, x_budget=x_budget, y_budget=y_budget, seed=seed).to(torch.device(device))
+    x_triggered, x_twins = triggered_twins(trigger, x_budget, g)
+    inputs = EditInputs(layer=layer, x_triggered=x_triggered, y_triggered=y_budget, x_clean=x_twins, x_budget=x_budget,
+                        y_budget=y_budget, seed=seed).to(torch.device(device))
     rows = []
     for name in names:  # the same inputs for all
         editor = EDITORS.get(name)()
@@ -97,11 +110,11 @@ def run_edit_track(zoo_dir: str | Path, results, tools: list[str] | None = None,
 
     The work runs as jobs (`tasks.jobs`) on `executor`, one per trojaned model (the editors share its trace); a
     rerun of an interrupted run skips finished jobs, and the board is computed from the stored rows."""
-    names = tools or EDITORS.names()
-    for n in names:
+    for n in tools or []:
         EDITORS.get(n)
     zoo = Zoo(zoo_dir)
     zoo.plan()
+    names = applicable(EDITORS, tools, zoo_modality(zoo))
     from ..zoo.worker import cached_dataset
 
     data = zoo.config().data

@@ -68,9 +68,11 @@ class EditInputs:
 class Editor(ToolInfo, ABC):
     """`edit(model, inputs)` returns an edited copy of `model` in eval mode; `model` itself is never changed
     (parameters, buffers, mode, requires_grad). `uses_trace` is False for the controls that pick their own
-    layer (the task then does not charge them the trace's time)."""
+    layer (the task then does not charge them the trace's time). Every editor works on a Linear's keys per token
+    as on a Conv2d's per position, so on text models too (the edit track gives them aligned clean twins)."""
 
     uses_trace: ClassVar[bool] = True
+    modalities: ClassVar[tuple[str, ...]] = ("image", "text")
 
     def layer_for(self, model: nn.Module, inputs: EditInputs) -> str:
         """The layer this editor changes: the traced one."""
