@@ -266,13 +266,10 @@ def run_benchmark(out: str | Path, config: str = "digits-bench", zoo: str | Path
                                    "scored against"))
     modality = zoo_modality(Zoo(zoo))
     for name, names in routed.items():
-        registries = TRACKS[name].registries()
-        usable = [n for reg in registries for n in applicable(reg, names, modality)]
-        if not usable:
+        # each track runs the tools that work on the zoo's inputs; one with none for them is skipped
+        if not [n for reg in TRACKS[name].registries() for n in applicable(reg, names, modality)]:
             run.skipped[name] = f"no {name} tool works on {modality} models yet"
             continue
-        if names is None and len(usable) < sum(len(reg.names()) for reg in registries):
-            names = usable  # only the tools that work on this zoo's inputs
         start = time.perf_counter()
         progress = track_progress(name) if track_progress else None
         on = {"executor": track_executor, "jobs": jobs}

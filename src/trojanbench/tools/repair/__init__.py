@@ -119,7 +119,7 @@ def strong_views(xb: torch.Tensor, yb: torch.Tensor, g: torch.Generator, ctx: Re
     `soft_targets` class probabilities for every image, the blends' mixed as their images are."""
     v = strong_augment(xb, ctx, g)
     if not mix or ctx.modality == "text":  # no blend of two sentences' token ids
-        return (v, F.one_hot(yb, ctx.num_classes).to(torch.float32)) if soft_targets and mix else (v, yb)
+        return v, yb
     blends, lam, perm = mixup(v, g)
     if not soft_targets:
         return torch.cat([v, blends]), yb
@@ -132,8 +132,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: RepairContext, 
         batch_size: int = 64, weight_decay: float = 5e-4, warmup: float = 0.1, loss: Callable | None = None,
         views: Callable | None = None, after_step: Callable[[], None] | None = None, seed_offset: int = 0) -> nn.Module:
     """Train `model` in place for `steps` SGD steps (Nesterov momentum, warm-up then linear decay; on text models
-    AdamW at TEXT_LR_SCALE x `lr`) on
-    augmented views of (x, y) and return it in eval mode.
+    AdamW at TEXT_LR_SCALE x `lr`) on augmented views of (x, y) and return it in eval mode.
 
     `loss(model, xb, yb) -> Tensor` replaces cross-entropy (distillation losses); `views(xb, yb, g) -> (xb, yb)`
     replaces the default augmentation (and may add images, e.g. mixtures, with their targets: class indices or
