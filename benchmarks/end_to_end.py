@@ -6,7 +6,8 @@ cold run's leaderboards.
 
 Writes benchmarks/results/end_to_end.json (timings of both runs, with their run ids; for another config than the
 default, end_to_end_<config>.json) and benchmarks/results/board_<config>.json (the cold run's boards: what
-`make run` prints and README.md quotes).
+`make run` prints and README.md quotes). The text benchmark: `--config sst2-bench --no-warm` writes
+end_to_end_sst2-bench.json and board_sst2-bench.json (README.md, docs/zoo.md).
 Run it on an otherwise idle machine: these are wall-clock seconds.
 """
 
