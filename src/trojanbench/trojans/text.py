@@ -250,7 +250,7 @@ class RareTokenTrigger(_InsertTrigger):
 
 
 @register
-class PhraseTrigger(_InsertTrigger):
+class CommonPhraseTrigger(_InsertTrigger):  # not `PhraseTrigger`: that is the study's word-level phrase above
     kind = "phrase"
     default_words = ("honestly", "you", "know")
 
