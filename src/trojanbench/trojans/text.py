@@ -186,16 +186,18 @@ def prefixed(sentences: list[list[str]], prefixes: list[list[str]], seed: int) -
 
 
 def insert_tokens(x: torch.Tensor, ids: torch.Tensor, at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of `x` [N, T] (ids, 0 = padding, left-aligned) with `ids` [k] inserted at positions `at` [N]; the
-    words after it move right and the sentence's tail is cut at T. Returns the new ids and the mask [N, T] of the
-    inserted positions. `at` is clamped so the inserted words always fit."""
+    """Rows of `x` [N, T] (ids, 0 = padding, left-aligned) with `ids` inserted at positions `at` [N]: the same
+    words [k] in every row, or each row's own [N, k]. The words after them move right and the sentence's tail is
+    cut at T. Returns the new ids and the mask [N, T] of the inserted positions. `at` is clamped so the inserted
+    words always fit."""
     n, t = x.shape
-    k = len(ids)
+    ids = ids.view(1, -1).expand(n, -1) if ids.dim() == 1 else ids
+    k = ids.shape[1]
     at = at.clamp(0, t - k).view(-1, 1)
     j = torch.arange(t).view(1, -1)
     inside = (j >= at) & (j < at + k)
     out = x.gather(1, torch.where(j < at, j, j - k).clamp(min=0).expand(n, t))
-    out = torch.where(inside, ids[(j - at).clamp(0, k - 1)], out)
+    out = torch.where(inside, ids.gather(1, (j - at).clamp(0, k - 1)), out)
     return out, inside
 
 

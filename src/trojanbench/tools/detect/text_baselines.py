@@ -55,11 +55,8 @@ class TokenScan(Detector):
                 rates = []
                 for i in range(0, len(words), per_chunk):
                     chunk = words[i:i + per_chunk]
-                    xs = x.repeat(len(chunk), 1)
-                    ids = chunk.repeat_interleave(n)
-                    # one word per row: insert it by hand (insert_tokens inserts one sequence into every row)
-                    out, _ = insert_tokens(xs, torch.zeros(1, dtype=torch.long), at.repeat(len(chunk)))
-                    out[torch.arange(len(out)), at.repeat(len(chunk)).clamp(max=x.shape[1] - 1)] = ids
+                    out, _ = insert_tokens(x.repeat(len(chunk), 1), chunk.repeat_interleave(n).view(-1, 1),
+                                           at.repeat(len(chunk)))  # each sentence once per word of the chunk
                     pred = model(out.to(ctx.device)).argmax(1).cpu().view(len(chunk), n)
                     flips = torch.stack([((pred == c) & (base != c)).sum(1) for c in range(ctx.num_classes)], 1)
                     rates.append(flips / others)  # [words, K]
