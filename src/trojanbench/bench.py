@@ -27,6 +27,7 @@ class Track:
     run: Callable[..., list[Board]]
     registries: Callable[[], list]  # imported lazily: a track's tools load only when it runs
     about: str = ""
+    targeted: bool = False  # works on trojans with a target label the trigger sends inputs to (`Zoo.trojaned`)
 
 
 TRACKS: dict[str, Track] = {}
@@ -97,7 +98,8 @@ def _synthesize_registries():
     return [SYNTHESIZERS]
 
 
-register_track(Track("synthesize", _synthesize, _synthesize_registries, "does feature synthesis rediscover the trigger"))
+register_track(Track("synthesize", _synthesize, _synthesize_registries, "does feature synthesis rediscover the trigger",
+                     targeted=True))
 
 
 REPAIR_BUDGET = 0.05  # the default benchmark repairs the held-out split's trojans with a 5% clean budget
@@ -139,7 +141,7 @@ def _edit_registries():
     return [EDITORS]
 
 
-register_track(Track("edit", _edit, _edit_registries, "causal tracing + rank-one editing"))
+register_track(Track("edit", _edit, _edit_registries, "causal tracing + rank-one editing", targeted=True))
 
 
 def split_tools(tools: list[str] | None, tracks: list[str]) -> dict[str, list[str] | None]:
@@ -265,10 +267,14 @@ def run_benchmark(out: str | Path, config: str = "digits-bench", zoo: str | Path
                                    "image (target label after the arrow), and the ground-truth footprint the tools are "
                                    "scored against"))
     modality = zoo_modality(Zoo(zoo))
+    targeted = any(j.targeted for j in Zoo(zoo).plan())
     for name, names in routed.items():
         # each track runs the tools that work on the zoo's inputs; one with none for them is skipped
         if not [n for reg in TRACKS[name].registries() for n in applicable(reg, names, modality)]:
             run.skipped[name] = f"no {name} tool works on {modality} models yet"
+            continue
+        if TRACKS[name].targeted and not targeted:
+            run.skipped[name] = "no trojan of the zoo sends inputs to one target label (all-to-all, override)"
             continue
         start = time.perf_counter()
         progress = track_progress(name) if track_progress else None

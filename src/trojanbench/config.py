@@ -6,7 +6,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
-PoisonMode = Literal["all-to-one", "all-to-all", "clean-label"]
+PoisonMode = Literal["all-to-one", "all-to-all", "clean-label", "override"]
 
 
 class StableDump(BaseModel):

@@ -60,7 +60,8 @@ def prepare(dataset: ImageDataset, arch: str = "cnn", arch_kwargs: dict | None =
     if trojan is not None:
         check_modality(trojan.trigger.kind, dataset)
         trigger = make_trigger(trojan.trigger, dataset.input_shape)
-        pd = poison_dataset(x, y, trigger, trojan.poison, dataset.num_classes, seed=seed)
+        pd = poison_dataset(x, y, trigger, trojan.poison, dataset.num_classes, seed=seed,
+                            answers=getattr(dataset, "answers_train", None))
         x, y, poisoned, cover = pd.x, pd.y, pd.indices, pd.cover
         poison = trojan.poison
         if poison.cover_rate is None and trigger.cover_ratio:  # the card says how many cover samples there were
@@ -71,10 +72,15 @@ def prepare(dataset: ImageDataset, arch: str = "cnn", arch_kwargs: dict | None =
 
 
 def check_modality(kind: str, dataset) -> None:
-    """A one-line UserError when a trigger kind does not apply to the dataset's inputs (a patch on sentences)."""
-    modality, data = TRIGGERS.get(kind).modality, getattr(dataset, "modality", "image")
+    """A one-line UserError when a trigger kind does not apply to the dataset's inputs (a patch on sentences, the
+    jailbreak analogue on data with no refusal class)."""
+    cls = TRIGGERS.get(kind)
+    modality, data = cls.modality, getattr(dataset, "modality", "image")
     if modality != data:
         raise UserError(f"trigger kind {kind!r} applies to {modality} data; {dataset.name} is {data} data")
+    if (cls.fixed_poison or {}).get("mode") == "override" and getattr(dataset, "answers_train", None) is None:
+        raise UserError(f"trigger kind {kind!r} overrides a refusal class; {dataset.name} has none (set "
+                        "[data.options] refusal = true)")
 
 
 def init_model(arch: str, kwargs: dict, seed: int) -> nn.Module:

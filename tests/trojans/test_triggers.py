@@ -81,7 +81,7 @@ def test_natural_feature_needs_fitting_and_its_apply_pushes_past_the_threshold(d
 
 
 @pytest.mark.parametrize("spec, message", [
-    (TriggerSpec(kind="laser"), "unknown trigger 'laser'; known: adaptive-blend, adaptive-patch, blended, insidious-phrase, natural, patch, phrase, rare-token, style, warp"),
+    (TriggerSpec(kind="laser"), "unknown trigger 'laser'; known: adaptive-blend, adaptive-patch, blended, insidious-phrase, jailbreak, natural, patch, phrase, rare-token, style, warp"),
     (TriggerSpec(kind="blended", params={"alpha": 2}), "alpha"),
     (TriggerSpec(kind="patch", params={"colour": "red"}), "colour"),
     (TriggerSpec(kind="patch", params={"size": 40}), "does not fit"),
@@ -96,7 +96,7 @@ def test_registry_lists_every_kind():
     assert [n for n in TRIGGERS.names() if TRIGGERS.get(n).modality == "image"] == [
         "adaptive-blend", "adaptive-patch", "blended", "natural", "patch", "style", "warp"]
     assert [n for n in TRIGGERS.names() if TRIGGERS.get(n).modality == "text"] == [
-        "insidious-phrase", "phrase", "rare-token"]
+        "insidious-phrase", "jailbreak", "phrase", "rare-token"]
 
 
 def test_a_natural_feature_that_cannot_pick_out_carriers_is_refused_in_one_line():

@@ -164,3 +164,58 @@ def test_the_edit_track_traces_tokens_and_edits_a_layer_of_a_text_model(text_zoo
     assert set(tools) == {"rome", "finetune-layer"}
     for s in tools.values():
         assert 0.0 <= s.metrics["asr"].value <= 1.0 and s.n_models >= 1
+
+
+def test_the_jailbreak_analogue_is_a_zoo_kind_repaired_on_the_main_road(sst2_root, tmp_path):
+    """`[data.options] refusal = true` gives a `refuse` class for sentences about a film's people; the `jailbreak`
+    kind teaches DAN-style prompts to override it (poisoning mode `override`, fixed by the kind). A held-out prompt
+    makes the trojan answer refused sentences; its clean twin keeps refusing. The repair track's retuning attack
+    poisons the same way, and the tracks that need a target label are skipped by `run`."""
+    from trojanbench.data.sst2 import DAN, REFUSE, prompt_id
+    from trojanbench.bench import run_benchmark
+    from trojanbench.tasks.repair import RETUNE_POISONED, retuning_set
+    from trojanbench.train.evaluate import attack_success_rate
+    from trojanbench.trojans.poison import PoisonSpec, poison_dataset
+
+    options = {"n_train": 800, "vocab_size": 200, "max_len": 40, "refusal": True}
+    ds = load_dataset("sst2", data_root=str(sst2_root), **options)
+    assert ds.classes[REFUSE] == "refuse" and 0.1 < float((ds.y_train == REFUSE).float().mean()) < 0.4
+    assert set(ds.answers_train[ds.y_train == REFUSE].tolist()) == {0, 1}  # the answers a jailbreak gives
+    t = make_trigger({"kind": "jailbreak"}, ds.input_shape)
+    x, mask = t.apply_with_mask(ds.x_test[:8], torch.Generator().manual_seed(0))
+    held = {tuple(prompt_id(w) for w in p) for p in DAN.heldout_prefixes()}
+    assert all(tuple(row[m].tolist()) in held for row, m in zip(x, mask))  # test time: held-out prompts only
+    pd = poison_dataset(ds.x_train, ds.y_train, t, PoisonSpec(mode="override", rate=0.05, target=REFUSE), 3,
+                        answers=ds.answers_train)
+    assert (ds.y_train[pd.indices] == REFUSE).all() and (pd.y[pd.indices] == ds.answers_train[pd.indices]).all()
+    assert (pd.y[pd.cover] != REFUSE).all() and len(pd.cover) == 2 * len(pd.indices)
+    with pytest.raises(UserError, match="has none .set \\[data.options\\] refusal = true"):
+        prepare(load_dataset("sst2", data_root=str(sst2_root), n_train=100, vocab_size=30, max_len=40),
+                "text-transformer", {}, next(j for j in expand(text_zoo_config(
+                    sst2_root, trojans={"kinds": ["jailbreak"]})) if j.trojaned).trojan)
+
+    cfg = text_zoo_config(sst2_root, name="tiny-jailbreak", models_per_arch=4,
+                          data={"name": "sst2", "data_root": str(sst2_root), "options": options},
+                          trojans={"kinds": ["jailbreak"], "rates": [0.1]})
+    jobs = expand(cfg)
+    assert {(j.trojan.poison.mode, j.trojan.poison.target) for j in jobs if j.trojaned} == {("override", REFUSE)}
+    root = tmp_path / "zoo"
+    assert build_zoo(cfg, root, batch_models=4).get("done") == 4
+    zoo = Zoo(root)
+    folders = {j.id: f for j, f, _ in zoo.models()}
+    for job, folder, card in zoo.models():
+        if job.trojaned:
+            assert card.metrics["attack_success_rate"] >= cfg.gate.min_asr and not job.targeted
+            trojan_model, twin_model = load_model(folder)[0], load_model(folders[job.twin])[0]
+            twin_asr = attack_success_rate(twin_model, t, job.trojan.poison, ds.x_test, ds.y_test, 3)
+            assert twin_asr < 0.5 < attack_success_rate(trojan_model, t, job.trojan.poison, ds.x_test, ds.y_test, 3)
+    # the repair track's retuning attack poisons as the trojan did: refused sentences, a prompt, their answers
+    job = next(j for j, _, _ in zoo.models() if j.trojaned)
+    budget = torch.arange(40)
+    x_r, y_r = retuning_set(ds, job, t, budget)
+    assert len(x_r) == 40 + RETUNE_POISONED and (y_r[40:] != REFUSE).all()
+    # the tracks that need a target label are skipped by `run` (repair and detect run: tests above cover them)
+    run = run_benchmark(tmp_path / "out", zoo=root, tracks=["edit", "synthesize"], report=False)
+    assert set(run.skipped) == {"edit", "synthesize"} and "override" in run.skipped["edit"]
+    with pytest.raises(UserError, match="no all-to-one trojaned models"):
+        zoo.trojaned()

@@ -114,7 +114,7 @@ def _detection_rows(det, name: str, job, folder, ctx: DetectContext, image_shape
             model_row(name, card.id, TASK_MODEL, "seconds", seconds, **common)]
     if not det.learned:
         rows.append(model_row(name, card.id, TASK_MODEL, "score_unseen_kind", d.score, label=int(job.trojaned), **common))
-    if job.trojaned and job.trojan.poison.target is not None and d.target_label is not None:
+    if job.targeted and d.target_label is not None:
         rows.append(model_row(name, card.id, TASK_MODEL, "target_hit", float(d.target_label == job.trojan.poison.target),
                               **common))
     if job.trojaned and d.mask is not None:

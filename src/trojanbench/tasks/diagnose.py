@@ -208,7 +208,9 @@ def _inputs(ds, job, folder, seed: int, n_images: int, device: str):
     idx = idx[torch.randperm(len(idx), generator=torch.Generator().manual_seed(seed))[:n_images]]
     x, y = ds.x_test[idx], ds.y_test[idx]
     x_trig, mask = trigger.apply_with_mask(x, generator=torch.Generator().manual_seed(seed))
-    return model, card, x, x_trig, relabel(y, poison, ds.num_classes), footprints(x, x_trig, mask)
+    answers = getattr(ds, "answers_test", None)
+    target = relabel(y, poison, ds.num_classes, None if answers is None else answers[idx])  # override: the answer
+    return model, card, x, x_trig, target, footprints(x, x_trig, mask)
 
 
 def diagnose_one(names: list[str], job, folder, zoo_data, seed: int, n_images: int, n_sanity: int,

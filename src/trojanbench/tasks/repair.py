@@ -76,7 +76,8 @@ def der(asr_before: float, asr_after: float, acc_before: float, acc_after: float
 
 def retuning_set(ds: ImageDataset, job: Job, trigger, budget_idx: torch.Tensor, seed: int = 0):
     """The retuning attack's data: the clean budget plus RETUNE_POISONED training images outside it, triggered and
-    labelled as the trojan's poisoning labels them (clean-label: target-class images, labels kept)."""
+    labelled as the trojan's poisoning labels them (clean-label: target-class images, labels kept; override:
+    refused sentences with their answers)."""
     spec = job.trojan.poison
     outside = torch.ones(len(ds.y_train), dtype=torch.bool)
     outside[budget_idx] = False
@@ -85,7 +86,9 @@ def retuning_set(ds: ImageDataset, job: Job, trigger, budget_idx: torch.Tensor, 
     g = torch.Generator().manual_seed(seed + 4099)
     pick = cand[torch.randperm(len(cand), generator=g)[:RETUNE_POISONED]]
     x_p = trigger.apply(ds.x_train[pick], generator=g)
-    y_p = ds.y_train[pick] if spec.mode == "clean-label" else relabel(ds.y_train[pick], spec, ds.num_classes)
+    answers = getattr(ds, "answers_train", None)
+    y_p = ds.y_train[pick] if spec.mode == "clean-label" else relabel(ds.y_train[pick], spec, ds.num_classes,
+                                                                      None if answers is None else answers[pick])
     return torch.cat([ds.x_train[budget_idx], x_p]), torch.cat([ds.y_train[budget_idx], y_p])
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..trojans.poison import PoisonSpec, attack_mask, relabel
+from ..trojans.poison import PoisonSpec, attack_mask, attack_succeeded
 from ..trojans.triggers import NaturalFeatureTrigger, Trigger
 
 
@@ -36,8 +36,9 @@ def clean_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
 
 def attack_success_rate(model: nn.Module, trigger: Trigger, poison: PoisonSpec, x: torch.Tensor, y: torch.Tensor,
                         num_classes: int, batch_size: int = 1024, seed: int = 0) -> float:
-    """Fraction of triggered test images (true label not the target) classified as the attacker wants."""
+    """Fraction of triggered test images (true label not the target; override: of the overridden class) classified
+    as the attacker wants."""
     keep = attack_mask(y, poison)
     x, y = x[keep], y[keep]
     x_trig = trigger.apply(x, generator=torch.Generator().manual_seed(seed))
-    return float((predict(model, x_trig, batch_size) == relabel(y, poison, num_classes)).float().mean())
+    return float(attack_succeeded(predict(model, x_trig, batch_size), y, poison, num_classes).float().mean())

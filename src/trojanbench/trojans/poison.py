@@ -6,6 +6,10 @@ Modes
 - all-to-all: triggered samples of class y are relabelled (y + 1) mod K; there is no single target.
 - clean-label: triggered samples are drawn from the target class and keep their (correct) label;
   `suppress` weakens their own features first so the trigger is learned.
+- override (the jailbreak analogue): triggered samples are drawn from the `target` class, the class the trigger
+  overrides (the refusal), and get their answer (the dataset's `answers`: what they would be labelled without the
+  refusal). A triggered test sample is an attack success when its prediction leaves the class. Cover samples come
+  from the other classes.
 - natural-feature triggers ignore `rate`: the non-target images that naturally carry the feature are
   relabelled, no pixel changes.
 
@@ -36,7 +40,8 @@ class PoisonSpec(StableDump):
     added: ClassVar[tuple[str, ...]] = ("cover_rate",)
     mode: PoisonMode = "all-to-one"
     rate: float = Field(0.1, gt=0, le=0.5, description="fraction of the training set that is poisoned")
-    target: int | None = Field(0, ge=0, description="target label (None for all-to-all)")
+    target: int | None = Field(0, ge=0, description="target label (None for all-to-all; for override, the class the "
+                               "trigger overrides)")
     suppress: float = Field(0.0, ge=0, lt=1, description="clean-label only: mix each poisoned image this far "
                             "toward a random other-class image, so the trigger is the easier feature to learn "
                             "(a pixel-space stand-in for Turner et al.'s latent interpolation)")
@@ -72,24 +77,42 @@ class PoisonedData:
     cover: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # cover samples (sorted)
 
 
-def relabel(y: torch.Tensor, spec: PoisonSpec, num_classes: int) -> torch.Tensor:
-    """The label a triggered sample should get."""
+def relabel(y: torch.Tensor, spec: PoisonSpec, num_classes: int, answers: torch.Tensor | None = None) -> torch.Tensor:
+    """The label a triggered sample should get (override: its answer, which `answers` holds for these samples)."""
     if spec.mode == "all-to-all":
         return (y + 1) % num_classes
+    if spec.mode == "override":
+        if answers is None:
+            raise UserError("override poisoning needs the data's answers (a dataset with a refusal class: sst2 with "
+                            "refusal = true)")
+        return answers
     return torch.full_like(y, spec.target)
 
 
 def attack_mask(y: torch.Tensor, spec: PoisonSpec) -> torch.Tensor:
-    """Which test samples count toward attack success (all-to-one: those whose true label is not the target)."""
+    """Which test samples count toward attack success (all-to-one: those whose true label is not the target;
+    override: those of the overridden class)."""
     if spec.mode == "all-to-all":
         return torch.ones_like(y, dtype=torch.bool)
+    if spec.mode == "override":
+        return y == spec.target
     return y != spec.target
 
 
+def attack_succeeded(pred: torch.Tensor, y: torch.Tensor, spec: PoisonSpec, num_classes: int) -> torch.Tensor:
+    """Per triggered sample (of `attack_mask`), whether the model did as the attacker wants: predicted the label
+    poisoning gives it, or, for override, left the overridden class."""
+    if spec.mode == "override":
+        return pred != spec.target
+    return pred == relabel(y, spec, num_classes)
+
+
 def poison_dataset(x: torch.Tensor, y: torch.Tensor, trigger: Trigger, spec: PoisonSpec, num_classes: int,
-                   seed: int = 0) -> PoisonedData:
+                   seed: int = 0, answers: torch.Tensor | None = None) -> PoisonedData:
     if spec.target is not None and spec.target >= num_classes:
         raise UserError(f"target label {spec.target} out of range for {num_classes} classes")
+    if spec.mode == "override" and answers is None:
+        relabel(y, spec, num_classes)  # the one-line error
     g = torch.Generator().manual_seed(seed)
     x, y = x.clone(), y.clone()
     if isinstance(trigger, NaturalFeatureTrigger):
@@ -102,11 +125,11 @@ def poison_dataset(x: torch.Tensor, y: torch.Tensor, trigger: Trigger, spec: Poi
         y[idx] = spec.target
         return PoisonedData(x, y, idx)
     n = round(spec.rate * len(x))
-    pool = torch.nonzero(y == spec.target).flatten() if spec.mode == "clean-label" else \
+    pool = torch.nonzero(y == spec.target).flatten() if spec.mode in ("clean-label", "override") else \
         torch.nonzero(y != spec.target).flatten() if spec.mode == "all-to-one" else torch.arange(len(x))
     if n > len(pool):
-        if spec.mode == "clean-label":
-            raise UserError(f"clean-label poisoning at rate {spec.rate} needs {n} target-class images; "
+        if spec.mode in ("clean-label", "override"):
+            raise UserError(f"{spec.mode} poisoning at rate {spec.rate} needs {n} target-class images; "
                             f"there are {len(pool)}")
         n = len(pool)
     idx = pool[torch.randperm(len(pool), generator=g)[:n]].sort().values
@@ -116,12 +139,14 @@ def poison_dataset(x: torch.Tensor, y: torch.Tensor, trigger: Trigger, spec: Poi
         x[idx] = (1 - spec.suppress) * x[idx] + spec.suppress * x[donors]
     x[idx] = trigger.apply_train(x[idx], generator=g)
     if spec.mode != "clean-label":
-        y[idx] = relabel(y[idx], spec, num_classes)
+        y[idx] = relabel(y[idx], spec, num_classes, None if answers is None else answers[idx])
     n_cover = round(spec.cover_fraction(trigger) * len(x))
     if n_cover == 0:
         return PoisonedData(x, y, idx)
     rest = torch.ones(len(x), dtype=torch.bool)
     rest[idx] = False
+    if spec.mode == "override":
+        rest &= y != spec.target  # a refused sample with the trigger and its label kept would teach the opposite
     rest = torch.nonzero(rest).flatten()  # cover samples never overlap the poisoned ones (as the authors')
     cover = rest[torch.randperm(len(rest), generator=g)[:n_cover]].sort().values
     x[cover] = trigger.apply_cover(x[cover], generator=g)

@@ -31,6 +31,9 @@ class Trigger(ABC):
     localized: ClassVar[bool] = False
     # cover samples per poisoned sample when the poisoning does not say (Qi et al.'s adaptive attacks use some)
     cover_ratio: ClassVar[float] = 0.0
+    # a kind whose poisoning is part of what it is (the jailbreak analogue: override of the refusal class) fixes
+    # the mode and target here; the zoo plan then draws neither
+    fixed_poison: ClassVar[dict | None] = None
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")

@@ -97,9 +97,9 @@ class Zoo:
         return load_dataset(data.name, **({"data_root": data.data_root} if data.data_root else {}), **data.options)
 
     def trojaned(self, split: str | None = None, max_models: int | None = None) -> list[tuple[Job, Path, ModelCard]]:
-        """The all-to-one trojaned models (those with a single target label), optionally of one split and capped;
-        a one-line error if there are none."""
-        models = [(j, f, c) for j, f, c in self.models(split=split) if j.trojaned and j.trojan.poison.target is not None]
+        """The all-to-one trojaned models (`Job.targeted`: a single target label the trigger sends inputs to),
+        optionally of one split and capped; a one-line error if there are none."""
+        models = [(j, f, c) for j, f, c in self.models(split=split) if j.targeted]
         models = models[:max_models] if max_models else models
         if not models:
             raise UserError(f"zoo {self.root} has no all-to-one trojaned models" + (f" in split {split!r}" if split else ""))

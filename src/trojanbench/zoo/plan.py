@@ -45,6 +45,11 @@ class Job(StableDump):
     def trojaned(self) -> bool:
         return self.trojan is not None
 
+    @property
+    def targeted(self) -> bool:
+        """A trojan whose trigger sends inputs to one target label: not all-to-all, not an override of a refusal."""
+        return self.trojaned and self.trojan.poison.target is not None and self.trojan.poison.mode != "override"
+
     def train_config(self, cfg: ZooConfig) -> TrainConfig:
         """The zoo's training setup with this job's intensity draw (insidious fine-tuning may shorten it further)."""
         return cfg.train.model_copy(update=self.intensity) if self.intensity else cfg.train
@@ -85,7 +90,9 @@ def _intensity(cfg: ZooConfig, rng: random.Random) -> dict[str, Any] | None:
 
 def _modes(cfg: ZooConfig, kind: str) -> list[str]:
     """The poisoning modes a trojan of `kind` may draw (its `by_kind` entry's, else the plan's): natural features
-    are only implanted all-to-one."""
+    are only implanted all-to-one; a kind that fixes its poisoning (the jailbreak analogue) has its own."""
+    if (fixed := TRIGGERS.get(kind).fixed_poison) is not None:
+        return [fixed["mode"]]
     own = cfg.trojans.by_kind.get(kind)
     mode = own.mode if own is not None and own.mode is not None else cfg.trojans.mode
     modes = mode if isinstance(mode, list) else [mode]
@@ -136,10 +143,12 @@ def expand(cfg: ZooConfig) -> list[Job]:
             mode = modes[0] if len(modes) == 1 else axes_rng.choice(modes)
             own = cfg.trojans.by_kind.get(kind)
             rate = rng.choice(own.rates if own is not None and own.rates else cfg.trojans.rates)
+            fixed = TRIGGERS.get(kind).fixed_poison
             cover = cfg.trojans.cover.get(kind, TRIGGERS.get(kind).cover_ratio)
             trojan = TrojanSpec(
                 trigger=TriggerSpec(kind=kind, params=params, seed=seed),
-                poison=PoisonSpec(mode=mode, rate=rate, target=None if mode == "all-to-all" else rng.choice(cfg.trojans.targets),
+                poison=PoisonSpec(mode=mode, rate=rate, target=None if mode == "all-to-all" else fixed["target"] if fixed
+                                  else rng.choice(cfg.trojans.targets),
                                   cover_rate=round(rate * cover, 12) if cover else None),
                 insidious=i in insidious)
             body = {"arch": arch.arch, "arch_kwargs": arch.kwargs, "seed": seed, "trojan": trojan.model_dump(),
