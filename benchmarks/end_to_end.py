@@ -2,12 +2,15 @@
 models built), stage by stage (zoo build, each track, report), then again with everything cached; and store the
 cold run's leaderboards.
 
-    .venv/bin/python benchmarks/end_to_end.py [--config digits-bench] [--no-warm]
+    .venv/bin/python benchmarks/end_to_end.py [--config digits-quick] [--no-warm]
 
-Writes benchmarks/results/end_to_end.json (timings of both runs, with their run ids; for another config than the
-default, end_to_end_<config>.json) and benchmarks/results/board_<config>.json (the cold run's boards: what
-`make run` prints and README.md quotes). The text benchmark: `--config sst2-bench --no-warm` writes
-end_to_end_sst2-bench.json and board_sst2-bench.json (README.md, docs/zoo.md).
+Writes benchmarks/results/end_to_end.json for the default (`make run`: digits-quick with its quick tool set;
+timings of both runs, with their run ids), end_to_end_<config>.json for another config, and
+benchmarks/results/board_<config>.json (the cold run's boards). `--config digits-bench` writes
+end_to_end_digits-bench.json and board_digits-bench.json (every tool; the boards README.md quotes). The text
+benchmarks: `--config sst2-bench --no-warm` writes end_to_end_sst2-bench.json and board_sst2-bench.json,
+`--config sst2-jailbreak --no-warm` end_to_end_sst2-jailbreak.json and board_sst2-jailbreak.json (README.md,
+docs/zoo.md).
 Run it on an otherwise idle machine: these are wall-clock seconds.
 """
 
@@ -22,7 +25,9 @@ from pathlib import Path
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="digits-bench")
+    from trojanbench.bench import DEFAULT_CONFIG
+
+    ap.add_argument("--config", default=DEFAULT_CONFIG)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", default=None, help="keep the cold run's folder (results store, report) here")
     ap.add_argument("--no-warm", dest="warm", action="store_false", help="time the cold run only")
@@ -38,7 +43,7 @@ def main() -> None:
             out = Path(args.keep) if (args.keep and label == "cold") else Path(tmp) / label
             started = time.time()
             start = time.perf_counter()
-            run = run_benchmark(out, config=args.config, seed=args.seed, track_executor="pool", jobs=2)  # as `make run`
+            run = run_benchmark(out, config=args.config, seed=args.seed, track_executor="pool", jobs=2)  # as `run` does
             runs[label] = {"run_id": run.run_id, "total_s": round(time.perf_counter() - start, 1),
                            "stages_s": {k: round(v, 1) for k, v in run.seconds.items()}}
             print(label, runs[label], flush=True)
@@ -49,7 +54,7 @@ def main() -> None:
                     **({"skipped": run.skipped} if run.skipped else {})},
                     config=vars(args), run_id=run.run_id, seed=args.seed, started=started)
                 print("boards ->", board_path, flush=True)
-        name = "end_to_end" if args.config == "digits-bench" else f"end_to_end_{args.config}"
+        name = "end_to_end" if args.config == DEFAULT_CONFIG else f"end_to_end_{args.config}"
         path = write_benchmark(name, {"zoo_config": args.config, "runs": runs}, config=vars(args),
                                run_id=runs["cold"]["run_id"], seed=args.seed, started=first)
     print("timings ->", path)

@@ -146,14 +146,22 @@ def _carry_over(d):
     return "\n".join(lines) + "\n\n" + provenance_line(data, "carry_over.json")
 
 
-@block("end-to-end", "end_to_end.json")
-def _end_to_end(d):
-    data = d["end_to_end.json"]
+def _timings(data: dict, source: str) -> str:
     lines = ["| run | total (s) | " + " | ".join(data["runs"]["cold"]["stages_s"]) + " |",
              "|---|---|" + "---|" * len(data["runs"]["cold"]["stages_s"])]
     for label, r in data["runs"].items():
         lines.append(f"| {label} | {r['total_s']:.1f} | " + " | ".join(f"{v:.1f}" for v in r["stages_s"].values()) + " |")
-    return "\n".join(lines) + "\n\n" + provenance_line(data, "end_to_end.json")
+    return "\n".join(lines) + "\n\n" + provenance_line(data, source)
+
+
+@block("end-to-end", "end_to_end.json")
+def _end_to_end(d):
+    return _timings(d["end_to_end.json"], "end_to_end.json")
+
+
+@block("end-to-end-full", "end_to_end_digits-bench.json")
+def _end_to_end_full(d):
+    return _timings(d["end_to_end_digits-bench.json"], "end_to_end_digits-bench.json")
 
 
 @block("implant-kinds", "implant_kinds.json")

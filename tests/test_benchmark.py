@@ -34,3 +34,18 @@ def test_every_track_lands_in_the_store_and_the_report(tiny_zoo, tmp_path):
 
     errors, images = open_page(run.report.as_uri(), chromium(), tmp_path / "report.png")
     assert errors == [] and len(images) >= len(figures) and all(w > 0 for _, w in images), images
+
+
+def test_the_quick_default_runs_every_track_with_tools_and_their_baselines():
+    """`make run` (no --config, no --tools) scores the quick default zoo with `QUICK_TOOLS`: every track gets at least
+    one tool and one baseline; `--tools all`, or any other config, runs every registered tool."""
+    from trojanbench.bench import DEFAULT_CONFIG, QUICK_TOOLS, check_tracks, default_tools, split_tools
+
+    assert DEFAULT_CONFIG == "digits-quick" and default_tools(DEFAULT_CONFIG, None) == QUICK_TOOLS
+    assert default_tools(DEFAULT_CONFIG, ["all"]) is None and default_tools("digits-bench", None) is None
+    assert default_tools("digits-bench", ["spectral"]) == ["spectral"]
+    routed = split_tools(QUICK_TOOLS, check_tracks(None))
+    assert set(routed) == set(TRACKS)
+    for track, names in routed.items():
+        kinds = {reg.get(n).is_baseline for reg in TRACKS[track].registries() for n in names if n in reg.names()}
+        assert kinds == {True, False}, track

@@ -220,12 +220,13 @@ def tools_list(family: Optional[str] = typer.Option(None, help="only this family
 @app.command()
 def run(
     out: Path = typer.Option(Path("runs/default"), "--out", "-o", help="folder for results, figures and the report"),
-    config: str = typer.Option("digits-bench", "--config", "-c",
-                               help="zoo config: a built-in name (digits-bench, digits-large, sst2-bench, cifar10-zoo, "
-                                    "...) or a TOML file"),
+    config: str = typer.Option("digits-quick", "--config", "-c",
+                               help="zoo config: a built-in name (digits-quick, the 3-minute default; digits-bench, "
+                                    "digits-large, sst2-bench, sst2-jailbreak, cifar10-zoo, ...) or a TOML file"),
     zoo: Optional[Path] = typer.Option(None, help="run on this zoo folder instead of building --config"),
     track: Optional[str] = typer.Option(None, help="comma-separated tracks (default: every registered track)"),
-    tools: Optional[str] = typer.Option(None, help="comma-separated tool names (default: all registered)"),
+    tools: Optional[str] = typer.Option(None, help="comma-separated tool names, or `all` (default: for digits-quick "
+                                                   "a quick set, bench.QUICK_TOOLS; for any other config all)"),
     results: Optional[Path] = typer.Option(None, help="results store (default: OUT/results.sqlite)"),
     seed: int = typer.Option(0),
     executor: str = typer.Option("pool", help="zoo executor: pool (a process per core), batched (in-process), serial "
@@ -240,8 +241,9 @@ def run(
     resume: bool = typer.Option(True, help="continue the newest interrupted run of the same config, seed and code "
                                            "in the results store (its finished jobs are skipped)"),
 ):
-    """The main job: build (or reuse from the cache) the zoo, run every tool of every track on it, write the
-    results store and the HTML report, and print the leaderboards."""
+    """The main job: build (or reuse from the cache) the zoo, run the tools of every track on it (the quick set on
+    the quick default; every tool on any other config), write the results store and the HTML report, and print the
+    leaderboards."""
     from .bench import run_benchmark
     from .report.leaderboard import leaderboard
     from .utils import resolve_device

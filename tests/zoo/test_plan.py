@@ -42,7 +42,7 @@ def test_builtin_and_bad_configs(tmp_path):
         expand(ZooConfig(trojans={"kinds": ["laser"]}))
 
 
-@pytest.mark.parametrize("name", ["digits-bench", "digits-zoo", "digits-dev", "digits-eval2", "cifar10-zoo"])
+@pytest.mark.parametrize("name", ["digits-quick", "digits-bench", "digits-zoo", "digits-dev", "digits-eval2", "cifar10-zoo"])
 def test_a_trojan_and_its_clean_twin_are_on_one_side_of_the_split(name):
     cfg = load_zoo_config(name)
     jobs = expand(cfg)

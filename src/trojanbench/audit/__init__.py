@@ -16,7 +16,7 @@ The practitioner's questions, answered from the tools and a named reference zoo:
    and clean-accuracy cost, with intervals), when the reference results store holds a repair track of that zoo.
 
 The reference scores come from a results store (`--reference STORE`: the latest complete run whose detect track
-scored exactly this zoo's held-out models; without it, `runs/default/results.sqlite` when `make run` left one that
+scored exactly this zoo's held-out models; without it, `runs/default/results.sqlite` when `trojanbench run --config digits-bench` left one that
 did), or are computed into `OUT/reference.sqlite` as a run of their own (and reused from there by the next audit
 with the same zoo, detectors and seed). A model is recognised as a zoo model by its weights (sha256 of its
 state), whatever layout it arrived in. See docs/audit.md.
@@ -40,7 +40,7 @@ DEFAULT_SYNTHESIZERS = ("trigger-inversion", "adversarial-patch", "exemplar")
 DEFAULT_ATTRIBUTORS = ("saliency", "integrated-gradients", "gradcam")
 N_CLEAN = 200  # the auditor's clean sample, as in the detect track (`tasks.detect.detection_context`)
 REFERENCE_KIND = "audit-reference"
-DEFAULT_REFERENCE = Path("runs/default/results.sqlite")  # `make run` writes it; used when it scored the zoo
+DEFAULT_REFERENCE = Path("runs/default/results.sqlite")  # `trojanbench run` writes it; used when it scored the zoo
 
 
 @dataclass
@@ -174,7 +174,7 @@ def reference_rows(zoo, names: list[str], reference: Path | None, out: Path, see
                             f"{zoo.root} with {', '.join(names)}; run `trojanbench run --zoo {zoo.root} --track detect` "
                             "or leave out --reference")
         return rows, f"{reference} run {run.run_id}"
-    if DEFAULT_REFERENCE.is_file():  # the default benchmark's store (`make run`) scores the default zoo
+    if DEFAULT_REFERENCE.is_file():  # `trojanbench run --config digits-bench` scores the default reference zoo
         run, rows = _reference_run(DEFAULT_REFERENCE, test_ids, names)
         if run is not None and run.seed == seed:
             return rows, f"{DEFAULT_REFERENCE} run {run.run_id}"
@@ -367,8 +367,8 @@ def _default_zoo() -> Path:
 
     path = zoo_cache_dir(load_zoo_config("digits-bench"))
     if not path.is_dir():
-        raise UserError(f"the default reference zoo (digits-bench) is not built yet at {path}: run `make run` (or "
-                        "`trojanbench run`) once, or name a zoo with --zoo")
+        raise UserError(f"the default reference zoo (digits-bench) is not built yet at {path}: run "
+                        "`trojanbench run --config digits-bench` once, or name a zoo with --zoo")
     return path
 
 
