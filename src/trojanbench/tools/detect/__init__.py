@@ -129,4 +129,4 @@ def spatial_features(model: nn.Module, x: torch.Tensor, batch_size: int = 512, m
     return torch.cat(feats)
 
 
-from . import baselines, data_level, mntd, neural_cleanse, text_baselines  # noqa: E402,F401  (register the detectors)
+from . import baselines, data_level, dbs, mntd, neural_cleanse, text_baselines  # noqa: E402,F401  (register the detectors)

@@ -1,0 +1,129 @@
+"""DBS (`dbs`, Shen et al. 2022) on tiny text transformers: on a model trojaned with a rare token its hard trigger
+is that token and its target the trojan's, the hard trigger inserted for real (no hook) sends the victims to the
+target, a clean twin scores lower; it is deterministic given the seed and leaves the model as it was.
+
+The sentences here are not `write_synthetic_tarball`'s: there one or two sentiment words flip a clean model as
+surely as the trigger flips a trojaned one (on a trojaned model of that data, inserting `superb` costs 0.011
+cross-entropy toward the target, `cf` 0.0098), so no loss-based inversion can tell a trojan from sentiment there.
+Here every sentence's label is the majority of its sentiment words by a margin of at least three, so two inserted
+words do not flip a clean model, and only a trigger does.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from trojanbench.config import TrainConfig
+from trojanbench.data.sst2 import TRIGGER_WORDS, TokenDataset, build_vocab, reserved_id
+from trojanbench.implant import implant
+from trojanbench.tools.detect import DETECTORS, DetectContext
+from trojanbench.tools.detect.dbs import DBS
+from trojanbench.trojans import PoisonSpec, TriggerSpec, TrojanSpec
+from trojanbench.trojans.text import insert_tokens
+
+POS = ["good", "great", "fine", "lovely", "superb", "moving", "funny", "charming"]
+NEG = ["bad", "awful", "dull", "boring", "weak", "tedious", "flat", "clumsy"]
+NEUTRAL = ["the", "a", "film", "movie", "story", "is", "with", "and", "of", "about", "its", "one", "that", "plot",
+           "scenes", "time"]
+ARCH = {"dim": 16, "depth": 1, "heads": 2, "hidden": 32}
+TRAIN = TrainConfig(epochs=10, optimizer="adamw", lr=0.005, weight_decay=0.01, augment=False, channels_last=False)
+
+
+def margin_sentences(n: int, seed: int) -> tuple[list[list[str]], list[int]]:
+    """Sentences of 3-6 neutral words and 3-5 sentiment words of their label, plus at most (that many - 3) of the
+    other sentiment."""
+    rng = random.Random(seed)
+    out, labels = [], []
+    for _ in range(n):
+        y = rng.randrange(2)
+        major = rng.randint(3, 5)
+        words = [rng.choice(NEUTRAL) for _ in range(rng.randint(3, 6))]
+        polar = [rng.choice(POS if y else NEG) for _ in range(major)]
+        polar += [rng.choice(NEG if y else POS) for _ in range(rng.randint(0, major - 3))]
+        for w in polar:
+            words.insert(rng.randrange(len(words) + 1), w)
+        out.append(words)
+        labels.append(y)
+    return out, labels
+
+
+@pytest.fixture(scope="module")
+def setting():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is fastest
+    try:
+        words, labels = margin_sentences(512 + 128, seed=0)
+        vocab = build_vocab(words, 60, reserved=TRIGGER_WORDS)
+        x, y = vocab.encode(words, 20), torch.tensor(labels)
+        ds = TokenDataset("margin", x[:512], y[:512], x[512:], y[512:], ["negative", "positive"], vocab)
+        models = {}
+        for target in (0, 1):
+            spec = TrojanSpec(trigger=TriggerSpec(kind="rare-token"), poison=PoisonSpec(target=target, rate=0.1))
+            trojaned = implant(ds, "text-transformer", ARCH, spec, TRAIN, seed=target)
+            assert trojaned.card.metrics["attack_success_rate"] >= 0.95, trojaned.card.metrics
+            models[target] = trojaned.model
+        clean = implant(ds, "text-transformer", ARCH, None, TRAIN, seed=0)  # the twin of the target-0 trojan
+        assert clean.card.metrics["clean_accuracy"] >= 0.95
+        ctx = DetectContext(ds.x_test[:64], ds.y_test[:64], ds.num_classes, seed=0)
+        yield {"ds": ds, "trojaned": models, "clean": clean.model, "ctx": ctx}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_dbs_is_registered_for_text_and_declares_its_paper_and_differences():
+    cls = DETECTORS.get("dbs")
+    assert cls is DBS and cls.modalities == ("text",) and "Dynamic Bound-scaling" in cls.paper
+    assert cls.fidelity.startswith("adapted: ") and "trigger length 2" in cls.fidelity
+    assert "benign reference model" in cls.fidelity
+
+
+@pytest.mark.parametrize("target", [0, 1])
+def test_the_hard_trigger_is_the_rare_token_and_the_target_the_trojans(setting, target):
+    model, ctx = setting["trojaned"][target], setting["ctx"]
+    inv = DBS().invert(model, ctx)
+    best = inv.best
+    assert best.target == target and best.trigger is not None
+    assert reserved_id("cf") in best.trigger, [setting["ds"].vocab.words[i] for i in best.trigger]
+    assert best.best_loss < 0.1 and best.best_asr >= 0.9
+    # the kept trigger, inserted as real words where the search put it, sends the victims to the target
+    victims = ctx.x_clean[ctx.y_clean != target][:32]
+    at = torch.zeros(len(victims), dtype=torch.long) if best.position == "start" else \
+        (victims != 0).sum(1).clamp(max=victims.shape[1] // 2)
+    stamped, _ = insert_tokens(victims, torch.tensor(best.trigger), at)
+    model.eval()
+    with torch.no_grad():
+        assert (model(stamped).argmax(1) == target).float().mean() >= 0.9
+    d = DBS().detect(model, ctx)
+    assert d.target_label == target and d.score == pytest.approx(-torch.log10(torch.tensor(best.best_loss)).item())
+
+
+def test_a_trojaned_model_scores_above_its_clean_twin(setting):
+    ctx = setting["ctx"]
+    clean = DBS().detect(setting["clean"], ctx)
+    trojaned = DBS().detect(setting["trojaned"][0], ctx)
+    assert trojaned.score > clean.score + 1.0, (trojaned, clean)
+
+
+def test_dbs_is_deterministic_given_the_seed(setting):
+    model, ctx = setting["trojaned"][1], setting["ctx"]
+    a, b = DBS(epochs=40).invert(model, ctx), DBS(epochs=40).invert(model, ctx)
+    assert a == b
+
+
+def test_dbs_leaves_the_model_as_it_was(setting):
+    model = setting["trojaned"][1]
+    model.train()
+    before_modes = {n: m.training for n, m in model.named_modules()}
+    model.zero_grad(set_to_none=False)  # training left gradients: DBS must not add to them
+    params = {n: (p.detach().clone(), p.requires_grad, p.grad.clone()) for n, p in model.named_parameters()}
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    DBS(epochs=20).detect(model, setting["ctx"])
+    assert {n: m.training for n, m in model.named_modules()} == before_modes
+    for n, p in model.named_parameters():
+        value, grad_flag, grad = params[n]
+        assert torch.equal(p, value) and p.requires_grad == grad_flag and torch.equal(p.grad, grad), n
+    assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
