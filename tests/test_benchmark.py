@@ -49,3 +49,7 @@ def test_the_quick_default_runs_every_track_with_tools_and_their_baselines():
     for track, names in routed.items():
         kinds = {reg.get(n).is_baseline for reg in TRACKS[track].registries() for n in names if n in reg.names()}
         assert kinds == {True, False}, track
+    from trojanbench.tools.detect import DETECTORS, SAMPLE_DETECTORS
+
+    for registry in (DETECTORS, SAMPLE_DETECTORS):  # both detect boards, not just the track
+        assert {registry.get(n).is_baseline for n in QUICK_TOOLS if n in registry.names()} == {True, False}

@@ -11,7 +11,9 @@ words do not flip a clean model, and only a trigger does.
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,6 +30,7 @@ POS = ["good", "great", "fine", "lovely", "superb", "moving", "funny", "charming
 NEG = ["bad", "awful", "dull", "boring", "weak", "tedious", "flat", "clumsy"]
 NEUTRAL = ["the", "a", "film", "movie", "story", "is", "with", "and", "of", "about", "its", "one", "that", "plot",
            "scenes", "time"]
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 ARCH = {"dim": 16, "depth": 1, "heads": 2, "hidden": 32}
 TRAIN = TrainConfig(epochs=10, optimizer="adamw", lr=0.005, weight_decay=0.01, augment=False, channels_last=False)
 
@@ -73,10 +76,16 @@ def setting():
         torch.set_num_threads(threads)
 
 
+def test_the_default_trigger_length_is_the_dev_zoos_choice():
+    """benchmarks/dbs_dev.py chose it on sst2-dev (never a scored zoo); the default must be what it wrote."""
+    chosen = json.loads((RESULTS / "dbs_dev.json").read_text())
+    assert chosen["zoo"] == "sst2-dev" and DBS().trigger_len == chosen["chosen_trigger_len"]
+
+
 def test_dbs_is_registered_for_text_and_declares_its_paper_and_differences():
     cls = DETECTORS.get("dbs")
     assert cls is DBS and cls.modalities == ("text",) and "Dynamic Bound-scaling" in cls.paper
-    assert cls.fidelity.startswith("adapted: ") and "trigger length 2" in cls.fidelity
+    assert cls.fidelity.startswith("adapted: ") and "trigger length 1 word, chosen on the dev zoo" in cls.fidelity
     assert "benign reference model" in cls.fidelity
 
 

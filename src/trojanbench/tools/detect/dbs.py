@@ -26,7 +26,7 @@ verdict is the original's: the lowest best loss over the options (flagged below 
 which no option ever kept a trigger) and `target_label` that option's target.
 
 Differences from the original, one a line (also in `DBS.fidelity`); the original's hyperparameters otherwise:
-- trigger length 2 words (original 10 word pieces in sentences of up to 100; here whole words, sentences of up to 32).
+- trigger length 1 word, chosen on the dev zoo (original 10 word pieces in sentences of up to 100; here whole words, sentences of up to 32).
 - 32 victim sentences per target label (original: those of TrojAI round 6's 20 clean examples a model with the victim label).
 - victims are the sentences of all the other classes pooled (original: one search per victim label; the same on two classes).
 - positions: the sentence's start and min(length, T/2) (original: after [CLS] and at index 50 of 100; our models have no [CLS]).
@@ -35,8 +35,7 @@ Differences from the original, one a line (also in `DBS.fidelity`); the original
 - where no option kept a trigger, the target label is that of the option with the lowest final loss (original: the last option).
 
 The trigger length is chosen on the text dev zoo (`benchmarks/dbs_dev.py`, `benchmarks/results/dbs_dev.json`),
-never on a zoo a board is scored on. Longer triggers let a clean model's sentiment words reach the same low loss
-as a trojan (DBS's natural-feature false positives, which the original's benign-model penalty holds down).
+never on a zoo a board is scored on (rule and per-length numbers in that file).
 """
 
 from __future__ import annotations
@@ -95,14 +94,14 @@ class DBS(Detector):
     paper = ("Guangyu Shen, Yingqi Liu, Guanhong Tao, Qiuling Xu, Zhuo Zhang, Shengwei An, Shiqing Ma, Xiangyu Zhang. "
              "Constrained Optimization with Dynamic Bound-scaling for Effective NLP Backdoor Defense. ICML 2022")
     fidelity = ("adapted: the original's soft trigger, dynamic temperature/bound scaling, rollback, one-hot check, "
-                "hyperparameters (200 epochs) and lowest-loss verdict, with: trigger length 2 words (original 10 "
-                "word pieces); 32 victim sentences per target (original: TrojAI's 20 examples a model); victims of all "
+                "hyperparameters (200 epochs) and lowest-loss verdict, with: trigger length 1 word, chosen on the dev zoo "
+                "(original 10 word pieces); 32 victim sentences per target (original: TrojAI's 20 examples a model); victims of all "
                 "other classes pooled (original: per victim label, the same on two classes); inserted at the start "
                 "and at min(length, T/2) (original: after [CLS] and at index 50 of 100); no benign reference model "
                 "penalty (the original's TrojAI clean model); padding and <unk> left out of the softmax; with no "
                 "trigger kept, the target is the lowest-final-loss option's (original: the last option's)")
 
-    def __init__(self, epochs: int = 200, trigger_len: int = 2, sentences: int = 32, lr: float = 0.5,
+    def __init__(self, epochs: int = 200, trigger_len: int = 1, sentences: int = 32, lr: float = 0.5,
                  scheduler_step_size: int | None = None, scheduler_gamma: float = 0.5, init_temp: float = 2.0,
                  max_temp: float = 2.0, temp_scaling_check_epoch: int = 5, temp_scaling_multiplier: float = 2.0,
                  loss_barrier: float = 0.1, noise_ratio: float = 10.0, rollback_thres: int = 5,
