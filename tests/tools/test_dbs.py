@@ -109,6 +109,18 @@ def test_the_hard_trigger_is_the_rare_token_and_the_target_the_trojans(setting, 
     assert d.target_label == target and d.score == pytest.approx(-torch.log10(torch.tensor(best.best_loss)).item())
 
 
+def test_as_a_synthesizer_dbs_finds_the_trigger_word_toward_the_given_target(setting):
+    from trojanbench.tools.synthesize.text import DBSTrigger
+
+    for target, model in setting["trojaned"].items():
+        stamp = DBSTrigger().synthesize(model, target, setting["ctx"])
+        assert reserved_id("cf") in stamp.words and stamp.position in ("start", "middle")
+        victims = setting["ctx"].x_clean[setting["ctx"].y_clean != target]
+        model.eval()
+        with torch.no_grad():
+            assert (model(stamp.apply(victims)).argmax(1) == target).float().mean() >= 0.9
+
+
 def test_a_trojaned_model_scores_above_its_clean_twin(setting):
     ctx = setting["ctx"]
     clean = DBS().detect(setting["clean"], ctx)

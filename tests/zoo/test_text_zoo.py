@@ -166,6 +166,27 @@ def test_the_edit_track_traces_tokens_and_edits_a_layer_of_a_text_model(text_zoo
         assert 0.0 <= s.metrics["asr"].value <= 1.0 and s.n_models >= 1
 
 
+def test_the_synthesize_track_scores_text_synthesizers_by_transfer_and_trigger_words(text_zoo):
+    from trojanbench.tasks.synthesize import run_synthesize_track
+    from trojanbench.tools.synthesize import SYNTHESIZERS
+    from trojanbench.tools.synthesize.text import WordStamp
+
+    x = torch.tensor([[5, 6, 7, 0, 0, 0], [5, 6, 7, 8, 9, 10]])
+    assert WordStamp([3]).apply(x)[:, 0].tolist() == [3, 3]
+    assert WordStamp([3], "middle").apply(x).tolist() == [[5, 6, 7, 3, 0, 0], [5, 6, 7, 3, 8, 9]]
+    (board,) = run_synthesize_track(text_zoo, None, seed=0, split="test")
+    tools = {s.tool: s for s in board.scores}
+    assert set(tools) == {n for n in SYNTHESIZERS.names() if "text" in SYNTHESIZERS.get(n).modalities}
+    assert {"dbs-trigger", "word-scan", "random-words"} <= set(tools) and "trigger-inversion" not in tools
+    for s in tools.values():
+        assert 0.0 <= s.metrics["transfer_asr"].value <= 1.0 and 0.0 <= s.metrics["word_hit"].value <= 1.0
+        assert -1.0 <= s.metrics["specificity"].value <= 1.0 and s.n_models >= 1
+    # the brute force picks the word that sends most of the auditor's sentences to the target: it transfers
+    assert tools["word-scan"].metrics["transfer_asr"].value > tools["random-words"].metrics["transfer_asr"].value
+    with pytest.raises(UserError, match="trigger-inversion works on image models"):
+        run_synthesize_track(text_zoo, None, tools=["trigger-inversion"])
+
+
 def test_the_jailbreak_analogue_is_a_zoo_kind_repaired_on_the_main_road(sst2_root, tmp_path):
     """`[data.options] refusal = true` gives a `refuse` class for sentences about a film's people; the `jailbreak`
     kind teaches DAN-style prompts to override it (poisoning mode `override`, fixed by the kind). A held-out prompt

@@ -16,7 +16,11 @@ choice), split by trigger kind and crude vs insidious. The "all-methods" conditi
 method: for multiple choice the judge sums their (normalised) scores, as a person shown every tool's images
 would; for transfer ASR the auditor keeps the stamp that works best on its own clean sample. The same questions
 are written as a survey bank for people (`trojanbench survey serve`). A panel per run shows each method's stamp
-beside the true trigger on the same image."""
+beside the true trigger on the same image.
+
+On a text zoo the synthesizers that work on text (`tools/synthesize/text.py`) return words and a place in the
+sentence; they are scored for transfer and specificity as above, and by `word_hit` (a synthesized word is one of
+the trigger's; a proportion). There is no multiple choice, survey or panel for text (the judge compares images)."""
 
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ from ..tools.synthesize.random_prior import trigger_prior
 from ..train.evaluate import predict
 from ..zoo.build import Zoo
 from ..zoo.store import load_model
-from . import groups_of, population, role_of
+from . import applicable, groups_of, population, role_of, zoo_modality
 from .jobs import TrackJob, run_jobs, stored_rows
 from .multiple_choice import Judge, draw_options, find, option_order, render, trigger_key
 
@@ -67,6 +71,54 @@ def board_specs(pop: str) -> list[BoardSpec]:
         note="the judge compares the tool's images with each candidate's, knowing nothing of the audited model; "
              "chance is 1/(number of distinct candidates)")
     return [transfer, mc]
+
+
+def text_board_spec(pop: str) -> BoardSpec:
+    return BoardSpec(
+        task=TASK, title="Feature synthesis on text: do the words fire on the trojan and not on its clean twin?",
+        key="specificity", population=pop,
+        columns=[Column(name="specificity", source="specificity", header="specificity"),
+                 Column(name="transfer_asr", source="transfer_asr", header="transfer ASR"),
+                 Column(name="transfer_asr_clean_twin", source="transfer_asr_clean_twin", header="on clean twin"),
+                 Column(name="word_hit", source="word_hit", stat="proportion", header="trigger word found"),
+                 Column(name="seconds_per_model", source="seconds", stat="timing", header="s/model", groups=False)],
+        main=["specificity", "transfer_asr", "transfer_asr_clean_twin", "word_hit", "specificity[kind=rare-token]",
+              "specificity[kind=phrase]", "specificity[insidious]", "seconds_per_model"],
+        note="the words are inserted into held-out sentences of other classes where the method put them; "
+             "specificity = transfer ASR on the trojan minus the same method's on the clean twin, paired per trojan; "
+             "word_hit = a synthesized word is one of the trigger's")
+
+
+def synthesize_text_one(names: list[str], job, folder, twin_folder, zoo_data, seed: int, device: str) -> list:
+    """Job: every text synthesizer in `names` on one trojan and on its clean twin: transfer ASR, the twin's,
+    specificity and whether a synthesized word is one of the trigger's."""
+    from ..zoo.worker import cached_dataset
+
+    ds = cached_dataset(zoo_data.model_dump_json())
+    dev = torch.device(device)
+    n = min(N_CONTEXT, len(ds.x_test) // 2)  # a small test split: half for the auditor, half to score on
+    ctx = DetectContext(ds.x_test[:n], ds.y_test[:n], ds.num_classes, dev, seed=seed)
+    x_eval, y_eval = ds.x_test[n:], ds.y_test[n:]
+    model, card = load_model(folder, dev)
+    twin = load_model(twin_folder, dev)[0] if twin_folder is not None else None
+    target = job.trojan.poison.target
+    others = x_eval[y_eval != target]
+    trigger_words = set(prepare(ds, job.arch, job.arch_kwargs, job.trojan, seed=card.seed).trigger.ids.tolist())
+    rows = []
+    for name in names:
+        tool = SYNTHESIZERS.get(name)()
+        start = time.perf_counter()
+        stamp = tool.synthesize(model, target, ctx)
+        values = {"seconds": time.perf_counter() - start, "transfer_asr": _asr(model, stamp, others, target),
+                  "word_hit": float(bool(set(stamp.words) & trigger_words))}
+        if twin is not None:
+            values["transfer_asr_clean_twin"] = _asr(twin, SYNTHESIZERS.get(name)().synthesize(twin, target, ctx),
+                                                     others, target)
+            values["specificity"] = values["transfer_asr"] - values["transfer_asr_clean_twin"]
+        rows.extend(model_row(name, card.id, TASK, metric, v, role=role_of(SYNTHESIZERS.get(name)),
+                              groups=groups_of(job), version=tool.version, seed=seed, job=job.id)
+                    for metric, v in values.items())
+    return rows
 
 
 def synthesize_one(names: list[str], pooled: list[str], job, folder, twin_folder, zoo_data, prior, judge: Judge,
@@ -163,13 +215,18 @@ def run_synthesize_track(zoo_dir: str | Path, results, tools: list[str] | None =
     The work runs as jobs (`tasks.jobs`) on `executor`, one per trojan (its synthesizers share the judge's
     candidates, and the pooled condition needs them all); a rerun of an interrupted run skips finished jobs, and
     the boards, the survey bank and the panel come from the stored rows."""
-    names = tools or SYNTHESIZERS.names()
-    for n in names:
-        SYNTHESIZERS.get(n)
-    pooled = [n for n in names if not SYNTHESIZERS.get(n).is_baseline]
     zoo = Zoo(zoo_dir)
     zoo.plan()
     cfg = zoo.config()
+    modality = zoo_modality(zoo)
+    for n in tools or []:
+        SYNTHESIZERS.get(n)  # an unknown name: a one-line error
+    allowed = set(applicable(SYNTHESIZERS, tools, modality))  # one named for other inputs: a one-line error
+    names = [n for n in (tools or SYNTHESIZERS.names()) if n in allowed]
+    if modality == "text":
+        return _run_text(zoo, results, names, seed, split, max_models, n_boot, progress, device, executor, jobs,
+                         address)
+    pooled = [n for n in names if not SYNTHESIZERS.get(n).is_baseline]
     from ..zoo.worker import cached_dataset
 
     ds = cached_dataset(cfg.data.model_dump_json())
@@ -213,6 +270,24 @@ def run_synthesize_track(zoo_dir: str | Path, results, tools: list[str] | None =
         if asked:  # a zoo whose trojans all share one look has no question to ask
             _write_bank(Path(bank), asked, cfg.name)
     return [compute_board(rows, s, n_boot, seed) for s in specs]
+
+
+def _run_text(zoo: Zoo, results, names, seed, split, max_models, n_boot, progress, device, executor, jobs,
+              address) -> list[Board]:
+    """The text synthesize track: one job per trojan (`synthesize_text_one`), one board."""
+    cfg = zoo.config()
+    models = zoo.trojaned(split, max_models)
+    spec = text_board_spec(population(zoo, split, models, "models (all-to-one trojans)"))
+    config = {"track": "synthesize", "zoo": cfg.model_dump(), "tools": names, "split": split, "max_models": max_models}
+    work = [TrackJob(f"{TASK}/{job.id}", synthesize_text_one, dict(
+        names=names, job=job, folder=folder, zoo_data=cfg.data, seed=seed,
+        twin_folder=zoo.root / "models" / job.twin if job.twin and zoo._valid_model(job.twin) else None))
+        for job, folder, _ in models]
+    with recording(results, "track:synthesize", config, seed, resume=True) as store:
+        store.write([spec_row(spec)] + tool_info_rows(TASK, "synthesize", SYNTHESIZERS, names))
+        new = run_jobs(work, store, executor, jobs, device, address, progress)
+        rows = stored_rows(store, new, TASK, names)
+    return [compute_board(rows, spec, n_boot, seed)]
 
 
 def _asr(model, stamp, x, target) -> float:

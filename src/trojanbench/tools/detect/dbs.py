@@ -130,14 +130,15 @@ class DBS(Detector):
             raise UserError(f"dbs needs clean sentences of a class other than {target}; the context holds none")
         return x, (x != 0).sum(1).clamp(max=length)
 
-    def invert(self, model: nn.Module, ctx: DetectContext) -> Inversion:
-        """Run every (target label, position) search; each option's kept trigger and loss."""
+    def invert(self, model: nn.Module, ctx: DetectContext, targets: list[int] | None = None) -> Inversion:
+        """Run every (target label, position) search (the labels `targets`, default all); each option's kept
+        trigger and loss."""
         embed = token_embedding(model)
         t, length = ctx.x_clean.shape[1], self.trigger_len
         if length >= t:
             raise UserError(f"a {length}-word trigger does not fit sentences of {t} tokens")
         options, rows, masks, owner = [], [], [], []
-        for target in range(ctx.num_classes):
+        for target in (range(ctx.num_classes) if targets is None else targets):
             for position in self.positions:
                 x, n_words = self._victims(ctx, target, t)
                 at = torch.zeros_like(n_words) if position == "start" else n_words.clamp(max=t // 2)

@@ -41,30 +41,37 @@ class TokenScan(Detector):
 
     def detect(self, model, ctx):
         x = ctx.x_clean[:self.sentences].cpu()
-        x = x[:, :min(x.shape[1], int((x != 0).sum(1).max()) + 1)]  # padding no sentence reaches: not run
-        n = len(x)
-        at = (torch.rand(n, generator=torch.Generator().manual_seed(ctx.seed)) * ((x != 0).sum(1) + 1)).long()
-        words = torch.arange(2, _vocab_size(model))  # not padding, not <unk>
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                base = model(x.to(ctx.device)).argmax(1).cpu()
-                others = torch.stack([(base != c).sum() for c in range(ctx.num_classes)]).clamp(min=1)  # [K]
-                per_chunk = max(1, self.batch_size // n)
-                rates = []
-                for i in range(0, len(words), per_chunk):
-                    chunk = words[i:i + per_chunk]
-                    out, _ = insert_tokens(x.repeat(len(chunk), 1), chunk.repeat_interleave(n).view(-1, 1),
-                                           at.repeat(len(chunk)))  # each sentence once per word of the chunk
-                    pred = model(out.to(ctx.device)).argmax(1).cpu().view(len(chunk), n)
-                    flips = torch.stack([((pred == c) & (base != c)).sum(1) for c in range(ctx.num_classes)], 1)
-                    rates.append(flips / others)  # [words, K]
-        finally:
-            model.train(was_training)
-        rates = torch.cat(rates)
+        at = (torch.rand(len(x), generator=torch.Generator().manual_seed(ctx.seed)) * ((x != 0).sum(1) + 1)).long()
+        words, rates = flip_rates(model, x, at, ctx, self.batch_size)
         best = int(rates.flatten().argmax())
         return Detection(score=float(rates.flatten()[best]), target_label=best % ctx.num_classes)
+
+
+def flip_rates(model, x: torch.Tensor, at: torch.Tensor, ctx, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every vocabulary word but padding and <unk> (`words` [V']) inserted at `at` [N] into each sentence of `x`
+    [N, T]: per word and class, the share of the sentences not predicted as that class that it sends there
+    (`rates` [V', K]). The model runs in eval mode and is left in its own."""
+    x = x[:, :min(x.shape[1], int((x != 0).sum(1).max()) + 1)]  # padding no sentence reaches: not run
+    n = len(x)
+    words = torch.arange(2, _vocab_size(model))  # not padding, not <unk>
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            base = model(x.to(ctx.device)).argmax(1).cpu()
+            others = torch.stack([(base != c).sum() for c in range(ctx.num_classes)]).clamp(min=1)  # [K]
+            per_chunk = max(1, batch_size // n)
+            rates = []
+            for i in range(0, len(words), per_chunk):
+                chunk = words[i:i + per_chunk]
+                out, _ = insert_tokens(x.repeat(len(chunk), 1), chunk.repeat_interleave(n).view(-1, 1),
+                                       at.repeat(len(chunk)))  # each sentence once per word of the chunk
+                pred = model(out.to(ctx.device)).argmax(1).cpu().view(len(chunk), n)
+                flips = torch.stack([((pred == c) & (base != c)).sum(1) for c in range(ctx.num_classes)], 1)
+                rates.append(flips / others)  # [words, K]
+    finally:
+        model.train(was_training)
+    return words, torch.cat(rates)
 
 
 @register_sample("token-label")

@@ -27,6 +27,8 @@ The rest, one module each (imported at the bottom, which registers them):
 - `natural-patch-search` (snafue.py; registered as `snafue` before): SNAFUE's idea (Casper et al. 2023), the
   natural patch from the clean sample nearest to an adversarial patch in the model's feature space that works
   best.
+On text models (text.py): `dbs-trigger` (DBS's inversion toward the target) beside the baselines `word-scan` and
+`random-words`; each returns a `WordStamp` (word ids and where they go).
 Each class says how closely it follows its paper in `paper` and `fidelity` (see `trojanbench.tools.ToolInfo`).
 """
 
@@ -204,4 +206,4 @@ class MeanImage(Synthesizer):
         return Stamp(ctx.x_clean.mean(0), torch.full(ctx.image_shape[1:], 0.3))
 
 
-from . import cppn_fv, feature_adversary, fourier_fv, random_prior, snafue, tabor  # noqa: F401  (register them)
+from . import cppn_fv, feature_adversary, fourier_fv, random_prior, snafue, tabor, text  # noqa: F401  (register them)
