@@ -2,17 +2,13 @@
 is that token and its target the trojan's, the hard trigger inserted for real (no hook) sends the victims to the
 target, a clean twin scores lower; it is deterministic given the seed and leaves the model as it was.
 
-The sentences here are not `write_synthetic_tarball`'s: there one or two sentiment words flip a clean model as
-surely as the trigger flips a trojaned one (on a trojaned model of that data, inserting `superb` costs 0.011
-cross-entropy toward the target, `cf` 0.0098), so no loss-based inversion can tell a trojan from sentiment there.
-Here every sentence's label is the majority of its sentiment words by a margin of at least three, so two inserted
-words do not flip a clean model, and only a trigger does.
+The sentences are `testing.text.margin_sentences`: no word or two of sentiment flips a clean model there, so no
+loss-based inversion could mistake sentiment for the trigger.
 """
 
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -21,36 +17,15 @@ import torch
 from trojanbench.config import TrainConfig
 from trojanbench.data.sst2 import TRIGGER_WORDS, TokenDataset, build_vocab, reserved_id
 from trojanbench.implant import implant
+from trojanbench.testing.text import margin_sentences
 from trojanbench.tools.detect import DETECTORS, DetectContext
 from trojanbench.tools.detect.dbs import DBS
 from trojanbench.trojans import PoisonSpec, TriggerSpec, TrojanSpec
 from trojanbench.trojans.text import insert_tokens
 
-POS = ["good", "great", "fine", "lovely", "superb", "moving", "funny", "charming"]
-NEG = ["bad", "awful", "dull", "boring", "weak", "tedious", "flat", "clumsy"]
-NEUTRAL = ["the", "a", "film", "movie", "story", "is", "with", "and", "of", "about", "its", "one", "that", "plot",
-           "scenes", "time"]
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 ARCH = {"dim": 16, "depth": 1, "heads": 2, "hidden": 32}
 TRAIN = TrainConfig(epochs=10, optimizer="adamw", lr=0.005, weight_decay=0.01, augment=False, channels_last=False)
-
-
-def margin_sentences(n: int, seed: int) -> tuple[list[list[str]], list[int]]:
-    """Sentences of 3-6 neutral words and 3-5 sentiment words of their label, plus at most (that many - 3) of the
-    other sentiment."""
-    rng = random.Random(seed)
-    out, labels = [], []
-    for _ in range(n):
-        y = rng.randrange(2)
-        major = rng.randint(3, 5)
-        words = [rng.choice(NEUTRAL) for _ in range(rng.randint(3, 6))]
-        polar = [rng.choice(POS if y else NEG) for _ in range(major)]
-        polar += [rng.choice(NEG if y else POS) for _ in range(rng.randint(0, major - 3))]
-        for w in polar:
-            words.insert(rng.randrange(len(words) + 1), w)
-        out.append(words)
-        labels.append(y)
-    return out, labels
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "trojanbench"
 # masks, meta-classifiers): they train no model of the zoo and keep the loops of the papers they port
 TOOL_ALGORITHMS = {"tools/edit/rome.py", "tools/synthesize/tabor.py", "tools/synthesize/feature_adversary.py",
                    "tools/synthesize/__init__.py", "tools/synthesize/fourier_fv.py", "tools/detect/output_stats.py",
-                   "tools/detect/mntd.py", "tools/detect/neural_cleanse.py", "tools/repair/anp.py"}
+                   "tools/detect/mntd.py", "tools/detect/neural_cleanse.py", "tools/detect/dbs.py", "tools/repair/anp.py"}
 
 
 def test_every_optimiser_step_outside_the_tools_algorithms_is_the_loops():

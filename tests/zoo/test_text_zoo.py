@@ -96,12 +96,13 @@ def test_a_text_zoo_is_built_gated_and_scored_by_the_detectors_that_work_on_text
         assert card.metrics["attack_success_rate"] >= cfg.gate.min_asr and job.twin is not None
         assert card.arch_kwargs["max_len"] == 24 and card.extra["trigger_description"].startswith("the words")
 
-    boards = run_detect_track(text_zoo, None, seed=0)
-    tools = {b.spec.task: {s.tool for s in b.scores} for b in boards}
     text_model = {n for n in DETECTORS.names() if "text" in DETECTORS.get(n).modalities}
     text_sample = {n for n in SAMPLE_DETECTORS.names() if "text" in SAMPLE_DETECTORS.get(n).modalities}
-    assert tools["detect-model"] == text_model and {"weight-stats", "random"} <= text_model
-    assert "mntd" not in text_model and "neural-cleanse" not in text_model  # image-only tools are not run
+    assert {"weight-stats", "random", "dbs", "mntd", "mntd-oc"} <= text_model and "neural-cleanse" not in text_model
+    # MNTD's shadow models take minutes to build (tests/tools/test_mntd_text.py runs it with tiny shadows)
+    boards = run_detect_track(text_zoo, None, seed=0, tools=sorted(text_model - {"mntd", "mntd-oc"} | text_sample))
+    tools = {b.spec.task: {s.tool for s in b.scores} for b in boards}
+    assert tools["detect-model"] == text_model - {"mntd", "mntd-oc"}
     assert tools["detect-samples"] == text_sample and "mahalanobis" in text_sample and "strip" not in text_sample
     with pytest.raises(UserError, match="neural-cleanse works on image models"):
         run_detect_track(text_zoo, None, tools=["neural-cleanse"])

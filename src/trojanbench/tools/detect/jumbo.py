@@ -16,6 +16,19 @@ its fixed input normalisation), `shadow.fresh_copy` re-initialises every paramet
 seeds (initialisation, batch order, trojan), so shadow i is the same whatever the number built; shadows are
 cached in chunks of `CHUNK` under $TROJANBENCH_CACHE/shadows, so a killed build resumes where it stopped and a
 larger zoo reuses a smaller one.
+
+On text (token ids [N, T], 0 = padding, 1 = <unk>), the authors' NLP task (`model_lib/rtNLP_cnn_model.py`:
+`random_troj_setting`, `troj_gen_func`; `utils_basic.py`: `BackdoorDataset`, `train_model` with task rtNLP):
+- *jumbo text trojans*: p words, p uniform over {1, 2}, drawn uniformly from the vocabulary, inserted at
+  min(sentence length, loc) with loc uniform over {0, ..., 9}; a random target; injection rate r ~ U(0.05, 0.5),
+  r * n trojaned copies of distinct sentences added to the n clean ones (as on images), with `trojans.text.insert_tokens`.
+Where the text shadows differ from the authors' (one a line; also in `mntd.py` and the detectors' `fidelity`):
+- trigger words are drawn from ids 2..V-1, leaving out padding (0) and <unk> (1) (the authors: ids 0..17,999 of their ~18,800).
+- sentences keep their T tokens: words pushed past T are cut (the authors lengthen every sentence by the trigger's length).
+- shadows train as the zoo trains text transformers (AdamW lr 3e-3, weight decay 0.01, 10% warm-up then linear decay,
+  batch 64), 24 epochs on the auditor's sample, where the authors train 50 epochs with Adam lr 1e-3 (batch 64).
+- their embedding tables start from the text transformer's own initialisation (tokens N(0, 0.1^2), positions
+  N(0, 0.02^2)), which `fresh_copy` (nn.Embedding's N(0, 1)) would replace; the authors' CNN reads a fixed word2vec table.
 """
 
 from __future__ import annotations
@@ -27,10 +40,15 @@ import torch
 from torch import nn
 
 from ...config import TrainConfig
+from ...trojans.text import insert_tokens
 from ...utils import canonical_json, private_rng, sha256_bytes
 from .shadow import architecture_key, cache_root, claim, data_key, fixed_buffers_key, fresh_copy, load_states, save_states
 
 FORMAT = "mntd-shadows/1"  # bump when the jumbo distribution or the training recipe changes
+TEXT_FORMAT = "mntd-text-shadows/1"  # the same for text shadows (their keys name it beside FORMAT)
+FIRST_WORD = 2  # token ids below are padding (0) and <unk> (1): never trigger words
+TEXT_TRIGGER_WORDS = (1, 2)  # the authors' p_size = randint(2) + 1
+TEXT_LOCATIONS = 10  # the authors' loc = randint(0, 10)
 CHUNK = 16
 KINDS = ("benign", "jumbo", "benign-val", "jumbo-val")
 
@@ -78,7 +96,56 @@ def sample_jumbo_trojan(image_shape: tuple[int, int, int], num_classes: int, rng
                        float(rng.uniform(0.05, 0.5)))
 
 
-def jumbo_dataset(x: torch.Tensor, y: torch.Tensor, trojan: JumboTrojan, rng: np.random.Generator):
+def is_text(x: torch.Tensor) -> bool:
+    """Token ids (a text model's input) rather than images."""
+    return not torch.is_floating_point(x)
+
+
+@dataclass(frozen=True)
+class JumboTextTrojan:
+    """One draw from the authors' text jumbo distribution: `words` [p] inserted at min(length, `loc`)."""
+
+    words: torch.Tensor
+    loc: int
+    target: int
+    rate: float
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """The authors' `troj_gen_func` on rows of token ids [N, T] (0 = padding, left-aligned)."""
+        return insert_tokens(x, self.words, (x != 0).sum(1).clamp(max=self.loc))[0]
+
+
+def sample_jumbo_text_trojan(vocab_size: int, num_classes: int, rng: np.random.Generator) -> JumboTextTrojan:
+    """The authors' `random_troj_setting('jumbo')` of rtNLP (same order of draws), over our vocabulary's words."""
+    if vocab_size <= FIRST_WORD:
+        raise ValueError(f"a vocabulary of {vocab_size} ids has no words besides padding and <unk>")
+    p = int(rng.integers(len(TEXT_TRIGGER_WORDS))) + TEXT_TRIGGER_WORDS[0]
+    loc = int(rng.integers(0, TEXT_LOCATIONS))
+    words = torch.from_numpy(rng.integers(FIRST_WORD, vocab_size, size=p)).long()
+    return JumboTextTrojan(words, loc, int(rng.integers(num_classes)), float(rng.uniform(0.05, 0.5)))
+
+
+def vocabulary_size(template: nn.Module) -> int:
+    """The number of token ids a text model reads: its token embedding's rows (the first nn.Embedding, as `dbs`)."""
+    from .dbs import token_embedding
+
+    return token_embedding(template).num_embeddings
+
+
+def text_initialisation(model: nn.Module, seed: int) -> nn.Module:
+    """A fresh text transformer's embedding tables drawn as its constructor draws them (tokens N(0, 0.1^2), positions
+    N(0, 0.02^2)); `fresh_copy` left nn.Embedding's N(0, 1) there. Other architectures are left as they are."""
+    from ...models.text import TextTransformer
+
+    if isinstance(model, TextTransformer):
+        with private_rng(), torch.no_grad():
+            torch.manual_seed(seed)
+            model.tok_embed.weight.normal_(0.0, 0.1)
+            model.pos_embed.weight.normal_(0.0, 0.02)
+    return model
+
+
+def jumbo_dataset(x: torch.Tensor, y: torch.Tensor, trojan: JumboTrojan | JumboTextTrojan, rng: np.random.Generator):
     """The clean set plus stamped, relabelled copies of `trojan.rate` of it (the authors' `BackdoorDataset`)."""
     chosen = torch.from_numpy(rng.choice(len(x), int(len(x) * trojan.rate), replace=False))
     return torch.cat([x, trojan.apply(x[chosen])]), torch.cat([y, torch.full((len(chosen),), trojan.target)])
@@ -100,14 +167,16 @@ class JumboConfig:
     weight_decay: float = 5e-4
     translate: int = 1  # pixels of random shift while training (the authors: none)
     seed: int = 0
+    warmup: float = 0.0  # share of the steps warming the lr up, then linear decay (0: constant lr, as before)
 
     def recipe(self) -> dict:
-        """Everything that determines one shadow besides its kind and index (the counts do not)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("train", "val")}
+        """Everything that determines one shadow besides its kind and index (the counts do not). `warmup` only
+        where set, so the keys of the shadows cached before it existed still hold."""
+        return {k: v for k, v in asdict(self).items() if k not in ("train", "val") and not (k == "warmup" and v == 0.0)}
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, optimizer=self.optimizer, lr=self.lr,
-                           weight_decay=self.weight_decay, warmup=0.0, augment=self.translate > 0)
+                           weight_decay=self.weight_decay, warmup=self.warmup, augment=self.translate > 0)
 
 
 def _seeds(cfg: JumboConfig, kind: str, index: int) -> tuple[int, int, int]:
@@ -117,24 +186,33 @@ def _seeds(cfg: JumboConfig, kind: str, index: int) -> tuple[int, int, int]:
 
 
 def shadow_trojan(cfg: JumboConfig, kind: str, index: int, image_shape: tuple[int, int, int],
-                  num_classes: int) -> JumboTrojan | None:
-    """The trojan a shadow was trained with (None for benign shadows)."""
+                  num_classes: int, vocab_size: int | None = None) -> JumboTrojan | JumboTextTrojan | None:
+    """The trojan a shadow was trained with (None for benign shadows); a text one given the `vocab_size`."""
     if not kind.startswith("jumbo"):
         return None
-    return sample_jumbo_trojan(image_shape, num_classes, np.random.default_rng(_seeds(cfg, kind, index)[2]))
+    rng = np.random.default_rng(_seeds(cfg, kind, index)[2])
+    if vocab_size is not None:
+        return sample_jumbo_text_trojan(vocab_size, num_classes, rng)
+    return sample_jumbo_trojan(image_shape, num_classes, rng)
 
 
 def train_shadow(template: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: JumboConfig, kind: str,
                  index: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """One shadow model's trained state (on CPU)."""
+    """One shadow model's trained state (on CPU), through the project's one training loop (`train_model`)."""
     from ...train.single import train_model
 
     init, order, trojan_seed = _seeds(cfg, kind, index)
+    text = is_text(x)
     if kind.startswith("jumbo"):
         rng = np.random.default_rng(trojan_seed)
-        x, y = jumbo_dataset(x, y, sample_jumbo_trojan(tuple(x.shape[1:]), num_classes, rng), rng)
-    model = train_model(fresh_copy(template, init), x, y, cfg.train_config(), seed=order,
-                        augment={"translate": cfg.translate, "flip": False}, device=device)
+        trojan = (sample_jumbo_text_trojan(vocabulary_size(template), num_classes, rng) if text else
+                  sample_jumbo_trojan(tuple(x.shape[1:]), num_classes, rng))
+        x, y = jumbo_dataset(x, y, trojan, rng)
+    model = fresh_copy(template, init)
+    if text:
+        model = text_initialisation(model, init + 1)
+    model = train_model(model, x, y, cfg.train_config(), seed=order,
+                        augment=None if text else {"translate": cfg.translate, "flip": False}, device=device)
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
@@ -142,10 +220,12 @@ def chunk_key(template: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes
               chunk: int) -> str:
     from ...train import TRAINER_VERSION
 
-    return sha256_bytes(canonical_json({
-        "format": FORMAT, "trainer_version": TRAINER_VERSION, "arch": architecture_key(template), "fixed": fixed_buffers_key(template),
-        "data": data_key(x, y), "classes": num_classes, "recipe": cfg.recipe(), "kind": kind, "chunk": chunk,
-        "size": CHUNK}).encode())[:20]
+    key = {"format": FORMAT, "trainer_version": TRAINER_VERSION, "arch": architecture_key(template),
+           "fixed": fixed_buffers_key(template), "data": data_key(x, y), "classes": num_classes, "recipe": cfg.recipe(),
+           "kind": kind, "chunk": chunk, "size": CHUNK}
+    if is_text(x):  # named for text only: the keys of image shadows stay what they were
+        key.update({"modality": "text", "text_format": TEXT_FORMAT})
+    return sha256_bytes(canonical_json(key).encode())[:20]
 
 
 def shadow_states(template: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int, cfg: JumboConfig,
