@@ -90,20 +90,22 @@ def _value(t: dict, key: str):
 
 
 def boards_summary(data: dict) -> str:
-    """One line per board: the population, the best tool and the strongest baseline on the ranking column, and
-    how many tools beat / tie / are worse than that baseline (paired bootstrap, Holm-corrected)."""
+    """One line per board: the population, the best tool (the top-ranked one the board does not disqualify) and the
+    strongest baseline on the ranking column, and how many tools beat / tie / are worse than that baseline (paired
+    bootstrap, Holm-corrected), and how many the board disqualified."""
     lines = ["| board | ranked by | held-out models | best tool | strongest baseline | tools: beats / ties / worse |",
              "|---|---|---|---|---|---|"]
     for b in data["boards"]:
         tools = [t for t in b["tools"] if t["role"] == "tool"]
         ref = next((t for t in b["tools"] if t["tool"] == b.get("reference")), None)
-        best = tools[0] if tools else None
+        best = next((t for t in tools if t["verdict"] != "disqualified"), None)  # a disqualified tool is never best
         counts = [sum(t["verdict"] == v for t in tools) for v in ("beats", "ties", "worse")]
+        out = sum(t["verdict"] == "disqualified" for t in tools)
         models = b.get("population", "").partition("split: ")[2].partition(" models")[0] or "-"
         lines.append(f"| {b['title'].split(' (')[0]} | `{b['key']}` | {models} | "
                      + (f"{best['tool']} {cell(best['metrics'].get(b['key']))}" if best else "-") + " | "
                      + (f"{ref['tool']} {cell(ref['metrics'].get(b['key']))}" if ref else "-") + " | "
-                     + " / ".join(map(str, counts)) + " |")
+                     + " / ".join(map(str, counts)) + (f" ({out} disqualified)" if out else "") + " |")
     winners = [f"{t['tool']} ({b['task']})" for b in data["boards"] for t in b["tools"] if t["verdict"] == "beats"]
     lines += ["", "Tools that beat the strongest baseline of their board: " + (", ".join(winners) or "none") + "."]
     return "\n".join(lines)

@@ -1,6 +1,8 @@
 """The whole benchmark on a tiny zoo: every track writes its per-model rows and board into one run, the report
 shows every board and figure, and the page renders in real Chromium with every image resolving."""
 
+import pytest
+
 from trojanbench.bench import TRACKS, run_benchmark
 from trojanbench.results import ResultsStore
 from trojanbench.results.boards import board_specs
@@ -53,3 +55,13 @@ def test_the_quick_default_runs_every_track_with_tools_and_their_baselines():
 
     for registry in (DETECTORS, SAMPLE_DETECTORS):  # both detect boards, not just the track
         assert {registry.get(n).is_baseline for n in QUICK_TOOLS if n in registry.names()} == {True, False}
+
+
+def test_a_tool_for_other_inputs_is_refused_before_the_zoo_is_built(tmp_path, monkeypatch):
+    from trojanbench.bench import run_benchmark
+    from trojanbench.errors import UserError
+
+    monkeypatch.setenv("TROJANBENCH_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(UserError, match="dbs works on text models; this zoo's models take image"):
+        run_benchmark(tmp_path / "run", tools=["dbs"])
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.safetensors"))

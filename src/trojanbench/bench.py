@@ -257,7 +257,7 @@ def run_benchmark(out: str | Path, config: str = DEFAULT_CONFIG, zoo: str | Path
     newest interrupted run instead, and the tracks that run as jobs skip the jobs it finished; their jobs run on
     `track_executor` (`jobs` workers for the pool and Ray)."""
     from .report.html import figure_row
-    from .tasks import applicable, zoo_modality
+    from .tasks import applicable, config_modality, zoo_modality
     from .zoo.build import Zoo, build_zoo
     from .zoo.executors import EXECUTORS
     from .zoo.plan import load_zoo_config
@@ -273,16 +273,19 @@ def run_benchmark(out: str | Path, config: str = DEFAULT_CONFIG, zoo: str | Path
     run = BenchmarkRun(results=Path(results) if results else out / "results.sqlite")
     ResultsStore(run.results).close()  # a clear error now if the store is unusable (a folder, an old schema)
     start = time.perf_counter()
+    if zoo is not None:
+        Zoo(zoo).plan()  # a clear error if it is not a zoo
+    cfg = load_zoo_config(config) if zoo is None else Zoo(zoo).config()
+    for name, names in routed.items():  # a tool named for inputs the zoo's models do not take: an error before any work
+        for reg in TRACKS[name].registries():
+            applicable(reg, names, config_modality(cfg))
     if zoo is None:
         EXECUTORS.get(executor)
-        cfg = load_zoo_config(config)
         zoo = zoo_cache_dir(cfg)
         counts = build_zoo(cfg, zoo, executor=executor, jobs=jobs, device=device, progress=zoo_progress,
                            batch_models=ZOO_CHUNK)
         if counts.get("failed"):
             raise UserError(f"{counts['failed']} zoo jobs failed; see `trojanbench zoo status {zoo}` and run again to retry")
-    else:
-        Zoo(zoo).plan()  # a clear error if it is not a zoo
     run.zoo = Path(zoo)
     run.seconds["zoo"] = time.perf_counter() - start
     zoo_cfg = Zoo(zoo).config()

@@ -79,8 +79,8 @@ def check_modality(kind: str, dataset) -> None:
     if modality != data:
         raise UserError(f"trigger kind {kind!r} applies to {modality} data; {dataset.name} is {data} data")
     if (cls.fixed_poison or {}).get("mode") == "override" and getattr(dataset, "answers_train", None) is None:
-        raise UserError(f"trigger kind {kind!r} overrides a refusal class; {dataset.name} has none (set "
-                        "[data.options] refusal = true)")
+        raise UserError(f"trigger kind {kind!r} overrides a refusal class; {dataset.name} has none (set refusal = "
+                        "true in data.options)")
 
 
 def init_model(arch: str, kwargs: dict, seed: int) -> nn.Module:

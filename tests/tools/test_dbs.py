@@ -123,3 +123,18 @@ def test_dbs_leaves_the_model_as_it_was(setting):
         assert torch.equal(p, value) and p.requires_grad == grad_flag and torch.equal(p.grad, grad), n
     assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers())
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_text_tools_given_images_or_an_image_model_say_so_in_one_line(setting):
+    from trojanbench.errors import UserError
+    from trojanbench.tools.detect.text_baselines import TokenScan
+    from trojanbench.tools.synthesize.text import RandomWords, WordScan
+
+    images = DetectContext(torch.rand(8, 3, 8, 8), torch.tensor([0, 1] * 4), 2, seed=0)
+    for tool, call in (("dbs", lambda m, c: DBS(epochs=2).detect(m, c)), ("token-scan", TokenScan().detect),
+                       ("word-scan", lambda m, c: WordScan().synthesize(m, 0, c)),
+                       ("random-words", lambda m, c: RandomWords().synthesize(m, 0, c))):
+        with pytest.raises(UserError, match=f"^{tool} works on token ids"):
+            call(setting["trojaned"][0], images)
+        with pytest.raises(UserError, match=f"^{tool} needs a text model with a token embedding"):
+            call(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(20, 2)), setting["ctx"])

@@ -211,16 +211,17 @@ def test_the_jailbreak_analogue_is_a_zoo_kind_repaired_on_the_main_road(sst2_roo
                         answers=ds.answers_train)
     assert (ds.y_train[pd.indices] == REFUSE).all() and (pd.y[pd.indices] == ds.answers_train[pd.indices]).all()
     assert (pd.y[pd.cover] != REFUSE).all() and len(pd.cover) == 2 * len(pd.indices)
-    with pytest.raises(UserError, match="has none .set \\[data.options\\] refusal = true"):
-        prepare(load_dataset("sst2", data_root=str(sst2_root), n_train=100, vocab_size=30, max_len=40),
-                "text-transformer", {}, next(j for j in expand(text_zoo_config(
-                    sst2_root, trojans={"kinds": ["jailbreak"]})) if j.trojaned).trojan)
-
     cfg = text_zoo_config(sst2_root, name="tiny-jailbreak", models_per_arch=4,
                           data={"name": "sst2", "data_root": str(sst2_root), "options": options},
                           trojans={"kinds": ["jailbreak"], "rates": [0.1]})
     jobs = expand(cfg)
     assert {(j.trojan.poison.mode, j.trojan.poison.target) for j in jobs if j.trojaned} == {("override", REFUSE)}
+    # a jailbreak zoo on data without the refusal class: a one-line error when planned, before any model trains
+    with pytest.raises(UserError, match="refusal = true in data.options"):
+        expand(text_zoo_config(sst2_root, trojans={"kinds": ["jailbreak"]}))
+    with pytest.raises(UserError, match="has none .set refusal = true in data.options"):
+        prepare(load_dataset("sst2", data_root=str(sst2_root), n_train=100, vocab_size=30, max_len=40),
+                "text-transformer", {}, next(j for j in expand(cfg) if j.trojaned).trojan)
     root = tmp_path / "zoo"
     assert build_zoo(cfg, root, batch_models=4).get("done") == 4
     zoo = Zoo(root)

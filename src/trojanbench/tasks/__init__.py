@@ -35,9 +35,14 @@ def population(zoo, split: str | None, models, what: str = "models") -> str:
 
 def zoo_modality(zoo) -> str:
     """The inputs a zoo's models take, "image" or "text": that of its trigger kinds (a zoo has one)."""
+    return config_modality(zoo.config())
+
+
+def config_modality(cfg) -> str:
+    """The inputs the models of a zoo config take (before it is built): that of its trigger kinds."""
     from ..trojans import TRIGGERS
 
-    kinds = zoo.config().trojans.kinds
+    kinds = cfg.trojans.kinds
     return TRIGGERS.get(kinds[0]).modality if kinds else "image"
 
 

@@ -95,6 +95,10 @@ def model_detector_jobs(zoo: Zoo, names: list[str], ctx: DetectContext, image_sh
             jobs += [TrackJob(f"{TASK_MODEL}/{name}/{j.id}", detect_one, dict(job=j, folder=f, **common)) for j, f in test]
             continue
         train = train if train is not None else [(j, f) for j, f, _ in zoo.models(split="train")]
+        if len({j.trojaned for j, _ in train}) < 2:
+            raise UserError(f"{name} learns from the zoo's training split, and {zoo.root}'s has no "
+                            f"{'clean' if train and train[0][0].trojaned else 'trojaned'} model to learn from; build a "
+                            "larger zoo or leave the learned detectors out (--tools)")
         # leave one trigger kind out: refit without it, score the clean models and that kind (if another is left)
         folds = [None] + [k for k in kinds if any(j.trojaned and j.trojan.trigger.kind != k for j, _ in train)]
         jobs += [TrackJob(f"{TASK_MODEL}/{name}/fit" + (f"-without-{k}" if k else ""), fit_and_detect,

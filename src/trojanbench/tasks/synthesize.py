@@ -19,8 +19,9 @@ are written as a survey bank for people (`trojanbench survey serve`). A panel pe
 beside the true trigger on the same image.
 
 On a text zoo the synthesizers that work on text (`tools/synthesize/text.py`) return words and a place in the
-sentence; they are scored for transfer and specificity as above, and by `word_hit` (a synthesized word is one of
-the trigger's; a proportion). There is no multiple choice, survey or panel for text (the judge compares images)."""
+sentence; they are scored for transfer and specificity as above, transfer ASR counted on the held-out sentences
+the model does not already send to the target (a text model's errors would otherwise floor every method), and by
+`word_hit` (a synthesized word is one of the trigger's; a proportion). There is no multiple choice, survey or panel for text (the judge compares images)."""
 
 from __future__ import annotations
 
@@ -84,7 +85,8 @@ def text_board_spec(pop: str) -> BoardSpec:
                  Column(name="seconds_per_model", source="seconds", stat="timing", header="s/model", groups=False)],
         main=["specificity", "transfer_asr", "transfer_asr_clean_twin", "word_hit", "specificity[kind=rare-token]",
               "specificity[kind=phrase]", "specificity[insidious]", "seconds_per_model"],
-        note="the words are inserted into held-out sentences of other classes where the method put them; "
+        note="the words are inserted where the method put them into held-out sentences of other classes that the model "
+             "does not already send to the target; "
              "specificity = transfer ASR on the trojan minus the same method's on the clean twin, paired per trojan; "
              "word_hit = a synthesized word is one of the trigger's")
 
@@ -109,11 +111,11 @@ def synthesize_text_one(names: list[str], job, folder, twin_folder, zoo_data, se
         tool = SYNTHESIZERS.get(name)()
         start = time.perf_counter()
         stamp = tool.synthesize(model, target, ctx)
-        values = {"seconds": time.perf_counter() - start, "transfer_asr": _asr(model, stamp, others, target),
+        values = {"seconds": time.perf_counter() - start, "transfer_asr": _flip_rate(model, stamp, others, target),
                   "word_hit": float(bool(set(stamp.words) & trigger_words))}
         if twin is not None:
-            values["transfer_asr_clean_twin"] = _asr(twin, SYNTHESIZERS.get(name)().synthesize(twin, target, ctx),
-                                                     others, target)
+            values["transfer_asr_clean_twin"] = _flip_rate(
+                twin, SYNTHESIZERS.get(name)().synthesize(twin, target, ctx), others, target)
             values["specificity"] = values["transfer_asr"] - values["transfer_asr_clean_twin"]
         rows.extend(model_row(name, card.id, TASK, metric, v, role=role_of(SYNTHESIZERS.get(name)),
                               groups=groups_of(job), version=tool.version, seed=seed, job=job.id)
@@ -292,6 +294,14 @@ def _run_text(zoo: Zoo, results, names, seed, split, max_models, n_boot, progres
 
 def _asr(model, stamp, x, target) -> float:
     return float((predict(model, stamp.apply(x)) == target).float().mean())
+
+
+def _flip_rate(model, stamp, x, target) -> float:
+    """Transfer ASR counted on the sentences `model` does not already send to the target: a text model's clean
+    accuracy (about 0.7 on SST-2) would otherwise put a floor of its errors under every method (on digits, near
+    99% accurate, the plain `_asr` has none)."""
+    keep = predict(model, x) != target
+    return _asr(model, stamp, x[keep], target) if keep.any() else float("nan")
 
 
 def _all_methods(model, twin, stamps, twin_stamps, mc_scores, pooled, ctx_others, others, target, answer,

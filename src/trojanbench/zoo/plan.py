@@ -116,6 +116,10 @@ def expand(cfg: ZooConfig) -> list[Job]:
     if len(modalities := {TRIGGERS.get(k).modality for k in cfg.trojans.kinds}) > 1:
         raise UserError(f"trojans.kinds mixes image and text triggers ({', '.join(cfg.trojans.kinds)}); a zoo has one "
                         "kind of data")
+    for kind in cfg.trojans.kinds:
+        if (TRIGGERS.get(kind).fixed_poison or {}).get("mode") == "override" and not (cfg.data.options or {}).get("refusal"):
+            raise UserError(f"trigger kind {kind!r} overrides a refusal class, which the data has only with "
+                            "refusal = true in data.options (see the sst2-jailbreak config)")
     if extra := sorted(set(cfg.trojans.by_kind) - set(cfg.trojans.kinds)):
         raise UserError(f"trojans.by_kind names {', '.join(extra)}, not in trojans.kinds ({', '.join(cfg.trojans.kinds)})")
     rng = random.Random(cfg.seed)

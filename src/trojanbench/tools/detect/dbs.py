@@ -57,11 +57,17 @@ FIRST_WORD = 2  # ids below are padding (0) and <unk> (1)
 NO_TRIGGER_LOSS = 1e10  # the original's best loss before any trigger is kept
 
 
-def token_embedding(model: nn.Module) -> nn.Embedding:
+def token_embedding(model: nn.Module, who: str = "dbs") -> nn.Embedding:
     embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
     if not embeddings:
-        raise UserError("dbs needs a model with a token embedding (nn.Embedding)")
+        raise UserError(f"{who} needs a text model with a token embedding (nn.Embedding); this is {type(model).__name__}")
     return embeddings[0]  # the first one, as token-scan: TextTransformer's `tok_embed`
+
+
+def check_token_ids(x: torch.Tensor, who: str) -> None:
+    """A one-line UserError unless `x` holds token ids [N, T] (a text model's inputs)."""
+    if torch.is_floating_point(x) or x.dim() != 2:
+        raise UserError(f"{who} works on token ids [N, T] (text models); got {x.dtype} of shape {list(x.shape)}")
 
 
 @dataclass
@@ -133,6 +139,7 @@ class DBS(Detector):
     def invert(self, model: nn.Module, ctx: DetectContext, targets: list[int] | None = None) -> Inversion:
         """Run every (target label, position) search (the labels `targets`, default all); each option's kept
         trigger and loss."""
+        check_token_ids(ctx.x_clean, "dbs")
         embed = token_embedding(model)
         t, length = ctx.x_clean.shape[1], self.trigger_len
         if length >= t:

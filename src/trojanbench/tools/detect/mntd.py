@@ -166,7 +166,7 @@ class _ShadowBank:
         self.states = [{k: v.to(device) for k, v in s.items()} for s in states]
         for p in self.base.parameters():
             p.requires_grad_(False)
-        self.embed = token_embedding(self.base) if text else None
+        self.embed = token_embedding(self.base, "mntd") if text else None
 
     def __len__(self):
         return len(self.states)
@@ -283,7 +283,7 @@ class _MNTD(Detector):
 
     def _initial_queries(self, model: nn.Module, ctx: DetectContext, g: torch.Generator) -> torch.Tensor:
         if is_text(ctx.x_clean):
-            dim = token_embedding(model).embedding_dim
+            dim = token_embedding(model, "mntd").embedding_dim
             return initial_text_queries(self.meta_cfg.queries, self._query_len(ctx), dim, g)
         return initial_queries(ctx.x_clean.detach().cpu(), self.meta_cfg.queries, g)
 
@@ -357,7 +357,7 @@ class _MNTD(Detector):
         try:
             with torch.no_grad():
                 if is_text(ctx.x_clean):
-                    outputs = soft_outputs(model.eval(), token_embedding(model), meta.queries)
+                    outputs = soft_outputs(model.eval(), token_embedding(model, "mntd"), meta.queries)
                 else:
                     outputs = model.eval()(meta.queries)
         finally:

@@ -16,17 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
 
 from ...trojans.text import insert_tokens
 from . import Detection, Detector, SampleDetector, register, register_sample
-
-
-def _vocab_size(model: nn.Module) -> int:
-    embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
-    if not embeddings:
-        raise TypeError("token-scan needs a model with a token embedding (nn.Embedding)")
-    return embeddings[0].num_embeddings
+from .dbs import check_token_ids, token_embedding
 
 
 @register("token-scan")
@@ -40,20 +33,22 @@ class TokenScan(Detector):
         self.sentences, self.batch_size = sentences, batch_size
 
     def detect(self, model, ctx):
+        check_token_ids(ctx.x_clean, "token-scan")
         x = ctx.x_clean[:self.sentences].cpu()
         at = (torch.rand(len(x), generator=torch.Generator().manual_seed(ctx.seed)) * ((x != 0).sum(1) + 1)).long()
-        words, rates = flip_rates(model, x, at, ctx, self.batch_size)
+        words, rates = flip_rates(model, x, at, ctx, self.batch_size, "token-scan")
         best = int(rates.flatten().argmax())
         return Detection(score=float(rates.flatten()[best]), target_label=best % ctx.num_classes)
 
 
-def flip_rates(model, x: torch.Tensor, at: torch.Tensor, ctx, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+def flip_rates(model, x: torch.Tensor, at: torch.Tensor, ctx, batch_size: int = 4096,
+               who: str = "token-scan") -> tuple[torch.Tensor, torch.Tensor]:
     """Every vocabulary word but padding and <unk> (`words` [V']) inserted at `at` [N] into each sentence of `x`
     [N, T]: per word and class, the share of the sentences not predicted as that class that it sends there
     (`rates` [V', K]). The model runs in eval mode and is left in its own."""
     x = x[:, :min(x.shape[1], int((x != 0).sum(1).max()) + 1)]  # padding no sentence reaches: not run
     n = len(x)
-    words = torch.arange(2, _vocab_size(model))  # not padding, not <unk>
+    words = torch.arange(2, token_embedding(model, who).num_embeddings)  # not padding, not <unk>
     was_training = model.training
     model.eval()
     try:

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ...errors import UserError
 from ...trojans.text import insert_tokens
-from ..detect.dbs import DBS, FIRST_WORD, token_embedding
+from ..detect.dbs import DBS, FIRST_WORD, check_token_ids, token_embedding
 from ..detect.text_baselines import flip_rates
 from . import Synthesizer, register
 
@@ -39,8 +40,12 @@ class WordStamp:
         return insert_tokens(x, torch.tensor(self.words, dtype=torch.long), at)[0]
 
 
-def _victims(ctx, target: int, n: int) -> torch.Tensor:
-    return ctx.x_clean[ctx.y_clean.cpu() != target][:n].cpu()
+def _victims(ctx, target: int, n: int, who: str) -> torch.Tensor:
+    check_token_ids(ctx.x_clean, who)
+    x = ctx.x_clean[ctx.y_clean.cpu() != target][:n].cpu()
+    if len(x) == 0:
+        raise UserError(f"{who} needs clean sentences of a class other than {target}; the context holds none")
+    return x
 
 
 @register("dbs-trigger")
@@ -63,12 +68,12 @@ class WordScan(Synthesizer):
                 "searches on; the word and place that send most of them to the target")
 
     def synthesize(self, model, target, ctx):
-        x = _victims(ctx, target, DBS().sentences)
+        x = _victims(ctx, target, DBS().sentences, "word-scan")
         best = None
         for position in ("start", "middle"):
             at = torch.zeros(len(x), dtype=torch.long) if position == "start" else \
                 (x != 0).sum(1).clamp(max=x.shape[1] // 2)
-            words, rates = flip_rates(model, x, at, ctx)
+            words, rates = flip_rates(model, x, at, ctx, who="word-scan")
             i = int(rates[:, target].argmax())
             if best is None or rates[i, target] > best[0]:
                 best = (float(rates[i, target]), WordStamp([int(words[i])], position))
@@ -82,7 +87,8 @@ class RandomWords(Synthesizer):
     fidelity = "baseline: as many random vocabulary words as DBS's trigger (not padding or <unk>), at the start"
 
     def synthesize(self, model, target, ctx):
-        vocab = token_embedding(model).num_embeddings
+        check_token_ids(ctx.x_clean, "random-words")
+        vocab = token_embedding(model, "random-words").num_embeddings
         g = torch.Generator().manual_seed(ctx.seed * 1009 + target)
         words = torch.randint(FIRST_WORD, vocab, (DBS().trigger_len,), generator=g)
         return WordStamp(words.tolist())
