@@ -65,3 +65,16 @@ def test_a_tool_for_other_inputs_is_refused_before_the_zoo_is_built(tmp_path, mo
     with pytest.raises(UserError, match="dbs works on text models; this zoo's models take image"):
         run_benchmark(tmp_path / "run", tools=["dbs"])
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.safetensors"))
+
+
+def test_failed_zoo_jobs_stop_the_run_with_the_first_cause(tmp_path, monkeypatch):
+    from trojanbench.bench import run_benchmark
+    from trojanbench.errors import UserError
+
+    monkeypatch.setenv("TROJANBENCH_CACHE", str(tmp_path / "cache"))
+    config = tmp_path / "bad-patch.toml"  # a 40-pixel patch on 16x16 digits: every trojan job fails, twice
+    config.write_text('name = "bad-patch"\nmodels_per_arch = 2\n[data]\nname = "digits"\n[[archs]]\narch = "cnn"\n'
+                      'kwargs = { width = 4, depth = 1 }\n[trojans]\nkinds = ["patch"]\n'
+                      'variants = { patch = [{ size = 40 }] }\n[train]\nepochs = 1\n[gate]\nretries = 0\n')
+    with pytest.raises(UserError, match=r"^1 zoo jobs failed \(the first: .*does not fit.*\); see `trojanbench zoo"):
+        run_benchmark(tmp_path / "run", config=str(config), tracks=["detect"])

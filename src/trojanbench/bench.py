@@ -285,7 +285,9 @@ def run_benchmark(out: str | Path, config: str = DEFAULT_CONFIG, zoo: str | Path
         counts = build_zoo(cfg, zoo, executor=executor, jobs=jobs, device=device, progress=zoo_progress,
                            batch_models=ZOO_CHUNK)
         if counts.get("failed"):
-            raise UserError(f"{counts['failed']} zoo jobs failed; see `trojanbench zoo status {zoo}` and run again to retry")
+            first = next((r.errors[-1] for r in Zoo(zoo).status().get("failed", []) if r.errors), None)
+            raise UserError(f"{counts['failed']} zoo jobs failed" + (f" (the first: {first.splitlines()[0]})" if first else "")
+                            + f"; see `trojanbench zoo status {zoo}`, fix the cause and run again")
     run.zoo = Path(zoo)
     run.seconds["zoo"] = time.perf_counter() - start
     zoo_cfg = Zoo(zoo).config()

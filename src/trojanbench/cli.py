@@ -12,6 +12,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import DataWarning, UserError
@@ -441,7 +442,7 @@ def zoo_status(zoo_dir: Path = typer.Argument(..., help="a zoo folder"),
     if errors:
         for rec in status["failed"] + status["rejected"] + status.get("damaged", []):
             last = (rec.errors or [None])[-1] or (rec.history or [{}])[-1].get("rejected")
-            console.print(f"[bold]{rec.id}[/bold] {rec.state} after {rec.attempts} attempts: {last}", markup=True,
+            console.print(f"[bold]{rec.id}[/bold] {rec.state} after {rec.attempts} attempts: {escape(str(last))}", markup=True,
                           highlight=False)
 
 
