@@ -64,6 +64,22 @@ def token_embedding(model: nn.Module, who: str = "dbs") -> nn.Embedding:
     return embeddings[0]  # the first one, as token-scan: TextTransformer's `tok_embed`
 
 
+def victims(ctx: DetectContext, target: int, n: int, who: str) -> torch.Tensor:
+    """The first `n` clean sentences of the auditor's sample whose label is not `target` (on the CPU)."""
+    check_token_ids(ctx.x_clean, who)
+    x = ctx.x_clean[ctx.y_clean.cpu() != target][:n].cpu()
+    if len(x) == 0:
+        raise UserError(f"{who} needs clean sentences of a class other than {target}; the context holds none")
+    return x
+
+
+def insertion_points(x: torch.Tensor, position: str) -> torch.Tensor:
+    """Where DBS inserts a trigger into each sentence of `x` [N, T]: its start (0) or its middle, min(words, T/2)."""
+    if position == "start":
+        return torch.zeros(len(x), dtype=torch.long)
+    return (x != 0).sum(1).clamp(max=x.shape[1] // 2)
+
+
 def check_token_ids(x: torch.Tensor, who: str) -> None:
     """A one-line UserError unless `x` holds token ids [N, T] (a text model's inputs)."""
     if torch.is_floating_point(x) or x.dim() != 2:
@@ -129,13 +145,6 @@ class DBS(Detector):
         return Detection(score=-math.log10(max(best.best_loss, 1e-30)), target_label=best.target)
 
     # -- the search --------------------------------------------------------------------------------------------
-    def _victims(self, ctx: DetectContext, target: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first `sentences` clean sentences of the other classes, placeholders inserted; and their positions."""
-        x = ctx.x_clean[ctx.y_clean.cpu() != target][:self.sentences].cpu()
-        if len(x) == 0:
-            raise UserError(f"dbs needs clean sentences of a class other than {target}; the context holds none")
-        return x, (x != 0).sum(1).clamp(max=length)
-
     def invert(self, model: nn.Module, ctx: DetectContext, targets: list[int] | None = None) -> Inversion:
         """Run every (target label, position) search (the labels `targets`, default all); each option's kept
         trigger and loss."""
@@ -147,9 +156,8 @@ class DBS(Detector):
         options, rows, masks, owner = [], [], [], []
         for target in (range(ctx.num_classes) if targets is None else targets):
             for position in self.positions:
-                x, n_words = self._victims(ctx, target, t)
-                at = torch.zeros_like(n_words) if position == "start" else n_words.clamp(max=t // 2)
-                stamped, mask = insert_tokens(x, torch.full((length,), PLACEHOLDER), at)
+                x = victims(ctx, target, self.sentences, "dbs")
+                stamped, mask = insert_tokens(x, torch.full((length,), PLACEHOLDER), insertion_points(x, position))
                 owner.append(torch.full((len(x),), len(options)))
                 options.append(Option(target, position))
                 rows.append(stamped)

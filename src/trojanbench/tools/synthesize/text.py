@@ -20,9 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ...errors import UserError
 from ...trojans.text import insert_tokens
-from ..detect.dbs import DBS, FIRST_WORD, check_token_ids, token_embedding
+from ..detect.dbs import DBS, FIRST_WORD, check_token_ids, insertion_points, token_embedding, victims
 from ..detect.text_baselines import flip_rates
 from . import Synthesizer, register
 
@@ -35,17 +34,7 @@ class WordStamp:
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Sentences [N, T] (ids, 0 = padding) with the words inserted at the start or at min(words, T/2)."""
-        at = torch.zeros(len(x), dtype=torch.long) if self.position == "start" else \
-            (x != 0).sum(1).clamp(max=x.shape[1] // 2)
-        return insert_tokens(x, torch.tensor(self.words, dtype=torch.long), at)[0]
-
-
-def _victims(ctx, target: int, n: int, who: str) -> torch.Tensor:
-    check_token_ids(ctx.x_clean, who)
-    x = ctx.x_clean[ctx.y_clean.cpu() != target][:n].cpu()
-    if len(x) == 0:
-        raise UserError(f"{who} needs clean sentences of a class other than {target}; the context holds none")
-    return x
+        return insert_tokens(x, torch.tensor(self.words, dtype=torch.long), insertion_points(x, self.position))[0]
 
 
 @register("dbs-trigger")
@@ -68,12 +57,10 @@ class WordScan(Synthesizer):
                 "searches on; the word and place that send most of them to the target")
 
     def synthesize(self, model, target, ctx):
-        x = _victims(ctx, target, DBS().sentences, "word-scan")
+        x = victims(ctx, target, DBS().sentences, "word-scan")
         best = None
         for position in ("start", "middle"):
-            at = torch.zeros(len(x), dtype=torch.long) if position == "start" else \
-                (x != 0).sum(1).clamp(max=x.shape[1] // 2)
-            words, rates = flip_rates(model, x, at, ctx, who="word-scan")
+            words, rates = flip_rates(model, x, insertion_points(x, position), ctx, who="word-scan")
             i = int(rates[:, target].argmax())
             if best is None or rates[i, target] > best[0]:
                 best = (float(rates[i, target]), WordStamp([int(words[i])], position))
