@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/studies.py [--studies text,width-depth,subnetworks,continuum] [--quick]
 
 Each study runs as `trojanbench study NAME` does (one run of runs/study-NAME/results.sqlite); its findings (the
-lines the CLI prints), the study's configuration as its run recorded it, and every aggregate row of its run
-(value, 95% CI, n; NaN stored as null) go to benchmarks/results/study_<name>.json with the run id:
+lines the CLI prints), the study's configuration as its run recorded it, every aggregate row of its run
+(value, 95% CI, n; NaN stored as null) and, for a study that runs tracks (text), every board of its run go to benchmarks/results/study_<name>.json with the run id:
 study_text.json, study_width-depth.json, study_subnetworks.json, study_continuum.json. The measured blocks
 `study-<name>` of docs/studies.md render them (benchmarks/blocks/studies.py).
 """
@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from trojanbench.results import ResultsStore
+from trojanbench.results.boards import board_json, boards_of_run
 from trojanbench.results.provenance import write_benchmark
 from trojanbench.studies import run_study
 
@@ -44,7 +45,8 @@ def main() -> None:
                   for r in rows if "low" in r.extra and r.value is not None]
         path = write_benchmark(f"study_{name}", {"study": name, "seconds": round(summary.seconds, 1),
                                                  "findings": summary.findings, "study_config": study_config,
-                                                 "tables": tables},
+                                                 "tables": tables,
+                                                 "boards": [board_json(b) for b in boards_of_run(rows, seed=args.seed)]},
                                config={"study": name, "seed": args.seed, "quick": args.quick}, run_id=summary.run_id,
                                seed=args.seed, started=started)
         print(f"{name}: {len(tables)} cells -> {path}")

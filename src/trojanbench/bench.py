@@ -249,13 +249,14 @@ class BenchmarkRun:
 def run_benchmark(out: str | Path, config: str = DEFAULT_CONFIG, zoo: str | Path | None = None, tracks: list[str] | None = None,
                   tools: list[str] | None = None, seed: int = 0, device: str = "cpu", executor: str = "pool", jobs: int = 2,
                   zoo_progress=None, track_progress=None, report: bool = True, results: str | Path | None = None,
-                  track_executor: str = "serial", resume: bool = True) -> BenchmarkRun:
+                  track_executor: str = "serial", resume: bool = True, kind: str = "benchmark") -> BenchmarkRun:
     """Build or reuse the zoo (`zoo` given: use that folder; else the cache under $TROJANBENCH_CACHE/zoos), run the
     tracks as one run of the results store (`out/results.sqlite` unless `results` names another), and render that
     run's report into `out/report/index.html`. A run that stops early stays in the store as interrupted; its rows
     never appear in another run's report. With `resume`, a rerun of the same config, seed and code continues the
     newest interrupted run instead, and the tracks that run as jobs skip the jobs it finished; their jobs run on
-    `track_executor` (`jobs` workers for the pool and Ray)."""
+    `track_executor` (`jobs` workers for the pool and Ray). `kind`: the run's kind in the store (a study that runs
+    tracks records its run as `study:NAME`)."""
     from .report.html import figure_row
     from .tasks import applicable, config_modality, zoo_modality
     from .zoo.build import Zoo, build_zoo
@@ -293,7 +294,7 @@ def run_benchmark(out: str | Path, config: str = DEFAULT_CONFIG, zoo: str | Path
     zoo_cfg = Zoo(zoo).config()
     run_config = {"zoo": zoo_cfg.model_dump(), "tracks": tracks, "tools": tools, "device": device}
     with ResultsStore(run.results) as store:
-        target = store.start_run("benchmark", run_config, seed, info={"zoo": str(zoo), "zoo_name": zoo_cfg.name,
+        target = store.start_run(kind, run_config, seed, info={"zoo": str(zoo), "zoo_name": zoo_cfg.name,
                                                                     "tracks": list(routed), "tools": tools}, resume=resume)
     run.run_id = target.run_id
     gallery = trigger_gallery(zoo, out / "figures" / "triggers.png")

@@ -291,6 +291,16 @@ def pairwise(rows: list[ResultRow], board: Board, top: int = 3, n_boot: int = 20
             for (a, b), c in zip(pairs, comparisons)]
 
 
+def paired_comparisons(rows: list[ResultRow], spec: BoardSpec, items: list[tuple[str, str, str | None]], metric: str,
+                       n_boot: int = 2000, seed: int = 0) -> list[Comparison]:
+    """For each (tool, reference, group) of `items`: stat(tool) - stat(reference) on column `metric` over the models
+    of `group` (None: all) both scored, paired as a board's verdicts are; Holm-corrected together, with verdicts in
+    the board's direction (`spec.higher_is_better`)."""
+    data = _Data([r for r in rows if r.task == spec.task])
+    column = spec.column(metric)
+    return holm([_paired(data, column, g, a, b, n_boot, seed) for a, b, g in items], spec.higher_is_better)
+
+
 def board_specs(rows: list[ResultRow]) -> dict[str, BoardSpec]:
     """The board specs a run stored, by task."""
     return {r.task: BoardSpec.model_validate(r.extra["spec"]) for r in rows

@@ -61,8 +61,8 @@ register = REPAIRERS.register
 STRONG_STEPS = 250
 STRONG_LR = 0.05
 # Text models train with AdamW (as the zoo trains the text transformer), at this multiple of a repairer's SGD
-# learning rate: 0.05 -> 3e-3, the text study's distillation rate, chosen there on a dev seed
-# (benchmarks/text_holds_dev.py); 0.01 -> 6e-4 for plain fine-tuning (the study: 1e-3).
+# learning rate: 0.05 -> 3e-3, the rate the text zoos train the text transformer at; 0.01 -> 6e-4 for plain
+# fine-tuning.
 TEXT_LR_SCALE = 0.06
 TEXT_WORD_DROP = 0.1  # the strong views of a sentence: each word replaced by <unk> with this probability (the study's)
 UNK = 1
