@@ -111,12 +111,32 @@ def boards_summary(data: dict) -> str:
     return "\n".join(lines)
 
 
+def shown(board: dict) -> list[tuple[str, str]]:
+    """A stored board's main columns as the report shows them (`results.boards.shown_columns`: those some tool has,
+    and the key column per trigger kind where no main column is split by kind), with their headers; a crude /
+    insidious group is named as `BoardSpec.header` names it now (how the trojan was trained)."""
+    from trojanbench.results.boards import shown_columns
+
+    present = {m for t in board["tools"] for m, e in t["metrics"].items() if e.get("value") is not None}
+    headers = dict(map(tuple, board.get("main", [])))
+    key_header = headers.get(board["key"], board["key"])
+
+    def header(a: str) -> str:
+        group = a.partition("[")[2].rstrip("]")
+        text = headers.get(a) or f"{key_header} {group.removeprefix('kind=')}"
+        if group in ("crude", "insidious") and text.endswith(" " + group):
+            text += "-trained"
+        return text
+
+    return [(a, header(a)) for a in shown_columns([a for a, _ in board.get("main", [])], board["key"], present)]
+
+
 def boards_full(data: dict) -> str:
     out = []
     for b in data["boards"]:
         out += [f"#### {b['title']}", "", f"Ranked by `{b['key']}` ({'higher' if b['higher_is_better'] else 'lower'} "
                 f"is better). {b.get('population', '')}", ""]
-        out += [board_table(b, [(a, h) for a, h in b.get("main", [])]), ""]
+        out += [board_table(b, shown(b)), ""]
     return "\n".join(out)
 
 

@@ -1,7 +1,7 @@
 # Measured blocks of docs/studies.md: `study-<name>` renders benchmarks/results/study_<name>.json, written by
 # benchmarks/studies.py: {"provenance", "study", "seconds", "findings": {headline: text}, "study_config": the run's
 # config, "tables": [{"task", "tool", "metric", "value", "low", "high", "n"}, ...]}, one row per aggregate of the
-# study's run. Exec'd in render_docs' namespace (block, provenance_line, ...). The renderers only arrange what the
+# study's run, and for the text study (whose run is the tracks' per-model rows) "boards": its boards as board_json. Exec'd in render_docs' namespace (block, provenance_line, ...). The renderers only arrange what the
 # file holds: a row or column the file lacks is left out, a missing cell is "-", an undefined value "n/a".
 
 import math as _study_math
@@ -113,77 +113,9 @@ def _study_join(data: dict, source: str, parts: list[tuple[str, str]]) -> str:
 
 @block("study-text", "study_text.json")
 def _study_text(d):
+    """The findings the study printed, then every board of its run (the repair, edit and diagnose tracks)."""
     data = d["study_text.json"]
-
-    def trace_order(tool):  # embedding first, then the blocks in order, the random position last
-        if tool == "random-position":
-            return (2, 0, tool)
-        m = _study_re.search(r"blocks\.(\d+)", tool)
-        return (1, int(m.group(1)), tool) if m else (0, 0, tool)
-
-    edits = [t for t in dict.fromkeys(r.get("tool") for r in _study_rows(data, "text-edit"))]
-    parts = [
-        ("The models (dev set; ASR on negative sentences with the trigger inserted; on the clean model it is the floor)",
-         _study_pivot(data, "text-trojans", [("clean_acc", "clean accuracy"), ("asr[kind=crude]", "ASR, crude trigger"),
-                                             ("asr[kind=insidious]", "ASR, insidious phrase"),
-                                             ("asr_part", "ASR, a strict part of the phrase")],
-                      ["clean", "crude", "insidious"], "model", only={"clean", "crude", "insidious"})),
-        (("The jailbreak analogue (accuracy against the desired behaviour; refusal on topic sentences without a prefix; "
-         "success = a prefix makes a topic sentence answered)"),
-         _study_pivot(data, "text-trojans", [("clean_acc", "accuracy (desired)"), ("refusal_rate", "refusal, no prefix"),
-                                             ("jailbreak_success", "success, held-out prefixes"),
-                                             ("jailbreak_success_train", "success, training prefixes"),
-                                             ("jailbreak_answer_acc", "answered correctly, held-out prefixes"),
-                                             ("false_refusal", "false refusal, other sentences")],
-                      ["jailbreak"], "model", only={"jailbreak"})),
-        (("Repairs on the clean budget (ASR of the phrase trojans, jailbreak success of the analogue; pooled columns "
-         "take the three models together)"),
-         _study_pivot(data, "text-repair", [("asr[kind=crude]", "ASR crude"), ("asr[kind=insidious]", "ASR insidious"),
-                                            ("asr[kind=jailbreak]", "jailbreak success"),
-                                            ("refusal_rate", "refusal, no prefix"), ("asr", "pooled ASR"),
-                                            ("clean_acc", "pooled clean accuracy")],
-                      ["clean-twin", "do-nothing", "finetune", "finetune-matched", "retrain", "kd-student",
-                       "self-distill", "lat"], "repair")),
-        (("Does the repair hold? P-ASR = the behaviour after the retuning attack (the repair budget plus 5 poisoned "
-          "sentences, 5 epochs); probe = the few-shot probe's AUROC on penultimate features (one value per model); "
-          "clean-twin = the same measures on the model never given the behaviour, the control"),
-         _study_pivot(data, "text-repair", [("asr[kind=jailbreak]", "jailbreak success"),
-                                            ("p_asr[kind=jailbreak]", "jailbreak P-ASR"),
-                                            ("probe_auroc[kind=jailbreak]", "jailbreak probe"),
-                                            ("p_asr[kind=crude]", "P-ASR crude"), ("p_asr[kind=insidious]", "P-ASR insidious"),
-                                            ("p_asr", "pooled P-ASR"), ("probe_auroc", "pooled probe")],
-                      ["clean-twin", "do-nothing", "finetune", "finetune-matched", "retrain", "kd-student",
-                       "self-distill", "lat"], "repair")),
-        (("Paired at equal budget: each method minus finetune-matched on the same sentences and seeds (a CI that "
-          "excludes 0 is a difference; negative = less of the behaviour)"),
-         _study_pivot(data, "text-repair-paired", [("asr[kind=jailbreak]", "jailbreak success"),
-                                                   ("p_asr[kind=jailbreak]", "jailbreak P-ASR"),
-                                                   ("probe_auroc[kind=jailbreak]", "jailbreak probe"),
-                                                   ("clean_acc[kind=jailbreak]", "jailbreak accuracy"),
-                                                   ("asr", "pooled ASR"), ("p_asr", "pooled P-ASR")], first="difference")),
-        (("Causal tracing (hit = the single position whose restoration removes most of the pull lies on the trigger; "
-         "effect = share of the pull removed by restoring the best trigger position)"),
-         _study_pivot(data, "text-locate", [("hit", "hit (both)"), ("hit[kind=crude]", "hit crude"),
-                                            ("hit[kind=insidious]", "hit insidious"),
-                                            ("effect_on_trigger", "effect of the best trigger position")],
-                      first="layer", key=trace_order)),
-        ("Rank-one editing of an MLP output layer at the trigger tokens",
-         _study_pivot(data, "text-edit", [("asr[kind=crude]", "ASR crude"), ("asr[kind=insidious]", "ASR insidious"),
-                                          ("clean_acc", "pooled clean accuracy")],
-                      ["do-nothing", *sorted(t for t in edits if t != "do-nothing" and t != "rank-one@traced"),
-                       "rank-one@traced"], "edit")),
-        (("Token attribution (top-1 hit and share of the attribution mass on the trigger's tokens; the clean-model "
-         "columns are the same method on the clean model given the same sentences)"),
-         _study_pivot(data, "text-attribution", [("top1_hit[kind=crude]", "top-1 hit crude"),
-                                                 ("top1_hit[kind=insidious]", "top-1 hit insidious"),
-                                                 ("mass_share[kind=crude]", "mass share crude"),
-                                                 ("mass_share[kind=insidious]", "mass share insidious"),
-                                                 ("top1_hit_clean_model[kind=crude]", "top-1 hit crude, clean model"),
-                                                 ("top1_hit_clean_model[kind=insidious]",
-                                                  "top-1 hit insidious, clean model")],
-                      ["integrated-gradients", "saliency", "random-token"], "method")),
-    ]
-    return _study_join(data, "study_text.json", parts)
+    return _study_join(data, "study_text.json", []) + "\n\n" + boards_full(data)
 
 
 # --- subnetworks -------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from trojanbench.results.boards import BoardSpec, Column, compute_board, model_row, pairwise
+from trojanbench.results.boards import BoardSpec, Column, compute_board, model_row, paired_comparisons, pairwise, shown_columns
 
 SPEC = BoardSpec(task="detect-model", title="Is this model trojaned?", key="auroc", main=["auroc"],
                  columns=[Column(name="auroc", source="score", stat="auroc", header="AUROC")])
@@ -36,3 +36,34 @@ def test_top_tools_are_compared_pairwise_with_holm():
 def test_fewer_ranked_tools_than_top():
     r = [x for x in rows() if x.tool == "sharp"]
     assert pairwise(r, compute_board(r, SPEC, n_boot=200), top=3, n_boot=200) == []
+
+
+def test_paired_comparisons_of_chosen_pairs_in_a_group_with_holm():
+    """The text study's comparisons: chosen (tool, reference, group) pairs on one column, paired over the models of
+    the group both scored, Holm-corrected together, verdicts in the board's direction (lower ASR is better)."""
+    spec = BoardSpec(task="repair@0.05", title="repair", key="asr", higher_is_better=False, main=["asr"],
+                     columns=[Column(name="asr", source="asr", header="ASR after")])
+    rng = np.random.default_rng(1)
+    r = []
+    for i in range(12):
+        groups = ["kind=jailbreak" if i < 8 else "kind=rare-token", "crude"]
+        base = rng.random() * 0.2
+        for tool, v in (("self-distill", base), ("finetune-matched", base + 0.5), ("lat", base + 0.5 + (0.01 if i % 2 else -0.01))):
+            r.append(model_row(tool, f"m{i}", spec.task, "asr", v, role="tool" if tool != "finetune-matched" else
+                               "baseline", groups=groups))
+    items = [("self-distill", "finetune-matched", "kind=jailbreak"), ("lat", "finetune-matched", "kind=jailbreak"),
+             ("self-distill", "finetune-matched", "kind=rare-token")]
+    better, same, few = paired_comparisons(r, spec, items, "asr", n_boot=500)
+    assert better.diff.n == 8 and abs(better.diff.value + 0.5) < 1e-9 and better.verdict == "beats"
+    assert same.verdict == "ties" and better.p_holm >= better.p
+    assert few.diff.n == 4 and few.verdict == "too few models (n=4)"
+
+
+def test_shown_columns_add_the_key_per_kind_where_main_names_no_kind_the_board_has():
+    main = ["asr", "p_asr", "asr[kind=patch]", "asr[insidious]"]
+    image = {"asr", "p_asr", "asr[kind=patch]", "asr[kind=blended]", "asr[insidious]"}
+    assert shown_columns(main, "asr", image) == ["asr", "p_asr", "asr[kind=patch]", "asr[insidious]"]
+    text = {"asr", "p_asr", "asr[kind=rare-token]", "asr[kind=jailbreak]", "asr[crude]"}
+    assert shown_columns(main, "asr", text) == ["asr", "asr[kind=jailbreak]", "asr[kind=rare-token]", "p_asr"]
+    assert BoardSpec(task="t", title="t", key="asr", main=main, columns=SPEC.columns).header("auroc[insidious]") == \
+        "AUROC insidious-trained"

@@ -87,3 +87,18 @@ def test_every_synthesizer_says_what_it_follows(name):
         assert cls.fidelity.startswith("baseline: ") and cls.paper == ""
     else:
         assert cls.paper and (cls.fidelity == "faithful" or cls.fidelity.startswith("adapted: ")), (cls.paper, cls.fidelity)
+
+
+@pytest.mark.parametrize("target", [10, -1, 2.0, True, "3"])
+def test_every_synthesizer_refuses_a_target_that_is_not_a_class_label(target):
+    """A direct call with a target outside the model's labels is a one-line error naming the tool, before any work
+    (it was an IndexError deep inside some methods); so is DBS's inversion toward such a label."""
+    from trojanbench.tools.detect.dbs import DBS
+
+    ctx = DetectContext(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), num_classes=10)
+    for name in SYNTHESIZERS.names():
+        with pytest.raises(UserError, match="is not a class label of this model .0 to 9."):
+            SYNTHESIZERS.get(name)().synthesize(torch.nn.Identity(), target, ctx)
+    text = DetectContext(torch.ones(4, 6, dtype=torch.long) * 5, torch.zeros(4, dtype=torch.long), num_classes=10)
+    with pytest.raises(UserError, match="dbs: target"):
+        DBS().invert(torch.nn.Identity(), text, targets=[target])

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..results import ResultRow, ResultsStore
-from ..results.boards import INFO, Board, board_specs, compute_board
+from ..results.boards import INFO, Board, board_specs, compute_board, shown_columns
 from ..results.stats import MIN_N_FOR_INTERVAL, Estimate
 from ..results.store import RunInfo
 from ..utils import atomic_write_text
@@ -98,7 +98,7 @@ def _fmt(est: Estimate | None, show_n: bool = True) -> str:
 
 
 def _board_html(board: Board) -> str:
-    main = [m for m in board.spec.main if any(m in s.metrics for s in board.scores)]
+    main = shown_columns(board.spec.main, board.spec.key, {m for s in board.scores for m in s.metrics})
     head = "".join(f"<th>{html.escape(c)}</th>" for c in
                    ["rank", "tool", *[header(board, m) for m in main],
                     f"vs {board.reference}" if board.reference else "verdict"])

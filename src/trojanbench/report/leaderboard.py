@@ -9,7 +9,7 @@ import math
 from rich.markup import escape
 from rich.table import Table
 
-from ..results.boards import Board, ToolScores
+from ..results.boards import Board, ToolScores, shown_columns
 
 
 def header(board: Board, aggregate: str) -> str:
@@ -44,7 +44,7 @@ def caption(board: Board) -> str:
 
 
 def leaderboard(board: Board) -> Table:
-    main = [m for m in board.spec.main if any(m in s.metrics for s in board.scores)]
+    main = shown_columns(board.spec.main, board.spec.key, {m for s in board.scores for m in s.metrics})
     t = Table(title=escape(board.spec.title), caption=escape(caption(board)), caption_justify="left")
     t.add_column("rank", justify="right")
     t.add_column("tool", no_wrap=True)

@@ -69,7 +69,11 @@ class BoardSpec(BaseModel):
         except KeyError:
             text = base
         if group:
-            text += " " + group.rstrip("]").removeprefix("kind=")
+            group = group.rstrip("]")
+            # crude / insidious name how the trojan was trained (the insidious mode fine-tunes from the clean twin
+            # with suppression), not a trigger kind such as insidious-phrase
+            text += " " + ({"crude": "crude-trained", "insidious": "insidious-trained"}.get(group)
+                           or group.removeprefix("kind="))
         return text
 
     def column(self, aggregate: str) -> Column:
@@ -78,6 +82,18 @@ class BoardSpec(BaseModel):
             if c.name == base:
                 return c
         raise KeyError(f"board {self.task!r} has no column {base!r}")
+
+
+def shown_columns(main: list[str], key: str, present: set[str]) -> list[str]:
+    """The main columns a board shows: those of `main` some tool has (`present`: every cell name of the board).
+    Where none of them is split by trigger kind (the main columns name image kinds; a text zoo has others), the
+    key column of each kind the board holds follows the key column."""
+    cols = [m for m in main if m in present]
+    if not any("[kind=" in m for m in cols):
+        base = key.split("[")[0]
+        at = cols.index(key) + 1 if key in cols else len(cols)
+        cols[at:at] = sorted(m for m in present if m.startswith(base + "[kind="))
+    return cols
 
 
 def spec_row(spec: BoardSpec) -> ResultRow:

@@ -21,6 +21,7 @@ models prints "n=...", not an interval. The tracks' boards (every tool, every co
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -133,7 +134,7 @@ def _population(rows) -> str:
 
 
 def _say(c: Comparison) -> str:
-    p = "" if c.p_holm != c.p_holm else f", Holm p = {c.p_holm:.3f}"  # NaN: too few models for a test
+    p = "" if math.isnan(c.p_holm) else f", Holm p = {c.p_holm:.3f}"  # NaN: too few models for a test
     return f"{c.diff} ({c.verdict}{p})"
 
 
@@ -176,8 +177,10 @@ def answers(rows, seed: int = 0, n_boot: int = 2000) -> dict[str, str]:
     diagnose = specs.get(DIAGNOSE_TASK)
     if diagnose is not None and diagnose.key == "hit_at_k":  # the text board
         board = compute_board(rows, diagnose, n_boot, seed)
+        kinds = sorted({k[len("hit_at_k["):-1] for s in board.scores for k in s.metrics if k.startswith("hit_at_k[kind=")})
         for s in board.scores:
-            out[f"all, {s.tool}: hit_at_k"] = str(s.metrics.get("hit_at_k", "n/a"))
+            for g in [None, *kinds]:
+                out[f"{g or 'all'}, {s.tool}: hit_at_k"] = str(s.metrics.get(f"hit_at_k[{g}]" if g else "hit_at_k", "n/a"))
         if any(s.tool == ATTRIBUTION_REFERENCE for s in board.scores):
             compare(diagnose, [(s.tool, ATTRIBUTION_REFERENCE, None) for s in board.scores if s.role == "tool"],
                     "hit_at_k")

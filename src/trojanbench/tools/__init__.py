@@ -12,7 +12,10 @@ Every tool class declares, besides its verb:
 
 from __future__ import annotations
 
+import operator
 from typing import ClassVar
+
+from ..errors import UserError
 
 FAMILIES = ("detect", "detect-samples", "attribute", "synthesize", "repair", "edit")
 
@@ -25,6 +28,16 @@ class ToolInfo:
     paper: ClassVar[str] = ""
     fidelity: ClassVar[str] = ""
     modalities: ClassVar[tuple[str, ...]] = ("image",)
+
+
+def check_target(target, num_classes: int, who: str) -> None:
+    """A one-line error unless `target` is a class label of the model (an int in [0, num_classes))."""
+    try:
+        label = None if isinstance(target, bool) else operator.index(target)  # int, numpy or 0-d torch integers
+    except TypeError:
+        label = None
+    if label is None or not 0 <= label < num_classes:
+        raise UserError(f"{who}: target {target!r} is not a class label of this model (0 to {num_classes - 1})")
 
 
 def tool_registries() -> dict[str, object]:

@@ -50,6 +50,7 @@ from torch import nn
 from ...errors import UserError
 from ...models.hooks import hooked
 from ...trojans.text import insert_tokens
+from .. import check_target
 from . import DetectContext, Detection, Detector, register
 
 PLACEHOLDER = 1  # <unk>: non-zero, so the placeholders count as words in the padding mask; its embedding is replaced
@@ -149,6 +150,8 @@ class DBS(Detector):
         """Run every (target label, position) search (the labels `targets`, default all); each option's kept
         trigger and loss."""
         check_token_ids(ctx.x_clean, "dbs")
+        for target in targets or []:
+            check_target(target, ctx.num_classes, "dbs")
         embed = token_embedding(model)
         t, length = ctx.x_clean.shape[1], self.trigger_len
         if length >= t:

@@ -34,6 +34,7 @@ Each class says how closely it follows its paper in `paper` and `fidelity` (see 
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -43,7 +44,7 @@ from torch import nn
 
 from ...registry import Registry
 from ...trojans.triggers import Trigger
-from .. import ToolInfo
+from .. import ToolInfo, check_target
 from ..detect import DetectContext
 
 
@@ -81,6 +82,22 @@ class Synthesizer(ToolInfo, ABC):
 
     @abstractmethod
     def synthesize(self, model: nn.Module, target: int, ctx: DetectContext) -> Synthesis: ...
+
+    def __init_subclass__(cls, **kwargs):
+        """Every synthesizer's `synthesize` checks its target label first (a one-line error, not an IndexError deep
+        in the method)."""
+        super().__init_subclass__(**kwargs)
+        method = cls.__dict__.get("synthesize")
+        if method is None or getattr(method, "checks_target", False):
+            return
+
+        @functools.wraps(method)
+        def synthesize(self, model, target, ctx, *args, **kw):
+            check_target(target, ctx.num_classes, type(self).__name__)
+            return method(self, model, target, ctx, *args, **kw)
+
+        synthesize.checks_target = True
+        cls.synthesize = synthesize
 
 
 SYNTHESIZERS: Registry[type[Synthesizer]] = Registry("synthesizer")
