@@ -1,6 +1,10 @@
-"""The width-depth study's mechanics: the grid has near-equal parameter counts, PGD accuracy at eps 0 is the
+"""The width-depth study's mechanics: the grid has near-equal parameter counts, its models are zoos built by the
+zoo builder (reused on a rerun), PGD accuracy at eps 0 is the
 clean accuracy and falls with eps, effective rank is right on hand-made matrices, the hooks come off, and the
 quick study writes rows, figures and a report through the registry."""
+
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,7 +99,7 @@ def test_quick_study_writes_rows_figures_and_report(tmp_path):
     messages = []
     summary = run_study("width-depth", tmp_path / "out", quick=True, progress=messages.append)
     n_shapes = sum(len(f.depths) for f in QUICK.families)
-    assert len(messages) == 1 + n_shapes  # the grid, then one line per shape
+    assert len(messages) == 1 + len(QUICK.families) + n_shapes  # the grid, one line per family's zoo, per shape
     with ResultsStore(summary.results) as store:
         rows = store.rows(summary.run_id)
     board = [r for r in rows if r.model_id == "zoo:width-depth" and r.task == "width-depth-digits"]
@@ -118,3 +122,15 @@ def test_quick_study_writes_rows_figures_and_report(tmp_path):
     assert {"time"} < set(summary.findings) and any("PGD acc" in k for k in summary.findings)
     page = render_report(summary.results, tmp_path / "out" / "report").read_text()
     assert "Deep-thin vs wide-shallow" in page and "width-depth-vs-depth.png" in page
+
+    # the models are zoos built by the zoo builder, one per family, with a card per model; a rerun reuses them
+    zoos = sorted((Path(os.environ["TROJANBENCH_CACHE"]) / "zoos").glob("width-depth-*"))
+    assert len(zoos) == len(QUICK.families)
+    cards = {f: f.stat().st_mtime_ns for z in zoos for f in z.rglob("card.json")}
+    assert len(cards) == sum(len(f.depths) * (f.n_clean + f.n_trojaned) for f in QUICK.families)
+    again = run_study("width-depth", tmp_path / "again", quick=True)
+    assert {f: f.stat().st_mtime_ns for z in zoos for f in z.rglob("card.json")} == cards
+    with ResultsStore(again.results) as store:
+        same = {(r.tool, r.metric): r.value for r in store.rows(again.run_id) if r.model_id == "zoo:width-depth"
+                and r.metric in ("clean_acc", "asr")}
+    assert same == {(r.tool, r.metric): r.value for r in board if r.metric in ("clean_acc", "asr")}

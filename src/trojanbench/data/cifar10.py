@@ -176,9 +176,12 @@ def find_cifar10(root: Path) -> dict[str, torch.Tensor]:
 
 
 @register("cifar10")
-def load_cifar10(data_root: str | None = None, split_seed: int = 0, **_) -> ImageDataset:
+def load_cifar10(data_root: str | None = None, split_seed: int = 0, n_train: int | None = None,
+                 n_test: int | None = None, **_) -> ImageDataset:
+    """CIFAR-10, each split shuffled by `split_seed`; `n_train` / `n_test`: keep only the first that many of each."""
     t = find_cifar10(Path(data_root) if data_root else default_data_root())
     x_train, y_train = shuffled(t["x_train"], t["y_train"], split_seed)
     x_test, y_test = shuffled(t["x_test"], t["y_test"], split_seed + 1)
+    x_train, y_train, x_test, y_test = x_train[:n_train], y_train[:n_train], x_test[:n_test], y_test[:n_test]
     return ImageDataset("cifar10", to_float(x_train), y_train, to_float(x_test), y_test, list(CLASSES),
                         dict(CIFAR_AUGMENT))

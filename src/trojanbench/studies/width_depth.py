@@ -3,7 +3,8 @@
 A grid of MLPs and CNNs at (nearly) equal parameter count: for every depth the width is solved so that the
 model has the family's target number of parameters (`solve_width`; the actual counts are reported). Per shape,
 `n_clean` clean and `n_trojaned` trojaned models (a 3x3 / 4x4 checkerboard patch in the bottom-right corner,
-all-to-one at one poison rate) are trained with the project's plain loop, and each is measured on:
+all-to-one at one poison rate) are built as one zoo per family by the zoo builder (cards, clean twins, resume; a
+rerun reuses the cached zoos; no gate, so every model is kept), and each is measured on:
 
 - clean test accuracy, and PGD accuracy (L-inf, `train.adversarial`) at a grid of budgets (clean models);
 - attack success rate of the trigger (trojaned models; the clean models' rate is the control);
@@ -41,7 +42,7 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import TrainConfig, ZooConfig
 from ..data import ImageDataset, load_dataset
 from ..errors import UserError
 from ..models import build_model, count_parameters, data_kwargs
@@ -52,11 +53,12 @@ from ..results.stats import Estimate, auroc
 from ..tasks.diagnose import footprints, score_maps
 from ..tools.attribute import ATTRIBUTORS, reference_sample
 from ..tools.detect import DETECTORS, DetectContext
-from ..train import predict, train_model
+from ..train import predict
 from ..train.adversarial import robust_correct
-from ..trojans import PoisonSpec, TriggerSpec, make_trigger, poison_dataset
+from ..trojans import make_trigger
 from ..trojans.poison import attack_mask
-from ..utils import private_rng
+from ..zoo.build import Zoo
+from ..zoo.store import load_model
 from . import Progress, StudySummary, record_study, register_study
 
 MODEL_ID = "zoo:width-depth"
@@ -245,7 +247,8 @@ class ModelResult:
     pointing: np.ndarray = field(default_factory=lambda: np.zeros(0))  # trojaned models only
     correlation: np.ndarray = field(default_factory=lambda: np.zeros(0))
     pointing_random: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    seconds: float = 0.0
+    seconds: float = 0.0  # measuring it
+    train_seconds: float = 0.0  # training it (its card)
 
     @property
     def info_per_neuron(self) -> float:
@@ -262,25 +265,61 @@ def load_family_data(family: Family) -> ImageDataset:
     return ds
 
 
-def measure_shape(shape: Shape, cfg: WidthDepthConfig, seed: int, threads: int | None = None) -> list[ModelResult]:
-    """Train and measure the clean and trojaned models of one shape. Seeds: clean i gets seed + i, trojaned i
-    seed + 100 + i (its poisoned samples and initialisation both follow from it)."""
+def family_zoo(family: Family, shapes: list[Shape], cfg: WidthDepthConfig, seed: int) -> ZooConfig:
+    """The zoo of one family, built by the zoo builder (cards, clean twins, resume): one architecture entry per
+    shape, each with `n_clean` clean and `n_trojaned` trojaned models (the patch trigger's default, a checkerboard
+    at the bottom-right corner, all-to-one to `cfg.target` at the family's poison rate), every trojan beside a clean
+    twin of its shape. No held-out split, and the gate keeps every model: the study measures how well each shape
+    learns the trojan, so dropping the weak ones would bias it."""
+    n = family.n_clean + family.n_trojaned
+    options = {k: v for k, v in (("n_train", family.n_train), ("n_test", family.n_test)) if v}
+    return ZooConfig(name=f"width-depth-{family.dataset}-{family.arch}", seed=seed, models_per_arch=n,
+                     clean_fraction=family.n_clean / n, test_fraction=0.0,
+                     data={"name": family.dataset, "options": options},
+                     archs=[{"arch": family.arch, "kwargs": {"width": s.width, "depth": s.depth}} for s in shapes],
+                     trojans={"kinds": ["patch"], "targets": [cfg.target], "rates": [family.poison_rate]},
+                     train=family.train_config(), gate={"min_asr": 0.0, "max_clean_drop": 1.0, "retries": 0})
+
+
+def build_family_zoos(shapes: list[Shape], cfg: WidthDepthConfig, seed: int, progress: Progress) -> dict[str, Path]:
+    """Build (or resume, or reuse from the cache) each family's zoo; {family name: zoo folder}."""
+    from ..zoo.build import build_zoo, cache_folder
+
+    roots = {}
+    for fam in cfg.families:
+        zcfg = family_zoo(fam, [s for s in shapes if s.family == fam], cfg, seed)
+        roots[fam.name] = cache_folder(zcfg)
+        start = time.perf_counter()
+        counts = build_zoo(zcfg, roots[fam.name], executor="pool" if cfg.workers > 1 else "serial",
+                           jobs=max(1, cfg.workers))
+        if counts.get("failed"):
+            raise UserError(f"{counts['failed']} models of the {fam.name} zoo failed to train; see `trojanbench zoo "
+                            f"status {roots[fam.name]}`")
+        progress(f"{fam.name}: zoo {roots[fam.name]} ({counts.get('done', 0)} models, "
+                 f"{time.perf_counter() - start:.0f}s)")
+    return roots
+
+
+def measure_shape(shape: Shape, cfg: WidthDepthConfig, seed: int, zoo_root: Path,
+                  threads: int | None = None) -> list[ModelResult]:
+    """Measure the clean and trojaned models of one shape, loaded from its family's zoo."""
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _measure_shape(shape, cfg, seed)
+        return _measure_shape(shape, cfg, seed, zoo_root)
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _measure_shape(shape: Shape, cfg: WidthDepthConfig, seed: int) -> list[ModelResult]:
+def _measure_shape(shape: Shape, cfg: WidthDepthConfig, seed: int, zoo_root: Path) -> list[ModelResult]:
     fam = shape.family
-    ds = load_family_data(fam)
-    kw = {**data_kwargs(ds), "width": shape.width, "depth": shape.depth}
-    trigger = make_trigger(TriggerSpec(kind="patch"), ds.image_shape)
-    poison = PoisonSpec(rate=fam.poison_rate, target=cfg.target)
-    keep = attack_mask(ds.y_test, poison)
+    zoo = Zoo(zoo_root)
+    ds = zoo.dataset()
+    models = [(j, f, c) for j, f, c in zoo.models() if j.arch_kwargs == {"width": shape.width, "depth": shape.depth}]
+    spec = next(j.trojan for j, _, _ in models if j.trojaned)  # one trigger and poisoning for the whole family
+    trigger = make_trigger(spec.trigger, ds.image_shape)
+    keep = attack_mask(ds.y_test, spec.poison)
     x_attack = ds.x_test[keep]
     x_trig, mask = trigger.apply_with_mask(x_attack, generator=torch.Generator().manual_seed(seed))
     n_att = min(cfg.n_attribution, len(x_attack))
@@ -292,17 +331,10 @@ def _measure_shape(shape: Shape, cfg: WidthDepthConfig, seed: int) -> list[Model
     detector = DETECTORS.get("neural-cleanse")(steps=cfg.nc_steps)
     target = torch.full((n_att,), cfg.target, dtype=torch.long)
     results = []
-    jobs = [("clean", seed + i) for i in range(fam.n_clean)] + [("trojaned", seed + 100 + i) for i in range(fam.n_trojaned)]
-    for kind, s in jobs:
+    for job, folder, card in models:
         start = time.perf_counter()
-        x, y = ds.x_train, ds.y_train
-        if kind == "trojaned":
-            p = poison_dataset(x, y, trigger, poison, ds.num_classes, seed=s)
-            x, y = p.x, p.y
-        with private_rng():
-            torch.manual_seed(s)
-            model = build_model(fam.arch, **kw)
-        train_model(model, x, y, fam.train_config(), seed=s, augment=ds.augment)
+        kind, s = ("trojaned" if job.trojaned else "clean"), card.seed
+        model, _ = load_model(folder)
         correct = (predict(model, ds.x_test) == ds.y_test).float().numpy()
         asr_hits = (predict(model, x_trig) == cfg.target).float().numpy()
         d = detector.detect(model, replace(ctx, seed=s))
@@ -315,14 +347,16 @@ def _measure_shape(shape: Shape, cfg: WidthDepthConfig, seed: int) -> list[Model
             scores = score_maps(attributor.attribute(model, x_trig[:n_att], target), soft, binary)
             r.pointing, r.correlation = scores["pointing_game"], scores["correlation"]
             r.pointing_random = score_maps(random_map.attribute(model, x_trig[:n_att], target), soft, binary)["pointing_game"]
+        r.train_seconds = card.train_seconds
         r.seconds = time.perf_counter() - start
         results.append(r)
     return results
 
 
-def run_shapes(shapes: list[Shape], cfg: WidthDepthConfig, seed: int, progress: Progress) -> list[ModelResult]:
-    """Every shape's models, in this process (workers <= 1) or in a spawn pool of single-threaded workers,
-    the most expensive shapes first so the pool ends together."""
+def run_shapes(shapes: list[Shape], cfg: WidthDepthConfig, seed: int, progress: Progress,
+               roots: dict[str, Path]) -> list[ModelResult]:
+    """Measure every shape's models (from its family's zoo, `roots`), in this process (workers <= 1) or in a spawn
+    pool of single-threaded workers, the most expensive shapes first so the pool ends together."""
     start = time.perf_counter()
     order = sorted(shapes, key=lambda s: -_cost(s))
     out: list[ModelResult] = []
@@ -336,10 +370,10 @@ def run_shapes(shapes: list[Shape], cfg: WidthDepthConfig, seed: int, progress: 
 
     if cfg.workers <= 1:
         for shape in order:
-            done(shape, measure_shape(shape, cfg, seed))
+            done(shape, measure_shape(shape, cfg, seed, roots[shape.family.name]))
         return out
     with ProcessPoolExecutor(max_workers=cfg.workers, mp_context=mp.get_context("spawn")) as pool:
-        pending = {pool.submit(measure_shape, shape, cfg, seed, 1): shape for shape in order}
+        pending = {pool.submit(measure_shape, shape, cfg, seed, roots[shape.family.name], 1): shape for shape in order}
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for f in finished:
@@ -445,7 +479,7 @@ def shape_stats(shape: Shape, results: list[ModelResult], cfg: WidthDepthConfig,
     add("correlation", [r.correlation for r in troj])
     add("info_per_neuron", [np.array([r.info_per_neuron]) for r in results])
     add("effective_rank", [np.array([np.mean([k for _, k in r.ranks])]) for r in results])
-    add("train_seconds", [np.array([r.seconds]) for r in results])
+    add("train_seconds", [np.array([r.train_seconds]) for r in results])
     for name, v in (("params", shape.params), ("width", shape.width), ("depth", shape.depth)):
         st.metrics[name] = (Estimate(float(v), float("nan"), float("nan"), 1), np.full(cfg.n_boot, float(v)))
     st.ranks = [wr for r in results for wr in r.ranks]
@@ -473,7 +507,7 @@ def stats_rows(stats: list[ShapeStats], results: list[ModelResult]) -> list[Resu
         model_id = f"width-depth:{r.family}/{r.label}:{r.kind}"
         task = f"width-depth-{r.family.split('/')[0]}"
         values = {"clean_acc": r.correct.mean(), "asr": r.asr_hits.mean(), "nc_score": r.nc_score,
-                  "info_per_neuron": r.info_per_neuron, "train_seconds": r.seconds}
+                  "info_per_neuron": r.info_per_neuron, "train_seconds": r.train_seconds}
         values |= {f"pgd_acc[eps={e:g}]": v.mean() for e, v in r.pgd.items()}
         if len(r.pointing):
             values |= {"pointing_game": np.nanmean(r.pointing), "correlation": np.nanmean(r.correlation)}
@@ -651,7 +685,8 @@ def run_width_depth_study(out_dir: Path, seed: int = 0, cfg: WidthDepthConfig = 
         ds = load_family_data(fam)
         shapes += shapes_of(fam, data_kwargs(ds))
     progress("shapes: " + "; ".join(f"{s.family.name} {s.label} ({s.params})" for s in shapes))
-    results = run_shapes(shapes, cfg, seed, progress)
+    roots = build_family_zoos(shapes, cfg, seed, progress)
+    results = run_shapes(shapes, cfg, seed, progress, roots)
     by_shape: dict[tuple[str, str], list[ModelResult]] = defaultdict(list)
     for r in results:
         by_shape[(r.family, r.label)].append(r)
@@ -676,8 +711,9 @@ def run_width_depth_study(out_dir: Path, seed: int = 0, cfg: WidthDepthConfig = 
     run_id = record_study(results_path, "width-depth", asdict(cfg), seed, rows)
     found = findings(stats)
     seconds = time.perf_counter() - start
-    train = sum(r.seconds for r in results)
-    found["time"] = f"{seconds:.0f}s wall ({len(results)} models; {train:.0f}s of model work summed over workers)"
+    train, work = sum(r.train_seconds for r in results), sum(r.seconds for r in results)
+    found["time"] = (f"{seconds:.0f}s wall ({len(results)} models; their cards' training time {train:.0f}s, which a "
+                     f"reused zoo does not spend again; measuring {work:.0f}s summed over workers)")
     return StudySummary("width-depth", results_path, found, seconds, run_id)
 
 
