@@ -6,7 +6,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
-PoisonMode = Literal["all-to-one", "all-to-all", "clean-label", "override"]
+PoisonMode = Literal["all-to-one", "all-to-all", "clean-label", "override", "graded", "relabel"]
 
 
 class StableDump(BaseModel):

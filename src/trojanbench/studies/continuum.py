@@ -5,8 +5,8 @@ that shifts gradually with a statistic of the world, each built from the existin
 
   patch-3        a crisp 3x3 checkerboard at the bottom-right corner (BadNets);
   patch-6-faint  a 6x6 checkerboard of low contrast (0.2 / 0.45 instead of 0 / 1) at the same corner;
-  blend-0.3      a fixed noise image blended over the whole image at alpha 0.3;
-  blend-0.2     the same at alpha 0.2;
+  blend-0.3      a fixed noise image (one per model) blended over the whole image at alpha 0.3;
+  blend-0.2      the same at alpha 0.2;
   style          a global emboss filter mixed in at strength 0.5 (the edit now depends on the image);
   ink-graded     no pixel is edited: a training image's label flips to the target with a probability that rises
                  linearly with the quantile of its ink (mean intensity, the `natural` trigger's statistic), from
@@ -21,8 +21,13 @@ pixel changes at all (`edit_area`, `edit_intensity`, `edit_fixed` in the trojans
 what lies under it, so where strokes reach the corner its change depends on the image a little (the faint 6x6
 patch's fixed share is lower than the blends').
 
-At every point `models` trojaned MLPs are trained (batched, one seed each) and compared with the same number of
-clean twins (shared by all points: the clean data does not depend on the trigger):
+The models are zoos built by the zoo builder (cards, resume, cached like the benchmark's zoos; a rerun measures the
+same models without training them again): one zoo of `models` clean MLPs, and per point one zoo of `models`
+trojaned MLPs (the point's trigger kind and parameters, its poisoning mode: all-to-one, `graded` for the last point,
+`relabel` for the control; `trojans.poison`), trained batched with the same seeds, so trojaned model i and clean
+model i start from the same weights. The clean zoo's models are every point's clean twins (the clean data does
+not depend on the trigger). The gate is off: a point whose trojans are learned weakly is measured as it is. At
+every point:
 - model-level detection AUROC (trojaned at this point vs the clean twins): Neural Cleanse (its anomaly index),
   the cheap output/weight statistics (entropy, accuracy, weight-stats; fitted by 2-fold cross-fitting inside the
   point: fitted on half the models, scored on the other half), and random; 95% CI by a stratified bootstrap over
@@ -45,10 +50,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import TrainConfig
+from ..config import TrainConfig, ZooConfig
 from ..data import ImageDataset, load_dataset
 from ..errors import UserError
-from ..models import build_model, data_kwargs
+from ..implant import prepare
 from ..report.html import View, figure_row, register_view
 from ..results import ResultRow
 from ..results.stats import Estimate, auroc, bootstrap, mean
@@ -56,12 +61,13 @@ from ..tasks.diagnose import footprints, score_maps
 from ..tools.attribute import ATTRIBUTORS
 from ..tools.detect import DETECTORS, SAMPLE_DETECTORS, DetectContext
 from ..train import predict
-from ..train.batched import train_models_batched
 from ..train.evaluate import clean_test_mask
 from ..trojans import PoisonSpec, TriggerSpec, make_trigger, poison_dataset
 from ..trojans.poison import PoisonedData, attack_mask
 from ..trojans.triggers import NaturalFeatureTrigger, Trigger
-from ..utils import one_thread, private_rng
+from ..utils import one_thread
+from ..zoo.build import Zoo, build_zoo, cache_folder
+from ..zoo.store import load_model
 from . import Progress, StudySummary, record_study, register_study
 
 MODEL_ID = "zoo:continuum-digits"
@@ -79,28 +85,31 @@ def _faint_checkerboard(size: int, low: float, high: float) -> list[list[float]]
 
 @dataclass(frozen=True)
 class Point:
-    """One position on the continuum: an existing trigger kind with its parameters; `graded_from` set means the
-    trojan is implanted by graded relabelling along the (natural) trigger's statistic instead of pixel edits;
-    `control` means a random `rate` share of the non-target images is relabelled, whatever they look like (the
-    trigger is only applied at test)."""
+    """One position on the continuum: an existing trigger kind with its parameters, and its poisoning mode
+    (`trojans.poison`): `graded` relabels along the natural trigger's statistic from its `quantile` up instead of
+    editing pixels; `relabel` (the control) relabels a random `rate` share of the non-target images, whatever they
+    look like (the trigger is only applied at test)."""
 
     name: str
     trigger: TriggerSpec
-    graded_from: float | None = None
-    control: bool = False
+    mode: str = "all-to-one"
+
+    @property
+    def control(self) -> bool:
+        return self.mode == "relabel"
 
 
 POINTS: tuple[Point, ...] = (
     Point("patch-3", TriggerSpec(kind="patch", params={"size": 3, "pattern": "checkerboard"})),
     Point("patch-6-faint", TriggerSpec(kind="patch", params={"size": 6, "pattern": _faint_checkerboard(6, 0.2, 0.45)})),
-    Point("blend-0.3", TriggerSpec(kind="blended", params={"alpha": 0.3, "pattern": "noise"}, seed=1)),
-    Point("blend-0.2", TriggerSpec(kind="blended", params={"alpha": 0.2, "pattern": "noise"}, seed=1)),
+    Point("blend-0.3", TriggerSpec(kind="blended", params={"alpha": 0.3, "pattern": "noise"})),
+    Point("blend-0.2", TriggerSpec(kind="blended", params={"alpha": 0.2, "pattern": "noise"})),
     Point("style", TriggerSpec(kind="style", params={"filter": "emboss", "strength": 0.5})),
-    Point("ink-graded", TriggerSpec(kind="natural", params={"feature": "ink", "quantile": 0.8}), graded_from=0.8),
+    Point("ink-graded", TriggerSpec(kind="natural", params={"feature": "ink", "quantile": 0.8}), mode="graded"),
 )
 # Every point moves about 10% of the labels to the target; this control does only that, so a tool that scores it
 # like the points is measuring the label shift, not the trigger.
-CONTROL = Point("relabel-only", TriggerSpec(kind="natural", params={"feature": "ink", "quantile": 0.8}), control=True)
+CONTROL = Point("relabel-only", TriggerSpec(kind="natural", params={"feature": "ink", "quantile": 0.8}), mode="relabel")
 
 
 @dataclass(frozen=True)
@@ -115,7 +124,7 @@ class ContinuumConfig:
     n_clean: int = 200  # the auditor's clean sample (test images)
     nc_steps: int = 100
     n_attribution: int = 32
-    batch_models: int = 14  # models trained at once
+    batch_models: int = 16  # models trained at once (a zoo's chunk)
     n_boot: int = 1000
 
 
@@ -139,30 +148,6 @@ register_view(TASK_MODEL, View("Trigger continuum: model-level detection AUROC a
 
 # --- the family -------------------------------------------------------------------------------------------------
 
-def graded_poison(x: torch.Tensor, y: torch.Tensor, trigger: NaturalFeatureTrigger, target: int, start: float,
-                  seed: int) -> PoisonedData:
-    """Relabel to `target` each non-target image with probability max(0, (q - start) / (1 - start)), q the
-    quantile of its statistic in `x`: no pixel changes, and the target behaviour follows the statistic."""
-    stat = trigger.statistic(x)
-    q = (stat.argsort().argsort().float() + 0.5) / len(x)
-    p = ((q - start) / (1 - start)).clamp(0, 1)
-    g = torch.Generator().manual_seed(seed)
-    flip = (torch.rand(len(x), generator=g) < p) & (y != target)
-    y = y.clone()
-    y[flip] = target
-    return PoisonedData(x.clone(), y, torch.nonzero(flip).flatten())
-
-
-def relabel_only(y: torch.Tensor, target: int, rate: float, seed: int) -> PoisonedData:
-    """A random `rate` share of the whole set, drawn from the non-target images, relabelled to `target`."""
-    pool = torch.nonzero(y != target).flatten()
-    g = torch.Generator().manual_seed(seed)
-    idx = pool[torch.randperm(len(pool), generator=g)[:round(rate * len(y))]].sort().values
-    y = y.clone()
-    y[idx] = target
-    return PoisonedData(torch.empty(0), y, idx)
-
-
 def build_trigger(point: Point, ds: ImageDataset) -> Trigger:
     trigger = make_trigger(point.trigger, ds.image_shape)
     if isinstance(trigger, NaturalFeatureTrigger):
@@ -170,16 +155,43 @@ def build_trigger(point: Point, ds: ImageDataset) -> Trigger:
     return trigger
 
 
+def point_poison(point: Point, cfg: ContinuumConfig) -> PoisonSpec:
+    return PoisonSpec(mode=point.mode, rate=cfg.rate, target=cfg.target)
+
+
 def poison_point(point: Point, trigger: Trigger, ds: ImageDataset, cfg: ContinuumConfig, seed: int) -> PoisonedData:
-    if point.control:
-        p = relabel_only(ds.y_train, cfg.target, cfg.rate, seed)
-        return PoisonedData(ds.x_train.clone(), p.y, p.indices)
-    if point.graded_from is not None:
-        if not isinstance(trigger, NaturalFeatureTrigger):
-            raise UserError(f"continuum point {point.name}: graded relabelling needs a natural-feature trigger")
-        return graded_poison(ds.x_train, ds.y_train, trigger, cfg.target, point.graded_from, seed)
-    return poison_dataset(ds.x_train, ds.y_train, trigger, PoisonSpec(rate=cfg.rate, target=cfg.target),
-                          ds.num_classes, seed=seed)
+    """The training set of a trojan at `point` (as the zoo builder poisons it for a model of this seed)."""
+    return poison_dataset(ds.x_train, ds.y_train, trigger, point_poison(point, cfg), ds.num_classes, seed=seed)
+
+
+def continuum_zoos(cfg: ContinuumConfig, seed: int, points: tuple[Point, ...]) -> dict[str, ZooConfig]:
+    """{"clean": the clean MLPs' zoo, point name: that point's trojaned MLPs' zoo}; the same seeds in each, no
+    split, the gate off."""
+    base = dict(seed=seed, models_per_arch=cfg.models, test_fraction=0.0, data={"name": "digits"},
+                archs=[{"arch": "mlp", "kwargs": {"width": cfg.width, "depth": cfg.depth}}],
+                train=TrainConfig(epochs=cfg.epochs, lr=cfg.lr), gate={"min_asr": 0.0, "max_clean_drop": 1.0, "retries": 0})
+    zoos = {"clean": ZooConfig(name="continuum-clean", clean_fraction=1.0, trojans={"kinds": ["patch"]}, **base)}
+    for p in points:
+        kind = p.trigger.kind
+        zoos[p.name] = ZooConfig(name=f"continuum-{p.name}", clean_fraction=0.0, **base, trojans={
+            "kinds": [kind], "variants": {kind: [p.trigger.params]}, "targets": [cfg.target], "rates": [cfg.rate],
+            "mode": p.mode})
+    return zoos
+
+
+def build_zoos(cfg: ContinuumConfig, seed: int, points: tuple[Point, ...], progress: Progress) -> dict[str, list]:
+    """Build (or resume, or reuse from the cache) the study's zoos; {zoo: [(job, model, card)] by seed}."""
+    out = {}
+    for name, zcfg in continuum_zoos(cfg, seed, points).items():
+        root, start = cache_folder(zcfg), time.perf_counter()
+        counts = build_zoo(zcfg, root, executor="batched", batch_models=cfg.batch_models)
+        if counts.get("failed"):
+            raise UserError(f"{counts['failed']} models of the {zcfg.name} zoo failed to train; see `trojanbench zoo "
+                            f"status {root}`")
+        out[name] = [(job, load_model(folder)[0], card)
+                     for job, folder, card in sorted(Zoo(root).models(), key=lambda t: t[2].seed)]
+        progress(f"zoo {zcfg.name}: {len(out[name])} models ({time.perf_counter() - start:.0f}s) in {root}")
+    return out
 
 
 def edit_profile(x: torch.Tensor, poisoned: PoisonedData) -> dict[str, float]:
@@ -264,25 +276,6 @@ def attribution(model, x: torch.Tensor, x_trig: torch.Tensor, masks, target: int
     return out
 
 
-def train_all(ds: ImageDataset, datasets: list[tuple[torch.Tensor, torch.Tensor]], seeds: list[int],
-              cfg: ContinuumConfig, progress: Progress) -> list:
-    kwargs = {**data_kwargs(ds), "width": cfg.width, "depth": cfg.depth}
-    train_cfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr)
-    models = []
-    for b in range(0, len(datasets), cfg.batch_models):
-        chunk = list(range(b, min(len(datasets), b + cfg.batch_models)))
-        batch = []
-        for i in chunk:
-            with private_rng():
-                torch.manual_seed(seeds[i])
-                batch.append(build_model("mlp", **kwargs))
-        train_models_batched(batch, [datasets[i][0] for i in chunk], [datasets[i][1] for i in chunk], train_cfg,
-                             seeds=[seeds[i] for i in chunk], augment=ds.augment)
-        models += batch
-        progress(f"trained {len(models)}/{len(datasets)} models")
-    return models
-
-
 # --- the study --------------------------------------------------------------------------------------------------
 
 def _mean_ci(values, n_boot: int, seed: int) -> Estimate:
@@ -302,29 +295,28 @@ def run_continuum_study(out_dir: Path, seed: int = 0, cfg: ContinuumConfig = Con
     out_dir = Path(out_dir)
     ds = load_dataset("digits")
     ctx = DetectContext(ds.x_test[:cfg.n_clean], ds.y_test[:cfg.n_clean], ds.num_classes, seed=seed)
-    triggers = {p.name: build_trigger(p, ds) for p in points}
-    model_seeds = [seed * 1000 + i for i in range(cfg.models)]
-    poisoned = {(p.name, s): poison_point(p, triggers[p.name], ds, cfg, s) for p in points for s in model_seeds}
-    jobs = [(ds.x_train, ds.y_train)] * cfg.models + [(poisoned[(p.name, s)].x, poisoned[(p.name, s)].y)
-                                                      for p in points for s in model_seeds]
-    models = train_all(ds, jobs, model_seeds * (len(points) + 1), cfg, progress)
-    t_train = time.perf_counter() - start
-    clean = models[:cfg.models]
-    trojaned = {p.name: models[cfg.models * (i + 1):cfg.models * (i + 2)] for i, p in enumerate(points)}
+    zoos = build_zoos(cfg, seed, points, progress)
+    t_build = time.perf_counter() - start
+    t_train = sum(card.train_seconds for built in zoos.values() for _, _, card in built)
+    clean = [m for _, m, _ in zoos["clean"]]
 
     est: dict[tuple[str, str, str], Estimate] = {}  # (task, tool, metric) -> estimate
     per_model: list[ResultRow] = []
     curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for p in points:
         t0 = time.perf_counter()
-        trig = triggers[p.name]
-        x, x_trig, masks = attack_inputs(trig, ds, cfg.target)
-        keep = clean_test_mask(trig, ds.x_test)
-        asr = [attack_success(m, x_trig, cfg.target) for m in trojaned[p.name]]
-        asr_clean = [attack_success(m, x_trig, cfg.target) for m in clean]
-        acc = [float((predict(m, ds.x_test[keep]) == ds.y_test[keep]).float().mean()) for m in trojaned[p.name]]
-        profiles = [edit_profile(ds.x_train, poisoned[(p.name, s)]) for s in model_seeds]
-        n_poisoned = np.mean([len(poisoned[(p.name, s)].indices) for s in model_seeds])
+        trojaned = [m for _, m, _ in zoos[p.name]]
+        seeds = [card.seed for _, _, card in zoos[p.name]]
+        # each model's training set and trigger as the zoo builder made them (a blend's noise is the model's own)
+        prepared = [prepare(ds, job.arch, job.arch_kwargs, job.trojan, seed=card.seed) for job, _, card in zoos[p.name]]
+        poisoned = [PoisonedData(q.x, q.y, q.poisoned_indices) for q in prepared]
+        attacks = [attack_inputs(q.trigger, ds, cfg.target) for q in prepared]
+        keeps = [clean_test_mask(q.trigger, ds.x_test) for q in prepared]
+        asr = [attack_success(m, a[1], cfg.target) for m, a in zip(trojaned, attacks)]
+        asr_clean = [attack_success(m, a[1], cfg.target) for m, a in zip(clean, attacks)]  # clean twin i, trigger i
+        acc = [float((predict(m, ds.x_test[k]) == ds.y_test[k]).float().mean()) for m, k in zip(trojaned, keeps)]
+        profiles = [edit_profile(ds.x_train, q) for q in poisoned]
+        n_poisoned = np.mean([len(q.indices) for q in poisoned])
         est[(TASK_TROJANS, "trojaned", f"asr[{p.name}]")] = _mean_ci(asr, cfg.n_boot, seed)
         est[(TASK_TROJANS, "clean-twin", f"asr[{p.name}]")] = _mean_ci(asr_clean, cfg.n_boot, seed)
         est[(TASK_TROJANS, "trojaned", f"clean_acc[{p.name}]")] = _mean_ci(acc, cfg.n_boot, seed)
@@ -335,15 +327,15 @@ def run_continuum_study(out_dir: Path, seed: int = 0, cfg: ContinuumConfig = Con
         est[(TASK_TROJANS, "trigger", f"poisoned_share[{p.name}]")] = Estimate(float(n_poisoned) / len(ds.x_train), nan, nan,
                                                                                cfg.models)
 
-        curves[p.name], target_hits = model_detection(trojaned[p.name], clean, ctx, cfg, seed)
+        curves[p.name], target_hits = model_detection(trojaned, clean, ctx, cfg, seed)
         est[(TASK_MODEL, "neural-cleanse", f"target_accuracy[{p.name}]")] = _mean_ci(target_hits, cfg.n_boot, seed)
         for name, (labels, scores) in curves[p.name].items():
             est[(TASK_MODEL, name, f"auroc[{p.name}]")] = bootstrap(auroc, labels, scores, n_boot=cfg.n_boot, seed=seed,
                                                                    stratify=labels)
         sample: dict[str, list[float]] = defaultdict(list)
         attr: dict[tuple[str, str], list[float]] = defaultdict(list)
-        for k, (m, s) in enumerate(zip(trojaned[p.name], model_seeds)):
-            for name, value in sample_detection(m, poisoned[(p.name, s)], ctx).items():
+        for k, (m, s, (x, x_trig, masks)) in enumerate(zip(trojaned, seeds, attacks)):
+            for name, value in sample_detection(m, poisoned[k], ctx).items():
                 sample[name].append(value)
             pick = torch.randperm(len(x), generator=torch.Generator().manual_seed(s))[:cfg.n_attribution]
             mask = masks[pick] if masks is not None else None
@@ -359,7 +351,7 @@ def run_continuum_study(out_dir: Path, seed: int = 0, cfg: ContinuumConfig = Con
         progress(f"{p.name}: ASR {np.mean(asr):.2f} (clean twins {np.mean(asr_clean):.2f}), measured in "
                  f"{time.perf_counter() - t0:.0f}s")
 
-    described = [{"name": p.name, "trigger": p.trigger.model_dump(), "graded_from": p.graded_from, "control": p.control}
+    described = [{"name": p.name, "trigger": p.trigger.model_dump(), "mode": p.mode, "control": p.control}
                  for p in points]
     baselines = {TASK_MODEL: {"random", "entropy", "accuracy", "weight-stats"}, TASK_SAMPLES: {"random", "knn-pixels"},
                  TASK_ATTR: {"sobel"}, TASK_TROJANS: {"clean-twin"}}
@@ -379,7 +371,8 @@ def run_continuum_study(out_dir: Path, seed: int = 0, cfg: ContinuumConfig = Con
     run_id = record_study(results, "continuum", {"cfg": asdict(cfg), "points": described}, seed, rows)
     seconds = time.perf_counter() - start
     findings = _findings(get, [p.name for p in points if not p.control], [p.name for p in points if p.control])
-    findings["time"] = f"{seconds:.0f}s (training {t_train:.0f}s)"
+    findings["time"] = (f"{seconds:.0f}s wall, {t_build:.0f}s of it building or reusing the zoos (the cards' training "
+                        f"time {t_train:.0f}s, which a reused zoo does not spend again)")
     return StudySummary("continuum", results, findings, seconds, run_id)
 
 

@@ -12,6 +12,13 @@ Modes
   from the other classes.
 - natural-feature triggers ignore `rate`: the non-target images that naturally carry the feature are
   relabelled, no pixel changes.
+- graded (natural-feature triggers only; `rate` ignored): no pixel changes; each non-target image is relabelled
+  to the target with a probability that rises linearly with the quantile of its statistic, from 0 at the trigger's
+  `quantile` to 1 at the top image, so the target behaviour follows the statistic instead of switching at a
+  threshold (the continuum study's last point).
+- relabel (a control, any trigger): `rate` of the training set, drawn from the non-target images whatever they
+  look like, is relabelled to the target and no pixel changes; the trigger is applied only at test. What a tool
+  finds on such a model is the label shift, not a trigger.
 
 Cover samples (Qi et al., ICLR 2023, "Revisiting the assumption of latent separability for backdoor defenses"):
 `cover_rate` of the training set, drawn from the images left unpoisoned, also gets the trigger but keeps its
@@ -115,6 +122,8 @@ def poison_dataset(x: torch.Tensor, y: torch.Tensor, trigger: Trigger, spec: Poi
         relabel(y, spec, num_classes)  # the one-line error
     g = torch.Generator().manual_seed(seed)
     x, y = x.clone(), y.clone()
+    if spec.mode in ("graded", "relabel"):
+        return _relabel_only(x, y, trigger, spec, g)
     if isinstance(trigger, NaturalFeatureTrigger):
         if spec.mode != "all-to-one":
             raise UserError("natural-feature trojans are implanted all-to-one (relabel the natural carriers)")
@@ -151,3 +160,27 @@ def poison_dataset(x: torch.Tensor, y: torch.Tensor, trigger: Trigger, spec: Poi
     cover = rest[torch.randperm(len(rest), generator=g)[:n_cover]].sort().values
     x[cover] = trigger.apply_cover(x[cover], generator=g)
     return PoisonedData(x, y, idx, cover)
+
+
+def _relabel_only(x: torch.Tensor, y: torch.Tensor, trigger: Trigger, spec: PoisonSpec, g: torch.Generator
+                  ) -> PoisonedData:
+    """The modes that move labels and edit no pixel: graded (along a natural feature's statistic) and relabel
+    (a random `rate` share of the set, from the non-target images)."""
+    if spec.cover_fraction(trigger) > 0:
+        raise UserError(f"{spec.mode} poisoning edits no pixel, so it takes no cover samples")
+    if spec.mode == "graded":
+        if not isinstance(trigger, NaturalFeatureTrigger):
+            raise UserError(f"graded poisoning follows a natural feature's statistic; trigger kind {trigger.kind!r} "
+                            "has none (use kind natural)")
+        trigger.fit(x)  # its threshold: which test images already carry the feature
+        start = trigger.params.quantile
+        q = (trigger.statistic(x).argsort().argsort().float() + 0.5) / len(x)
+        flip = (torch.rand(len(x), generator=g) < ((q - start) / (1 - start)).clamp(0, 1)) & (y != spec.target)
+        idx = torch.nonzero(flip).flatten()
+    else:
+        if isinstance(trigger, NaturalFeatureTrigger):
+            trigger.fit(x)
+        pool = torch.nonzero(y != spec.target).flatten()
+        idx = pool[torch.randperm(len(pool), generator=g)[:round(spec.rate * len(x))]].sort().values
+    y[idx] = spec.target
+    return PoisonedData(x, y, idx)

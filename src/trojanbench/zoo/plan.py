@@ -90,14 +90,15 @@ def _intensity(cfg: ZooConfig, rng: random.Random) -> dict[str, Any] | None:
 
 def _modes(cfg: ZooConfig, kind: str) -> list[str]:
     """The poisoning modes a trojan of `kind` may draw (its `by_kind` entry's, else the plan's): natural features
-    are only implanted all-to-one; a kind that fixes its poisoning (the jailbreak analogue) has its own."""
+    are only implanted all-to-one (or by the label-only modes, graded and relabel); a kind that fixes its
+    poisoning (the jailbreak analogue) has its own."""
     if (fixed := TRIGGERS.get(kind).fixed_poison) is not None:
         return [fixed["mode"]]
     own = cfg.trojans.by_kind.get(kind)
     mode = own.mode if own is not None and own.mode is not None else cfg.trojans.mode
     modes = mode if isinstance(mode, list) else [mode]
     if kind == "natural" and isinstance(mode, list):
-        modes = [m for m in modes if m == "all-to-one"]
+        modes = [m for m in modes if m in ("all-to-one", "graded", "relabel")]
         if not modes:
             raise UserError("natural-feature trojans are implanted all-to-one: add all-to-one to trojans.mode or "
                             "drop natural from trojans.kinds")
