@@ -43,13 +43,13 @@ def main() -> None:
         tables = [{"task": r.task, "tool": r.tool, "metric": r.metric, "value": _num(r.value),
                    "low": _num(r.extra.get("low")), "high": _num(r.extra.get("high")), "n": r.extra.get("n")}
                   for r in rows if "low" in r.extra and r.value is not None]
+        boards = [board_json(b) for b in boards_of_run(rows, seed=args.seed)]
         path = write_benchmark(f"study_{name}", {"study": name, "seconds": round(summary.seconds, 1),
                                                  "findings": summary.findings, "study_config": study_config,
-                                                 "tables": tables,
-                                                 "boards": [board_json(b) for b in boards_of_run(rows, seed=args.seed)]},
+                                                 "tables": tables, "boards": boards},
                                config={"study": name, "seed": args.seed, "quick": args.quick}, run_id=summary.run_id,
                                seed=args.seed, started=started)
-        print(f"{name}: {len(tables)} cells -> {path}")
+        print(f"{name}: {len(summary.findings)} findings, {len(tables)} table cells, {len(boards)} boards -> {path}")
 
 
 if __name__ == "__main__":
