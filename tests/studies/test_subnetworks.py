@@ -2,10 +2,14 @@
 mask of the same density by a wide margin, masks keep exactly their density, the intervention hooks compute
 what they claim and are always removed, and the quick study writes rows, figures and a report."""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
 from trojanbench.data import load_dataset
+from trojanbench.errors import UserError
 from trojanbench.models import build_model, data_kwargs
 from trojanbench.report.html import render_report
 from trojanbench.results import ResultsStore
@@ -19,9 +23,9 @@ from trojanbench.studies.subnetworks import (
     in_context,
     linear_layers,
     magnitude_masks,
-    random_init,
     random_masks,
 )
+from trojanbench.utils import private_rng
 
 torch.set_num_threads(1)
 
@@ -32,7 +36,9 @@ def digits():
 
 
 def _net(ds, seed=0, width=32):
-    return random_init(build_model("mlp", **data_kwargs(ds), width=width, depth=2), seed).eval()
+    with private_rng():
+        torch.manual_seed(seed)
+        return build_model("mlp", **data_kwargs(ds), width=width, depth=2, init="kaiming-normal").eval()
 
 
 def test_supermask_beats_random_mask_of_equal_density(digits):
@@ -113,3 +119,26 @@ def test_quick_study_writes_rows_figures_and_report(tmp_path):
     assert summary.findings and "time" in summary.findings
     page = render_report(summary.results, tmp_path / "report").read_text()
     assert "supermask@random" in page and "subnetworks-context.png" in page
+    # the models are a zoo: a rerun reuses it (no model trained again) and measures the same models
+    zoos = sorted((Path(os.environ["TROJANBENCH_CACHE"]) / "zoos").glob("subnetworks-digits*"))
+    assert len(zoos) == 1
+    cards = sorted(zoos[0].rglob("card.json"))
+    assert len(cards) == 2
+    stamps = [c.stat().st_mtime_ns for c in cards]
+    again = run_study("subnetworks", tmp_path / "again", quick=True)
+    assert [c.stat().st_mtime_ns for c in cards] == stamps
+    with ResultsStore(again.results) as store:
+        rows2 = store.rows(again.run_id)
+    iso = lambda rs: sorted((r.model_id, r.value) for r in rs if r.metric == "full_acc")
+    assert iso(rows2) == iso(rows)
+
+
+def test_kaiming_normal_init_is_seeded_homogeneous_and_refuses_unknown_names(digits):
+    a, b = _net(digits, seed=3), _net(digits, seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    layers = linear_layers(a)
+    assert all(torch.all(m.bias == 0) for m in layers.values())
+    first = next(iter(layers.values()))
+    assert float(first.weight.detach().std()) == pytest.approx((2 / first.weight.shape[1]) ** 0.5, rel=0.05)
+    with pytest.raises(UserError, match="unknown mlp init"):
+        build_model("mlp", **data_kwargs(digits), init="xavier")

@@ -1,8 +1,11 @@
 """Study: a subnetwork in isolation vs in context: `trojanbench study subnetworks`.
 
-On digits (10 classes), per seed, an MLP (`build_model("mlp")`, two hidden layers) at a random initialisation
-theta0 (Kaiming normal, zero biases) and the same network trained densely from theta0 (thetaT). Subnetworks are
-edge masks M that keep a fraction `density` of every Linear layer's weights:
+On digits (10 classes), per model, an MLP (two hidden layers) at a random initialisation theta0 (`init =
+"kaiming-normal"`: Kaiming normal, zero biases) and the same network trained densely from theta0 (thetaT). The
+trained networks are a zoo built by the zoo builder (`subnetworks-digits`: cards, resume, cached like the
+benchmark's zoos, so a rerun measures the same models without training them again); each model's theta0 is rebuilt
+from its card, whose seed seeds its initialisation. Subnetworks are edge masks M that keep a fraction `density` of
+every Linear layer's weights:
 
 - supermask@random: edge-popup (Ramanujan et al. 2020) on the frozen random weights theta0: a score per weight,
   the top-`density` scores of each layer form the mask (straight-through gradient), the scores trained by SGD;
@@ -29,7 +32,8 @@ The gap: sufficiency = iso_acc - chance (what the subnetwork does alone, above c
 removed_mean_acc (what the network loses in context when it is removed; `necessity_zero` with zero ablation);
 gap = sufficiency - necessity (0 if the subnetwork is the network's mechanism; positive if it works alone but
 the network does not rely on it). restored = (patched_acc - removed_mean_acc) / (full_acc - removed_mean_acc),
-only where the full network does the task (0.5 above chance) and removal costs at least 5 points. Every number is a mean over seeds with a 95% bootstrap CI over seeds.
+only where the full network does the task (0.5 above chance) and removal costs at least 5 points. Every number is
+a mean over the zoo's models with a 95% bootstrap CI over models.
 """
 
 from __future__ import annotations
@@ -47,17 +51,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ..config import TrainConfig
+from ..config import TrainConfig, ZooConfig
 from ..data import load_dataset
 from ..errors import UserError
-from ..models import build_model, data_kwargs
+from ..implant import init_model
 from ..models.hooks import hooked
 from ..report.html import View, figure_row, register_view
 from ..results import ResultRow
 from ..results.stats import Estimate, bootstrap, mean
-from ..train import predict, train_model
+from ..train import predict
 from ..train.loop import epoch_batches, run_steps, steps_per_epoch
 from ..utils import one_thread, private_rng
+from ..zoo.build import Zoo, build_zoo, cache_folder
+from ..zoo.store import load_model
 from . import Progress, StudySummary, record_study, register_study
 
 MODEL_ID = "zoo:subnetworks-digits"
@@ -100,17 +106,6 @@ register_view(TASK_DENSITY, View("Subnetworks: accuracy alone and in-context gap
 
 def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-
-
-def random_init(model: nn.Module, seed: int) -> nn.Module:
-    """theta0: Kaiming-normal weights (fan-in, ReLU) and zero biases, from a private generator. With zero biases a
-    ReLU MLP is positively homogeneous, so scaling a layer's weights never changes its predictions."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in linear_layers(model).values():
-            layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) * math.sqrt(2.0 / layer.weight.shape[1]))
-            layer.bias.zero_()
-    return model
 
 
 def top_fraction(values: torch.Tensor, density: float) -> torch.Tensor:
@@ -272,15 +267,40 @@ def seed_estimate(values: list[float], n_boot: int, seed: int = 0) -> Estimate:
     return bootstrap(mean, v, n_boot=n_boot, seed=seed)
 
 
-def run_seed(cfg: SubnetworkConfig, ds, seed: int) -> dict[tuple[str, str], float]:
-    """Every measurement of one seed: {(method, metric): value}; density-sweep metrics carry `@density`."""
-    kwargs = {**data_kwargs(ds), "width": cfg.width, "depth": cfg.depth}
-    with private_rng():  # the default init is overwritten; leave the global RNG alone
-        random_net = random_init(build_model("mlp", **kwargs), seed).eval()
-        trained = build_model("mlp", **kwargs)
-    trained.load_state_dict(random_net.state_dict())
-    train_model(trained, ds.x_train, ds.y_train, TrainConfig(epochs=cfg.train_epochs, lr=cfg.train_lr, batch_size=64,
-                                                             augment=False, channels_last=False), seed=seed)
+def subnetwork_zoo(cfg: SubnetworkConfig, seed: int) -> ZooConfig:
+    """The study's zoo: `cfg.seeds` clean digits MLPs at the Kaiming-normal init (zero biases), trained densely;
+    no split, the gate off."""
+    return ZooConfig(name="subnetworks-digits", seed=seed, models_per_arch=cfg.seeds, clean_fraction=1.0,
+                     test_fraction=0.0, data={"name": "digits"}, trojans={"kinds": ["patch"]},
+                     archs=[{"arch": "mlp", "kwargs": {"width": cfg.width, "depth": cfg.depth,
+                                                       "init": "kaiming-normal"}}],
+                     train=TrainConfig(epochs=cfg.train_epochs, lr=cfg.train_lr, batch_size=64, augment=False,
+                                       channels_last=False),
+                     gate={"min_asr": 0.0, "max_clean_drop": 1.0, "retries": 0})
+
+
+def build_models(cfg: SubnetworkConfig, seed: int, progress: Progress) -> list[tuple[int, nn.Module, nn.Module]]:
+    """Build (or resume, or reuse from the cache) the study's zoo; [(model seed, theta0, thetaT)] by seed. theta0 is
+    each model's initial weights, rebuilt from its card (the zoo seeds every model's init by the card's seed)."""
+    zcfg = subnetwork_zoo(cfg, seed)
+    root, start = cache_folder(zcfg), time.perf_counter()
+    counts = build_zoo(zcfg, root, executor="batched", batch_models=cfg.seeds)
+    if counts.get("failed"):
+        raise UserError(f"{counts['failed']} models of the {zcfg.name} zoo failed to train; see `trojanbench zoo "
+                        f"status {root}`")
+    out = []
+    for _job, folder, card in sorted(Zoo(root).models(), key=lambda t: t[2].seed):
+        with private_rng():  # init_model seeds torch's global generator; leave it as it was
+            theta0 = init_model(card.arch, card.arch_kwargs, card.seed).eval()
+        out.append((card.seed, theta0, load_model(folder)[0].eval()))
+    progress(f"zoo {zcfg.name}: {len(out)} models ({time.perf_counter() - start:.0f}s) in {root}")
+    return out
+
+
+def run_seed(cfg: SubnetworkConfig, ds, random_net: nn.Module, trained: nn.Module,
+             seed: int) -> dict[tuple[str, str], float]:
+    """Every measurement of one model (its init `random_net`, trained to `trained`; `seed` its zoo seed):
+    {(method, metric): value}; density-sweep metrics carry `@density`."""
     chance = float(torch.bincount(ds.y_test).max()) / len(ds.y_test)
     out: dict[tuple[str, str], float] = {}
     popup = {"epochs": cfg.popup_epochs, "lr": cfg.popup_lr, "batch_size": cfg.batch_size, "seed": seed}
@@ -317,10 +337,10 @@ def run_subnetworks_study(out_dir: Path, seed: int = 0, cfg: SubnetworkConfig = 
     out_dir = Path(out_dir)
     ds = load_dataset("digits")
     per_seed: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
-    for s in range(seed, seed + cfg.seeds):
-        for key, value in run_seed(cfg, ds, s).items():
+    for s, random_net, trained in build_models(cfg, seed, progress):
+        for key, value in run_seed(cfg, ds, random_net, trained, s).items():
             per_seed[key][s] = value
-        progress(f"seed {s}: done ({time.perf_counter() - start:.0f}s)")
+        progress(f"model seed {s}: done ({time.perf_counter() - start:.0f}s)")
     estimates = {key: seed_estimate(list(v.values()), cfg.n_boot, seed) for key, v in per_seed.items()}
     rows = []
     for (method, metric), est in sorted(estimates.items()):
