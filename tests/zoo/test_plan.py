@@ -175,3 +175,14 @@ def test_the_large_config_holds_out_every_kind_at_least_twenty_times():
     assert len(jobs) >= 600 and sum(j.split == "test" for j in jobs) >= 200
     for kind in load_zoo_config("digits-large").trojans.kinds:
         assert sum(j.split == "test" for j in jobs if j.trojaned and j.trojan.trigger.kind == kind) >= 20
+
+
+def test_the_large_text_config_is_sst2_bench_scaled_up_under_its_own_seed():
+    large, bench = load_zoo_config("sst2-large"), load_zoo_config("sst2-bench")
+    same = {"name", "seed", "models_per_arch"}
+    assert large.model_dump(exclude=same) == bench.model_dump(exclude=same)  # no choice made on the scored zoo
+    assert large.seed not in (bench.seed, load_zoo_config("sst2-dev").seed)
+    jobs = expand(large)
+    assert sum(j.split == "test" for j in jobs) >= 200
+    for kind in large.trojans.kinds:
+        assert sum(j.split == "test" for j in jobs if j.trojaned and j.trojan.trigger.kind == kind) >= 30
