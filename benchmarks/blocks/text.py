@@ -1,7 +1,7 @@
 # ruff: noqa: F821  (the helpers are names of render_docs, which execs this file)
-# Measured blocks of the text zoos (`sst2-bench`, `sst2-jailbreak`; README.md, docs/zoo.md, docs/repair.md), from
-# benchmarks/end_to_end.py --config sst2-bench --no-warm (and --config sst2-jailbreak). Every number comes from the
-# source JSON.
+# Measured blocks of the text zoos (`sst2-bench`, `sst2-jailbreak`, `sst2-large`; README.md, docs/zoo.md,
+# docs/repair.md), from benchmarks/end_to_end.py --config sst2-bench --no-warm (and --config sst2-jailbreak) and
+# benchmarks/boards.py --config sst2-large (the command in docs/zoo.md). Every number comes from the source JSON.
 
 TEXT_BOARD, TEXT_TIMES = "board_sst2-bench.json", "end_to_end_sst2-bench.json"
 JB_BOARD, JB_TIMES = "board_sst2-jailbreak.json", "end_to_end_sst2-jailbreak.json"
@@ -33,3 +33,14 @@ def _jailbreak_boards(d):
     data = d[JB_BOARD]
     return ("`run --config sst2-jailbreak`, cold (seconds):\n\n" + _cold(d[JB_TIMES], data, JB_TIMES) + "\n\n"
             + boards_summary(data) + "\n\n" + provenance_line(data, JB_BOARD) + "\n\n" + boards_full(data))
+
+
+LARGE_BOARD = "board_sst2-large.json"
+
+
+@block("text-large-board", LARGE_BOARD)
+def _text_large_board(d):
+    data = d[LARGE_BOARD]
+    secs = ", ".join(f"{stage} {s:.1f}" for stage, s in data["seconds"].items())
+    return (boards_summary(data) + f"\n\nSeconds per stage of the run (the zoo was built beforehand): {secs}.\n\n"
+            + provenance_line(data, LARGE_BOARD) + "\n\n" + boards_full(data))
