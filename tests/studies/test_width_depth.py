@@ -14,10 +14,12 @@ from torch import nn
 from trojanbench.models import build_model, count_parameters, data_kwargs
 from trojanbench.report.html import render_report
 from trojanbench.results import ResultsStore
+from trojanbench.results.stats import Estimate
 from trojanbench.studies import STUDIES, run_study
 from trojanbench.studies.width_depth import (
     QUICK,
     WidthDepthConfig,
+    _diff,
     boot_means,
     effective_rank,
     layer_ranks,
@@ -92,6 +94,20 @@ def test_two_level_bootstrap_widens_with_seed_spread():
     apart = boot_means([rng.random(200) < p for p in (0.1, 0.5, 0.9)], 300, np.random.default_rng(1))
     assert np.ptp(np.percentile(apart, [2.5, 97.5])) > 2 * np.ptp(np.percentile(close, [2.5, 97.5]))
     assert np.isnan(boot_means([], 10, rng)).all()
+
+
+def test_a_difference_counts_the_smaller_cell_and_shows_an_interval_only_when_both_are_large_enough():
+    rng = np.random.default_rng(0)
+
+    def cell(n):
+        per_seed = [rng.random(100) < 0.5 for _ in range(n)]
+        samples = boot_means(per_seed, 200, np.random.default_rng(1))
+        return Estimate(float(np.mean([p.mean() for p in per_seed])), 0.0, 1.0, n), samples
+
+    small = _diff(cell(4), cell(6))
+    assert small.n == 4 and str(small).endswith("(n=4)")
+    large = _diff(cell(6), cell(8))
+    assert large.n == 6 and large.has_interval and "[" in str(large)
 
 
 def test_quick_study_writes_rows_figures_and_report(tmp_path):

@@ -527,9 +527,10 @@ def _fmt(est: Estimate) -> str:
 
 
 def _diff(a: tuple[Estimate, np.ndarray], b: tuple[Estimate, np.ndarray]) -> Estimate:
-    """b - a with the CI of the difference of independent bootstrap samples."""
+    """b - a with the CI of the difference of independent bootstrap samples; its n is the smaller side's (so a
+    difference of small cells says "n=4" instead of an interval, as they do)."""
     low, high = _interval(b[1] - a[1])
-    return Estimate(b[0].value - a[0].value, low, high, 0)
+    return Estimate(b[0].value - a[0].value, low, high, min(a[0].n, b[0].n))
 
 
 def _spearman_samples(stats: list[ShapeStats], x: str, y: str) -> Estimate:
