@@ -3,7 +3,8 @@
 Measured tables and statements sit in blocks `<!-- measured:NAME -->` ... `<!-- /measured:NAME -->`, rendered by
 benchmarks/render_docs.py from their source files. This test fails when
 - a block is not what its renderer makes of the current files (a number typed or edited by hand, a stale block),
-- a number in a block is not in its source files (a number that the renderer itself typed),
+- a number in a block is not in its source files (a number that the renderer itself typed; a board's rank column
+  counts as in its source: the position of a tool in the stored board),
 - a source file lacks its provenance (run id, git commit, config, cores, torch threads, date),
 - a results JSON is not written by a script in benchmarks/ (its name must match one that writes it).
 """
@@ -39,6 +40,13 @@ def _numbers(obj) -> list[float]:
     return []
 
 
+def _ranks(obj) -> list[float]:
+    """The rank column of a stored board's table: the position of each tool in its board's (ranked) list."""
+    if not isinstance(obj, dict):
+        return []
+    return [float(r) for b in obj.get("boards", []) if isinstance(b, dict) for r in range(1, len(b.get("tools", [])) + 1)]
+
+
 def _found(token: str, pool: list[float]) -> bool:
     x = float(token)
     decimals = len(token.split(".")[1]) if "." in token else 0
@@ -61,7 +69,8 @@ def test_the_readme_has_measured_blocks_and_every_one_is_known():
 def test_each_block_is_its_rendering_and_its_numbers_are_in_its_sources(doc, name, body):
     sources, _ = render_docs.RENDERERS[name]
     assert body == render_docs.render(name), f"{doc.name}: block {name} is stale; run benchmarks/render_docs.py"
-    pool = [x for s in sources if s not in render_docs.missing_sources(name) for x in _numbers(render_docs.load(s))]
+    present = [render_docs.load(s) for s in sources if s not in render_docs.missing_sources(name)]
+    pool = [x for data in present for x in _numbers(data) + _ranks(data)]
     missing = [t for t in NUMBER.findall(body) if not _found(t, pool)]
     assert not missing, f"{doc.name}: block {name} holds numbers that are not in {sources}: {missing[:10]}"
 
