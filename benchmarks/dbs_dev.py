@@ -40,9 +40,7 @@ def main() -> None:
     started = time.time()
     cfg = load_zoo_config("sst2-dev")
     build_zoo(cfg, args.zoo)
-    zoo = Zoo(args.zoo)
-    if zoo.config().name != "sst2-dev":
-        raise SystemExit(f"{args.zoo} is not the sst2-dev zoo")
+    zoo = Zoo(args.zoo)  # build_zoo stops with an error where the folder holds another zoo
     _, ctx = detection_context(zoo)
     lengths = [int(v) for v in args.lengths.split(",")]
     rows = []

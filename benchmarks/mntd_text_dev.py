@@ -105,9 +105,7 @@ def main() -> None:
     args = ap.parse_args()
     started = time.time()
     build_zoo(load_zoo_config("sst2-dev"), args.zoo)
-    zoo = Zoo(args.zoo)
-    if zoo.config().name != "sst2-dev":
-        raise SystemExit(f"{args.zoo} is not the sst2-dev zoo")
+    zoo = Zoo(args.zoo)  # build_zoo stops with an error where the folder holds another zoo
     ds, ctx = detection_context(zoo)
     assert is_text(ctx.x_clean)
     models = [(int(job.trojaned), load_model(path)[0]) for job, path, _ in zoo.models()]
