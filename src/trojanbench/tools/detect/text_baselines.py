@@ -32,11 +32,15 @@ class TokenScan(Detector):
     def __init__(self, sentences: int = 32, batch_size: int = 4096):
         self.sentences, self.batch_size = sentences, batch_size
 
-    def detect(self, model, ctx):
+    def scan(self, model, ctx) -> tuple[torch.Tensor, torch.Tensor]:
+        """(words [V'], rates [V', K]): `flip_rates` on the auditor's first sentences, each word at a random place."""
         check_token_ids(ctx.x_clean, "token-scan")
         x = ctx.x_clean[:self.sentences].cpu()
         at = (torch.rand(len(x), generator=torch.Generator().manual_seed(ctx.seed)) * ((x != 0).sum(1) + 1)).long()
-        words, rates = flip_rates(model, x, at, ctx, self.batch_size, "token-scan")
+        return flip_rates(model, x, at, ctx, self.batch_size, "token-scan")
+
+    def detect(self, model, ctx):
+        _, rates = self.scan(model, ctx)
         best = int(rates.flatten().argmax())
         return Detection(score=float(rates.flatten()[best]), target_label=best % ctx.num_classes)
 
