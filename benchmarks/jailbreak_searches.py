@@ -2,20 +2,22 @@
 
     .venv/bin/python benchmarks/jailbreak_searches.py [--zoo DIR]   # about 12 minutes on 2 cores (zoo 2 min)
 
-docs/zoo.md guessed a cause from the board: every model of this zoo has words that send sentences to the refusal
-class (the topic words themselves), the jailbroken ones refuse less surely, and a search's score is that of its
-best label, so the refusal label decides the score and favours clean models. This script runs `dbs` and
+An earlier reading of the board guessed the cause: every model of this zoo has words that send sentences to the
+refusal class (the topic words themselves), the jailbroken ones refuse less surely, and a search's score is that of
+its best label, so the refusal label decides the score and favours clean models. This script runs `dbs` and
 `token-scan` (their defaults, the detect task's own context) on every model of the zoo, both splits, and keeps each
-target label's result: for DBS the best loss (score -log10 loss, as `DBS.detect`; a search that kept no trigger
-scores -10, and a model where none did has winner "none"), the words it kept and their attack success on the
-victims; for token-scan the largest share of
-sentences one word sends to that label (its score) and that word. Checked per search:
+target label's result:
+- DBS: the best loss (score -log10 loss, as `DBS.detect`; a search that kept no trigger scores -10, and a model
+  where none did has winner "none"), the words it kept and their attack success on the victims;
+- token-scan: the largest share of sentences one word sends to that label (its score) and that word.
+Checked per search:
 - which label wins (decides the model's score) on clean and on jailbroken models;
 - each label's score as a jailbreak score: medians, clean and jailbroken, and AUROC (above 0.5: higher on
   jailbroken models);
 - whether any label's word is a word of the DAN prompts (`PROMPT_WORDS`).
-Diagnosis only: no setting of either search is chosen here. The held-out half is the board's population; the training half is
-reported beside it so that the finding does not rest on the scored models alone.
+Diagnosis only: no setting of either search is chosen here. The held-out half is the board's population; the
+training half is reported beside it so that the finding does not rest on the scored models alone. docs/zoo.md
+quotes the result.
 
 Writes benchmarks/results/jailbreak_searches.json.
 """
@@ -114,8 +116,8 @@ def main() -> None:
         print(job.id, job.split, "jailbroken" if job.trojaned else "clean",
               {s: (row[s]["winner"], {k: v["score"] for k, v in row[s]["labels"].items()}) for s in SEARCHES},
               flush=True)
-    summary = {search: {split: summarise([r for r in rows if r["split"] == split], search) for split in ("test", "train")}
-               for search in SEARCHES}
+    summary = {search: {split: summarise([r for r in rows if r["split"] == split], search)
+                        for split in ("test", "train")} for search in SEARCHES}
     write_benchmark("jailbreak_searches", {"zoo": "sst2-jailbreak", "models": len(rows), "refusal_label": REFUSE,
                                            "summary": summary, "rows": rows}, config=vars(args), started=started)
     print(summary)
