@@ -7,8 +7,8 @@ refusal class (the topic words themselves), the jailbroken ones refuse less sure
 its best label, so the refusal label decides the score and favours clean models. This script runs `dbs` and
 `token-scan` (their defaults, the detect task's own context) on every model of the zoo, both splits, and keeps each
 target label's result:
-- DBS: the best loss (score -log10 loss, as `DBS.detect`; a search that kept no trigger scores -10, and a model
-  where none did has winner "none"), the words it kept and their attack success on the victims;
+- DBS: the best loss (scored by `loss_score`, -log10 of it, as `DBS.detect`; a search that kept no trigger scores
+  -10, and a model where none did has winner "none"), the words it kept and their attack success on the victims;
 - token-scan: the largest share of sentences one word sends to that label (its score) and that word.
 Checked per search:
 - which label wins (decides the model's score) on clean and on jailbroken models;
@@ -25,7 +25,6 @@ Writes benchmarks/results/jailbreak_searches.json.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 
@@ -35,7 +34,7 @@ from trojanbench.data.sst2 import PROMPT_WORDS, REFUSE
 from trojanbench.results.provenance import write_benchmark
 from trojanbench.results.stats import bootstrap_auroc
 from trojanbench.tasks.detect import detection_context
-from trojanbench.tools.detect.dbs import DBS, NO_TRIGGER_LOSS
+from trojanbench.tools.detect.dbs import DBS, NO_TRIGGER_LOSS, loss_score
 from trojanbench.tools.detect.text_baselines import TokenScan
 from trojanbench.zoo.build import Zoo, build_zoo
 from trojanbench.zoo.plan import load_zoo_config
@@ -45,22 +44,18 @@ LABELS = {0: "negative", 1: "positive", REFUSE: "refuse"}
 SEARCHES = ("dbs", "token-scan")
 
 
-def _score(loss: float) -> float:
-    return -math.log10(max(loss, 1e-30))  # DBS's own score of a search (`DBS.detect`)
-
-
 def _dbs(model, ctx, words: list[str]) -> dict:
     inv = DBS().invert(model, ctx)
     labels = {}
     for o in inv.options:  # each label is searched at each insertion place; keep the label's best
         name = LABELS[o.target]
         if name not in labels or o.best_loss < labels[name]["best_loss"]:
-            labels[name] = {"score": round(_score(o.best_loss), 4), "best_loss": o.best_loss,
+            labels[name] = {"score": round(loss_score(o.best_loss), 4), "best_loss": o.best_loss,
                             "best_asr": round(o.best_asr, 4), "position": o.position,
                             "words": [words[i] for i in (o.trigger or [])]}
     best = inv.best  # where no search kept a trigger, the winner is "none" (DBS then names a label by final loss)
     winner = LABELS[best.target] if best.best_loss < NO_TRIGGER_LOSS else "none"
-    return {"winner": winner, "score": round(_score(best.best_loss), 4), "labels": labels}
+    return {"winner": winner, "score": round(loss_score(best.best_loss), 4), "labels": labels}
 
 
 def _token_scan(model, ctx, words: list[str]) -> dict:

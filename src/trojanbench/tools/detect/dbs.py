@@ -87,6 +87,11 @@ def check_token_ids(x: torch.Tensor, who: str) -> None:
         raise UserError(f"{who} works on token ids [N, T] (text models); got {x.dtype} of shape {list(x.shape)}")
 
 
+def loss_score(loss: float) -> float:
+    """DBS's score of a search's best loss: -log10 of it (-10 where no trigger was kept, NO_TRIGGER_LOSS)."""
+    return -math.log10(max(loss, 1e-30))
+
+
 @dataclass
 class Option:
     """One search (the original's `trigger_opt`): its target label and insertion place, and what it found."""
@@ -143,7 +148,7 @@ class DBS(Detector):
 
     def detect(self, model, ctx):
         best = self.invert(model, ctx).best
-        return Detection(score=-math.log10(max(best.best_loss, 1e-30)), target_label=best.target)
+        return Detection(score=loss_score(best.best_loss), target_label=best.target)
 
     # -- the search --------------------------------------------------------------------------------------------
     def invert(self, model: nn.Module, ctx: DetectContext, targets: list[int] | None = None) -> Inversion:
