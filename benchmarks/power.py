@@ -7,8 +7,12 @@ For the large zoo, also each board in full and its key column per level of each 
 mode, training epochs, learning rate: the curves of the run's report, as numbers).
 
 Reads stored runs, never reruns them: the default benchmark's run (every track) named by
-benchmarks/results/board_digits-bench.json, and the large zoo's detect run named by
-benchmarks/results/detect_rss.json. Each config's section carries its run id; nothing mixes the two runs. Writes
+benchmarks/results/board_digits-bench.json, the large zoo's detect run named by benchmarks/results/detect_rss.json
+and, where benchmarks/results/board_digits-large.json exists, the large zoo's run of the other tracks it names
+(`benchmarks/boards.py --config digits-large --tracks repair`: section `digits-large-repair`). Each section
+carries its run id; nothing mixes runs. A section whose run's store is gone from this machine (runs/ is not kept)
+is carried over unchanged from the previous power.json if that one was computed from the same run, with
+`computed_by`: the run id, commit and date of the power.py run that computed it. Writes
 benchmarks/results/power.json, with, for the large zoo's model-detection board, whether every AUROC interval's
 half-width is at most 0.06 (issue 16).
 """
@@ -47,9 +51,16 @@ def _source(name: str, section: str | None) -> tuple[str, Path, dict, str]:
     else:
         run_id, store = data["zoos"][section]["run_id"], Path(data["zoos"][section]["run_folder"]) / "results.sqlite"
         zoo = data["zoos"][section]["zoo"]
-    if not store.is_file():
-        sys.exit(f"{store} (run {run_id}, named by {name}.json) is missing: rerun the script that wrote {name}.json")
     return run_id, store, data["provenance"], zoo
+
+
+def _carried(previous: dict, config: str, run_id: str) -> dict | None:
+    """`config`'s section of the previous power.json if it was computed from run `run_id`, with who computed it."""
+    section = previous.get(config)
+    if not section or section.get("run_id") != run_id:
+        return None
+    by = section.get("computed_by") or {k: previous["provenance"][k] for k in ("run_id", "commit", "date")}
+    return {**section, "computed_by": by}
 
 
 def curves(zoo_dir: str, rows, board, n_boot: int, seed: int) -> dict:
@@ -103,15 +114,27 @@ def main() -> None:
     from trojanbench.results.store import ResultsStore
 
     started = time.time()
+    path = Path(args.out) if args.out.endswith(".json") else RESULTS / f"{args.out}.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    sources = {"digits-bench": ("board_digits-bench", None), "digits-large": ("detect_rss", "digits-large")}
+    if (RESULTS / "board_digits-large.json").is_file():
+        sources["digits-large-repair"] = ("board_digits-large", None)
     out = {}
-    for config, (name, section) in {"digits-bench": ("board_digits-bench", None),
-                                    "digits-large": ("detect_rss", "digits-large")}.items():
+    for config, (name, section) in sources.items():
         if config == "digits-large" and args.large_store:
             run_id, store, prov, zoo = _store_source(Path(args.large_store))
             name = str(store)
         else:
             run_id, store, prov, zoo = _source(name, section)
             prov = {**prov, "status": "complete"}
+        if not store.is_file():
+            out[config] = _carried(previous, config, run_id)
+            if out[config] is None:
+                sys.exit(f"{store} (run {run_id}, named by {name}.json) is missing and {path.name} holds no section "
+                         f"computed from it: rerun the script that wrote {name}.json")
+            print(f"{config}: run {run_id}'s store is not here; its section is carried over from {path.name} "
+                  f"(computed by run {out[config]['computed_by']['run_id']})")
+            continue
         with ResultsStore(store) as s:
             rows = s.rows(run_id)
             jobs = len(s.jobs(run_id))
@@ -119,13 +142,13 @@ def main() -> None:
         out[config] = {"run_id": run_id, "source": name if name.endswith(".sqlite") else f"{name}.json",
                        "source_commit": prov["commit"], "run_status": prov["status"], "jobs_finished": jobs, "zoo": zoo,
                        "boards": [board_power(rows, b, args.top, args.n_boot, args.seed) for b in boards]}
-        if config == "digits-large":  # its boards are nowhere else: in full, with the curves over the axes
+        if config.startswith("digits-large"):  # the curves over the axes are nowhere else (nor the detect boards)
             for entry, b in zip(out[config]["boards"], boards):
                 entry.update(board=board_json(b), curves=curves(zoo, rows, b, args.n_boot, args.seed))
     model = next(b for b in out["digits-large"]["boards"] if b["task"] == "detect-model")
     widest = model["key_half_width"]["max"]
     out["large_model_detection"] = {"max_auroc_half_width": widest, "limit": LIMIT, "met": widest <= LIMIT}
-    path = write_benchmark(args.out, out, config=vars(args), started=started)
+    path = write_benchmark(path, out, config=vars(args), started=started)
     print(f"large zoo, model detection: widest AUROC half-width {widest} (limit {LIMIT}) -> {path}")
 
 

@@ -58,12 +58,11 @@ def _board_large_detect(d):
     return "\n".join(out) + provenance_line(data, "power.json")
 
 
-@block("large-curves", "power.json")
-def _large_curves(d):
-    data = d["power.json"]
+def curve_tables(boards: list[dict], axes=("poison_rate", "epochs", "lr")) -> list[str]:
+    """Each board's key column per level of each axis (power.json's `curves`), one markdown table per axis."""
     out = []
-    for b in _large_boards(data):
-        for axis in ("poison_rate", "epochs", "lr"):
+    for b in boards:
+        for axis in axes:
             curves = b["curves"].get(axis)
             if not curves:
                 continue
@@ -71,13 +70,26 @@ def _large_curves(d):
             counts = {p["level"]: (p["n_trojaned"], p["n_clean"]) for pts in curves.values() for p in pts}
             head = ["tool", *[f"{lv} ({counts[lv][0]}+{counts[lv][1]})" if counts[lv][1] else f"{lv} (n={counts[lv][0]})"
                               for lv in levels]]
-            lines = [f"{b['task']}, {b['key']} by {axis.replace('_', ' ')} (trojans + clean models per level):", "",
-                     "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            lines = [f"{b['task']}, {b['key']} by {axis.replace('_', ' ')} (trojans + clean models per level):"
+                     if any(c[1] for c in counts.values()) else f"{b['task']}, {b['key']} by {axis.replace('_', ' ')} "
+                     "(trojans per level):", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             for tool, pts in curves.items():
                 at = {p["level"]: p for p in pts}
                 lines.append("| " + " | ".join([tool, *[cell(at.get(lv)) for lv in levels]]) + " |")
             out += lines + [""]
-    return "\n".join(out) + provenance_line(data, "power.json")
+    return out
+
+
+@block("large-curves", "power.json")
+def _large_curves(d):
+    data = d["power.json"]
+    return "\n".join(curve_tables(_large_boards(data))) + provenance_line(data, "power.json")
+
+
+def _carried(section: dict) -> str:
+    by = section.get("computed_by")
+    return (f", computed by power.py run `{by['run_id']}` at commit `{by['commit'][:12]}` and carried over unchanged "
+            "(that run's store is not kept)") if by else ""
 
 
 @block("power", "power.json")
@@ -85,7 +97,8 @@ def _power(d):
     data = d["power.json"]
     lines = ["| zoo | board | key | tools | models (key cell) | widest / median half-width | vs the strongest baseline |",
              "|---|---|---|---|---|---|---|"]
-    for config in ("digits-bench", "digits-large"):
+    configs = [c for c in ("digits-bench", "digits-large", "digits-large-repair") if c in data]
+    for config in configs:
         for b in data[config]["boards"]:
             n = max((t["n_models"] for t in b["tools"]), default=0)
             hw = b["key_half_width"]
@@ -94,10 +107,11 @@ def _power(d):
                          f"{fmt(hw['max']) if hw else '-'} / {fmt(hw['median']) if hw else '-'} | {verdicts} |")
     pairs = ["", "Paired verdicts among each board's top three tools on the large zoo (Holm-corrected within the board; "
              "a's verdict against b):", "", "| board | a | b | difference [interval] | p (Holm) | verdict |", "|---|---|---|---|---|---|"]
-    for b in data["digits-large"]["boards"]:
+    for b in [b for c in configs if c.startswith("digits-large") for b in data[c]["boards"]]:
         for p in b["top_pairs"]:
             ci = f"{p['diff']:+.3f} [{p['low']:+.3f}, {p['high']:+.3f}]"
             pairs.append(f"| {b['task']} | {p['a']} | {p['b']} | {ci} | {fmt(p['p_holm'])} | {p['verdict']} |")
     big = data["large_model_detection"]
-    return ("\n".join(lines + pairs) + f"\n\nOn the large zoo the widest model-detection AUROC interval has half-width "
-            f"{fmt(big['max_auroc_half_width'])} (the issue's limit: {big['limit']}).\n\n" + provenance_line(data, "power.json"))
+    runs = " ".join(f"{c}: run `{data[c]['run_id']}` ({data[c]['source']}){_carried(data[c])}." for c in configs)
+    return ("\n".join(lines + pairs) + f"\n\nSections: {runs} On the large zoo the widest model-detection AUROC "
+            f"interval has half-width {fmt(big['max_auroc_half_width'])} (the issue's limit: {big['limit']}).\n\n" + provenance_line(data, "power.json"))

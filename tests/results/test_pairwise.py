@@ -67,3 +67,20 @@ def test_shown_columns_add_the_key_per_kind_where_main_names_no_kind_the_board_h
     assert shown_columns(main, "asr", text) == ["asr", "asr[kind=jailbreak]", "asr[kind=rare-token]", "p_asr"]
     assert BoardSpec(task="t", title="t", key="asr", main=main, columns=SPEC.columns).header("auroc[insidious]") == \
         "AUROC insidious-trained"
+
+
+def test_power_carries_a_section_only_from_the_same_run():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("power", Path(__file__).parents[2] / "benchmarks" / "power.py")
+    power = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(power)
+    previous = {"provenance": {"run_id": "p1", "commit": "abc", "date": "2026-12-01"},
+                "digits-bench": {"run_id": "r1", "boards": []},
+                "digits-large": {"run_id": "r2", "boards": [], "computed_by": {"run_id": "p0", "commit": "x", "date": "d"}}}
+    carried = power._carried(previous, "digits-bench", "r1")
+    assert carried["boards"] == [] and carried["computed_by"] == {"run_id": "p1", "commit": "abc", "date": "2026-12-01"}
+    assert power._carried(previous, "digits-large", "r2")["computed_by"]["run_id"] == "p0"  # kept from where it began
+    assert power._carried(previous, "digits-bench", "another run") is None  # a newer run: never the old numbers
+    assert power._carried(previous, "digits-large-repair", "r3") is None
