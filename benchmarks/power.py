@@ -9,7 +9,9 @@ mode, training epochs, learning rate: the curves of the run's report, as numbers
 Reads stored runs, never reruns them: the default benchmark's run (every track) named by
 benchmarks/results/board_digits-bench.json, the large zoo's detect run named by benchmarks/results/detect_rss.json
 and, where benchmarks/results/board_digits-large.json exists, the large zoo's run of the other tracks it names
-(`benchmarks/boards.py --config digits-large --tracks repair`: section `digits-large-repair`). Each section
+(`benchmarks/boards.py --config digits-large --tracks repair`: section `digits-large-repair`; or, with
+`--large-repair-store`, that run's store even if it was stopped). In a run stopped before the end, each board
+keeps only the models every one of its tools was scored on, so every tool is read on the same models. Each section
 carries its run id; nothing mixes runs. A section whose run's store is gone from this machine (runs/ is not kept)
 is carried over unchanged from the previous power.json if that one was computed from the same run, with
 `computed_by`: the run id, commit and date of the power.py run that computed it. Writes
@@ -63,6 +65,17 @@ def _carried(previous: dict, config: str, run_id: str) -> dict | None:
     return {**section, "computed_by": by}
 
 
+def common_models(rows: list) -> list:
+    """The rows of models that every tool of their task was scored on (a stopped run's last models may have been
+    scored by some tools only); rows that are not per-model (board specs, tool notes, figures) are kept."""
+    tools, seen = {}, {}
+    per_model = [r for r in rows if "role" in r.extra]  # model_row's rows
+    for r in per_model:
+        tools.setdefault(r.task, set()).add(r.tool)
+        seen.setdefault((r.task, r.model_id), set()).add(r.tool)
+    return [r for r in rows if "role" not in r.extra or seen[(r.task, r.model_id)] == tools[r.task]]
+
+
 def curves(zoo_dir: str, rows, board, n_boot: int, seed: int) -> dict:
     """The board's key column per level of every difficulty axis on which its models vary (`results.axes`)."""
     from trojanbench.results.axes import AXES, axis_curves, axis_levels
@@ -106,6 +119,9 @@ def main() -> None:
     ap.add_argument("--large-store", default=None,
                     help="read the large zoo's detect run from this results store (its newest run, even one that was "
                          "stopped before the end) instead of the run detect_rss.json names")
+    ap.add_argument("--large-repair-store", default=None,
+                    help="read the large zoo's repair run from this results store (its newest run, even one that was "
+                         "stopped before the end) instead of the run board_digits-large.json names")
     ap.add_argument("--out", default="power", help="result name under benchmarks/results/ (or a .json path)")
     args = ap.parse_args()
 
@@ -117,12 +133,13 @@ def main() -> None:
     path = Path(args.out) if args.out.endswith(".json") else RESULTS / f"{args.out}.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
     sources = {"digits-bench": ("board_digits-bench", None), "digits-large": ("detect_rss", "digits-large")}
-    if (RESULTS / "board_digits-large.json").is_file():
+    if (RESULTS / "board_digits-large.json").is_file() or args.large_repair_store:
         sources["digits-large-repair"] = ("board_digits-large", None)
+    stores = {"digits-large": args.large_store, "digits-large-repair": args.large_repair_store}
     out = {}
     for config, (name, section) in sources.items():
-        if config == "digits-large" and args.large_store:
-            run_id, store, prov, zoo = _store_source(Path(args.large_store))
+        if stores.get(config):
+            run_id, store, prov, zoo = _store_source(Path(stores[config]))
             name = str(store)
         else:
             run_id, store, prov, zoo = _source(name, section)
@@ -138,6 +155,8 @@ def main() -> None:
         with ResultsStore(store) as s:
             rows = s.rows(run_id)
             jobs = len(s.jobs(run_id))
+        if prov["status"] != "complete":
+            rows = common_models(rows)
         boards = boards_of_run(rows, args.n_boot, args.seed)
         out[config] = {"run_id": run_id, "source": name if name.endswith(".sqlite") else f"{name}.json",
                        "source_commit": prov["commit"], "run_status": prov["status"], "jobs_finished": jobs, "zoo": zoo,

@@ -74,7 +74,7 @@ def curve_tables(boards: list[dict], axes=("poison_rate", "epochs", "lr")) -> li
                      if any(c[1] for c in counts.values()) else f"{b['task']}, {b['key']} by {axis.replace('_', ' ')} "
                      "(trojans per level):", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             for tool, pts in curves.items():
-                at = {p["level"]: p for p in pts}
+                at = {p["level"]: {"n": p["n_trojaned"] + p["n_clean"], **p} for p in pts}
                 lines.append("| " + " | ".join([tool, *[cell(at.get(lv)) for lv in levels]]) + " |")
             out += lines + [""]
     return out
@@ -103,7 +103,7 @@ def _power(d):
             n = max((t["n_models"] for t in b["tools"]), default=0)
             hw = b["key_half_width"]
             verdicts = ", ".join(f"{k} {v}" for k, v in b["vs_strongest_baseline"].items()) or "-"
-            lines.append(f"| {config} | {b['task']} | {b['key']} | {len(b['tools'])} | {n} | "
+            lines.append(f"| {config.removesuffix('-repair')} | {b['task']} | {b['key']} | {len(b['tools'])} | {n} | "
                          f"{fmt(hw['max']) if hw else '-'} / {fmt(hw['median']) if hw else '-'} | {verdicts} |")
     pairs = ["", "Paired verdicts among each board's top three tools on the large zoo (Holm-corrected within the board; "
              "a's verdict against b):", "", "| board | a | b | difference [interval] | p (Holm) | verdict |", "|---|---|---|---|---|---|"]
@@ -114,4 +114,12 @@ def _power(d):
     big = data["large_model_detection"]
     runs = " ".join(f"{c}: run `{data[c]['run_id']}` ({data[c]['source']}){_carried(data[c])}." for c in configs)
     return ("\n".join(lines + pairs) + f"\n\nSections: {runs} On the large zoo the widest model-detection AUROC "
-            f"interval has half-width {fmt(big['max_auroc_half_width'])} (the issue's limit: {big['limit']}).\n\n" + provenance_line(data, "power.json"))
+            f"interval has half-width {fmt(big['max_auroc_half_width'])} (the issue's limit: {big['limit']}).\n\n"
+            + provenance_line(data, "power.json"))
+
+
+@block("large-repair-curves", "power.json")
+def _large_repair_curves(d):
+    data = d["power.json"]
+    boards = data["digits-large-repair"]["boards"] if "digits-large-repair" in data else []
+    return "\n".join(curve_tables(boards, ("poison_rate", "mode", "epochs", "lr"))) + provenance_line(data, "power.json")

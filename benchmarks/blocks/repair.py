@@ -16,7 +16,7 @@ def _repair_kind_table(board: dict) -> str:
     head = ["tool", "ASR after" + n_of("asr"), *[f"ASR {k}" + n_of(f"asr[kind={k}]") for k in kinds],
             "clean cost", "robust acc", f"vs {board['reference']}" if board.get("reference") else "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for t in tools:
+    for t in [t for t in tools if "asr" in t["metrics"]]:  # the clean-twin control has no ASR after repair
         m = t["metrics"]
         kind_cells = [fmt((m.get(f"asr[kind={k}]") or {}).get("value")) for k in kinds]
         lines.append("| " + " | ".join([f"`{t['tool']}`", cell(m.get("asr")), *kind_cells, cell(m.get("clean_cost")),
@@ -56,3 +56,21 @@ def _repair_holds(d):
             f"**{q['a']} against {q['b']}** ({q['what']}; negative is better for {q['a']}): " + "; ".join(answer) + ". "
             f"Removed: ASR below {data['removed_below']:.0%}; came back: P-ASR above {data['came_back_above']:.0%}. "
             f"{provenance_line(data, 'repair_holds.json')}\n")
+
+
+@block("board-large-repair", "power.json")
+def _board_large_repair(d):
+    """The large zoo's repair board (its run read back by benchmarks/power.py): in full, then ASR after repair per
+    trigger kind."""
+    data = d["power.json"]
+    large = data["digits-large-repair"]
+    out = f"Run `{large['run_id']}` of the repair track ({large['run_status']}, {large['jobs_finished']} jobs finished)."
+    if large["run_status"] != "complete":
+        out += (" The run was stopped before all its jobs had finished (the jobs run trojan by trojan, in the zoo's "
+                "order, which interleaves the trigger kinds): the board covers the held-out trojans that every method "
+                "had repaired by then, the count in its `n` columns.")
+    board = next(b["board"] for b in large["boards"] if b["task"].startswith("repair"))
+    return (out + f"\n\n#### {board['title']}\n\nRanked by `{board['key']}` (lower is better). {board['population']}"
+            " (planned; `models`: the trojans each method was scored on)\n\n" + board_table(board, shown(board), models=True)
+            + "\n\nASR after repair per trigger kind (n: trojans of that kind):\n\n" + _repair_kind_table(board) + "\n\n"
+            + provenance_line(data, "power.json"))

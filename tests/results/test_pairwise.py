@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from trojanbench.results.boards import BoardSpec, Column, compute_board, model_row, paired_comparisons, pairwise, shown_columns
+from trojanbench.results.boards import (BoardSpec, Column, compute_board, model_row, paired_comparisons, pairwise, shown_columns,
+                                        spec_row)
 
 SPEC = BoardSpec(task="detect-model", title="Is this model trojaned?", key="auroc", main=["auroc"],
                  columns=[Column(name="auroc", source="score", stat="auroc", header="AUROC")])
@@ -84,3 +85,17 @@ def test_power_carries_a_section_only_from_the_same_run():
     assert power._carried(previous, "digits-large", "r2")["computed_by"]["run_id"] == "p0"  # kept from where it began
     assert power._carried(previous, "digits-bench", "another run") is None  # a newer run: never the old numbers
     assert power._carried(previous, "digits-large-repair", "r3") is None
+
+
+def test_a_stopped_runs_board_keeps_the_models_every_tool_scored():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("power", Path(__file__).parents[2] / "benchmarks" / "power.py")
+    power = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(power)
+    r = rows(10)
+    stopped = [x for x in r if not (x.model_id == "m9" and x.tool != "sharp")]  # the stop came after sharp scored m9
+    kept = power.common_models(stopped + [spec_row(SPEC)])
+    assert {x.model_id for x in kept if "role" in x.extra} == {f"m{i}" for i in range(9)}
+    assert any("spec" in x.extra for x in kept)  # the board's spec row stays
