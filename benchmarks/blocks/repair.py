@@ -71,6 +71,7 @@ def _board_large_repair(d):
                 "had repaired by then, the count in its `n` columns.")
     board = next(b["board"] for b in large["boards"] if b["task"].startswith("repair"))
     return (out + f"\n\n#### {board['title']}\n\nRanked by `{board['key']}` (lower is better). {board['population']}"
-            " (planned; `models`: the trojans each method was scored on)\n\n" + board_table(board, shown(board), models=True)
+            + (" (planned; `models`: the trojans each method was scored on)" if large["run_status"] != "complete" else "")
+            + "\n\n" + board_table(board, shown(board), models=True)
             + "\n\nASR after repair per trigger kind (n: trojans of that kind):\n\n" + _repair_kind_table(board) + "\n\n"
             + provenance_line(data, "power.json"))
