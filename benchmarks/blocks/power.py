@@ -70,9 +70,9 @@ def curve_tables(boards: list[dict], axes=("poison_rate", "epochs", "lr")) -> li
             counts = {p["level"]: (p["n_trojaned"], p["n_clean"]) for pts in curves.values() for p in pts}
             head = ["tool", *[f"{lv} ({counts[lv][0]}+{counts[lv][1]})" if counts[lv][1] else f"{lv} (n={counts[lv][0]})"
                               for lv in levels]]
-            lines = [f"{b['task']}, {b['key']} by {axis.replace('_', ' ')} (trojans + clean models per level):"
-                     if any(c[1] for c in counts.values()) else f"{b['task']}, {b['key']} by {axis.replace('_', ' ')} "
-                     "(trojans per level):", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            per_level = "trojans + clean models" if any(c[1] for c in counts.values()) else "trojans"
+            lines = [f"{b['task']}, {b['key']} by {axis.replace('_', ' ')} ({per_level} per level):", "",
+                     "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             for tool, pts in curves.items():
                 at = {p["level"]: {"n": p["n_trojaned"] + p["n_clean"], **p} for p in pts}
                 lines.append("| " + " | ".join([tool, *[cell(at.get(lv)) for lv in levels]]) + " |")

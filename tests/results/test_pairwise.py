@@ -70,13 +70,19 @@ def test_shown_columns_add_the_key_per_kind_where_main_names_no_kind_the_board_h
         "AUROC insidious-trained"
 
 
-def test_power_carries_a_section_only_from_the_same_run():
+def _power_script():
+    """benchmarks/power.py as a module (it is a script, not part of the package)."""
     import importlib.util
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location("power", Path(__file__).parents[2] / "benchmarks" / "power.py")
     power = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(power)
+    return power
+
+
+def test_power_carries_a_section_only_from_the_same_run():
+    power = _power_script()
     previous = {"provenance": {"run_id": "p1", "commit": "abc", "date": "2026-12-01"},
                 "digits-bench": {"run_id": "r1", "boards": []},
                 "digits-large": {"run_id": "r2", "boards": [], "computed_by": {"run_id": "p0", "commit": "x", "date": "d"}}}
@@ -88,12 +94,7 @@ def test_power_carries_a_section_only_from_the_same_run():
 
 
 def test_a_stopped_runs_board_keeps_the_models_every_tool_scored():
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("power", Path(__file__).parents[2] / "benchmarks" / "power.py")
-    power = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(power)
+    power = _power_script()
     r = rows(10)
     stopped = [x for x in r if not (x.model_id == "m9" and x.tool != "sharp")]  # the stop came after sharp scored m9
     kept = power.common_models(stopped + [spec_row(SPEC)])
