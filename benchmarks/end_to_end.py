@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", default=None, help="keep the cold run's folder (results store, report) here")
     ap.add_argument("--no-warm", dest="warm", action="store_false", help="time the cold run only")
+    ap.add_argument("--device", default="cpu", help="as `trojanbench run --device`; a GPU run writes "
+                    "end_to_end[_<config>]-cuda.json and board_<config>-cuda.json")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["TROJANBENCH_CACHE"] = str(Path(tmp) / "cache")  # a fresh machine: zoo and shadows are built
@@ -39,22 +41,24 @@ def main() -> None:
         from trojanbench.results.provenance import write_benchmark
 
         runs, boards, first = {}, None, None
+        suffix = "" if args.device == "cpu" else f"-{args.device.split(':')[0]}"
         for label in ("cold", "warm") if args.warm else ("cold",):
             out = Path(args.keep) if (args.keep and label == "cold") else Path(tmp) / label
             started = time.time()
             start = time.perf_counter()
-            run = run_benchmark(out, config=args.config, seed=args.seed, track_executor="pool", jobs=2)  # as `run` does
+            run = run_benchmark(out, config=args.config, seed=args.seed, track_executor="pool", jobs=2,  # as `run` does
+                                device=args.device)
             runs[label] = {"run_id": run.run_id, "total_s": round(time.perf_counter() - start, 1),
                            "stages_s": {k: round(v, 1) for k, v in run.seconds.items()}}
             print(label, runs[label], flush=True)
             if label == "cold":
                 first, boards = started, [board_json(b) for _, b in run.boards]
-                board_path = write_benchmark(f"board_{args.config}", {
+                board_path = write_benchmark(f"board_{args.config}{suffix}", {
                     "zoo_config": args.config, "boards": boards, "seconds": runs[label]["stages_s"],
                     **({"skipped": run.skipped} if run.skipped else {})},
                     config=vars(args), run_id=run.run_id, seed=args.seed, started=started)
                 print("boards ->", board_path, flush=True)
-        name = "end_to_end" if args.config == DEFAULT_CONFIG else f"end_to_end_{args.config}"
+        name = ("end_to_end" if args.config == DEFAULT_CONFIG else f"end_to_end_{args.config}") + suffix
         path = write_benchmark(name, {"zoo_config": args.config, "runs": runs}, config=vars(args),
                                run_id=runs["cold"]["run_id"], seed=args.seed, started=first)
     print("timings ->", path)

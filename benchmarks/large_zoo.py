@@ -1,6 +1,8 @@
 """The large benchmark zoo (`digits-large`, issue 16): how long it took to build on this machine and what it holds.
 
     .venv/bin/python benchmarks/large_zoo.py            # builds (or finishes) the zoo first if it is not complete
+    python3 benchmarks/large_zoo.py --config cifar10-zoo --models 64 --device cuda --batch-models 32 \
+        --budget-s 300 --root /tmp/c10 --out cifar10_zoo-cuda   # the CIFAR-10 zoo on a GPU (benchmarks/gpu_checks.sh)
 
 The build time is read from the zoo's own log (`log.jsonl`: the builder stamps every start, finish and gate
 verdict): the wall time from its first event to its last, and the sum over builds when it was resumed (a gap of
@@ -8,6 +10,13 @@ more than 10 minutes between two events starts a new build). Writes benchmarks/r
 planned, built and rejected by the quality gate, per trigger kind (held-out trojans among them) and per level of
 each difficulty axis (poison rate, mode, training epochs and learning rate), with the trojans' mean ASR and the
 models' mean clean accuracy.
+
+`--budget-s`: the build runs in a child process killed after that many seconds (the zoo resumes where it stopped
+on the next call); what was built by then is summarised, with `complete: false`. `--flops`: also the machine's
+GEMM peak in the same run (`zoo_throughput.gemm_peak`) and the build's achieved FLOP/s as a fraction of it: the
+training FLOPs of every kept model (one step counted by FlopCounterMode x steps x its epochs) over the build's wall
+time. Models the quality gate rejected, retried attempts, data preparation and evaluation are in the wall time and
+not in the FLOPs, so the fraction is a lower bound on how busy the arithmetic units were.
 """
 
 from __future__ import annotations
@@ -15,6 +24,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -38,6 +51,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="digits-large")
     ap.add_argument("--out", default="large_zoo", help="result name under benchmarks/results/ (or a .json path)")
+    ap.add_argument("--models", type=int, default=None, help="models per architecture (default: the config's)")
+    ap.add_argument("--epochs", type=int, default=None, help="training epochs (default: the config's; for dry runs)")
+    ap.add_argument("--root", default=None, help="zoo folder (default: the benchmark's cache folder for the config)")
+    ap.add_argument("--executor", default="pool")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--batch-models", type=int, default=16)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--budget-s", type=float, default=None, help="stop building after this many seconds")
+    ap.add_argument("--flops", action="store_true", help="measure the GEMM peak and the build's fraction of it")
+    ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)  # the child of --budget-s
     args = ap.parse_args()
 
     from trojanbench.results.provenance import write_benchmark
@@ -46,10 +69,21 @@ def main() -> None:
 
     started = time.time()
     cfg = load_zoo_config(args.config)
-    root = cache_folder(cfg)
+    if args.models is not None:
+        cfg = cfg.model_copy(update={"models_per_arch": args.models})
+    if args.epochs is not None:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": args.epochs})})
+    root = Path(args.root) if args.root else cache_folder(cfg)
     zoo = Zoo(root)
+    build = dict(executor=args.executor, jobs=args.jobs, batch_models=args.batch_models, device=args.device)
+    if args.build_only:
+        build_zoo(cfg, root, **build)
+        return
     if not zoo.exists or zoo.status()["pending"]:
-        build_zoo(cfg, root, executor="pool", jobs=2)
+        if args.budget_s is None:
+            build_zoo(cfg, root, **build)
+        else:
+            _build_within(args.budget_s)
     status = zoo.status()
     state = {rec.id: s for s, recs in status.items() for rec in recs}
     cards = {j.id: c for j, _, c in zoo.models()}
@@ -79,17 +113,59 @@ def main() -> None:
         by_axis[axis] = {str(level): {"level": level, **tally(groups[level])} for level in sorted(groups)}
     clean = [j for j in plan if not j.trojaned]
     accs = [c.metrics["clean_accuracy"] for c in cards.values()]
-    result = {"zoo_config": args.config, "zoo": str(root), "models_planned": len(plan),
+    result = {"zoo_config": args.config, "zoo": str(root), "device": args.device, "complete": not status["pending"],
+              "models_planned": len(plan),
               "models_built": len(cards), "held_out_built": sum(j.split == "test" for j in plan if j.id in cards),
               "clean": tally(clean), "trojaned": tally(trojans), "by_axis": by_axis,
-              "mean_clean_accuracy": round(sum(accs) / len(accs), 4),
+              "mean_clean_accuracy": round(sum(accs) / len(accs), 4) if accs else None,
               "min_held_out_trojans_per_kind": min(v["held_out_built"] for v in by_axis["kind"].values()),
               "build_seconds": round(seconds, 1), "builds": builds,
-              "models_per_minute": round(len(cards) / (seconds / 60), 2),
+              "models_per_minute": round(len(cards) / (seconds / 60), 2) if seconds else None,
               "gate": cfg.gate.model_dump()}
+    if args.device.startswith("cuda"):
+        import torch
+
+        result["gpu"] = torch.cuda.get_device_name()
+    if args.flops and cards:
+        result["throughput"] = _throughput(cfg, cards, seconds, args.device)
     path = write_benchmark(args.out, result, config=vars(args), started=started)
     print(json.dumps({k: v for k, v in result.items() if k != "by_axis"}, indent=1))
     print(f"wrote {path}")
+
+
+def _build_within(budget: float) -> None:
+    """Run this script's build in a child process (its own process group: pool workers go with it), killed after
+    `budget` seconds; the zoo's own resume picks up from there next time."""
+    child = subprocess.Popen([sys.executable, *sys.argv, "--build-only"], start_new_session=True)
+    try:
+        child.wait(timeout=budget)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+        print(f"build stopped after its budget of {budget:.0f} s; summarising what was built", flush=True)
+
+
+def _throughput(cfg, cards, seconds: float, device: str) -> dict:
+    """Training FLOPs of the kept models over the build's wall time, against the GEMM peak measured now."""
+    from zoo_throughput import gemm_peak, step_flops  # beside this script
+
+    from trojanbench.data import load_dataset
+
+    ds = load_dataset(cfg.data.name)
+    per_step, total = {}, 0
+    for card in cards.values():  # each card holds the training setup the model was trained with
+        arch = next(a for a in cfg.archs if a.arch == card.arch and a.kwargs == card.arch_kwargs)
+        key = json.dumps([arch.arch, arch.kwargs, card.train["batch_size"]], sort_keys=True)
+        if key not in per_step:
+            per_step[key] = step_flops(ds, arch, card.train["batch_size"])
+        total += per_step[key] * -(-len(ds.x_train) // card.train["batch_size"]) * card.train["epochs"]
+    peak = gemm_peak(device)
+    achieved = total / seconds if seconds else float("nan")
+    out = {"training_flops": total, "flops_per_step": per_step, "achieved_gflops_per_second": round(achieved / 1e9, 2),
+           "gemm_peak": peak, "fraction_of_gemm_peak": round(achieved / peak["flops_per_second"], 4)}
+    if "tf32_flops_per_second" in peak:
+        out["fraction_of_tf32_gemm_peak"] = round(achieved / peak["tf32_flops_per_second"], 4)
+    return out
 
 
 if __name__ == "__main__":

@@ -52,7 +52,23 @@ def summarise(folder: Path) -> dict:
 
 
 def gemm_peak(device: str, sizes=(512, 1024, 2048), repeats: int = 5) -> dict:
-    """The best float32 matmul rate (FLOP/s) over `sizes`, each the best of `repeats` timed runs after a warm-up."""
+    """The best float32 matmul rate (FLOP/s) over `sizes`, each the best of `repeats` timed runs after a warm-up.
+    On CUDA also with TF32 tensor cores allowed (`tf32_flops_per_second`): cuDNN runs float32 convolutions in TF32
+    by default (`torch.backends.cudnn.allow_tf32`), so a CNN trainer's fraction is read against that peak."""
+    peak, by_size = _best_mm(device, sizes, repeats)
+    out = {"flops_per_second": peak, "by_size": by_size, "unit_by_size": "GFLOP/s"}
+    if device.startswith("cuda"):
+        before = torch.backends.cuda.matmul.allow_tf32
+        try:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            out["tf32_flops_per_second"], out["tf32_by_size"] = _best_mm(device, (2048, 4096, 8192), repeats)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = before
+        out["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+    return out
+
+
+def _best_mm(device: str, sizes, repeats: int) -> tuple[float, dict]:
     best = {}
     for n in sizes:
         a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
@@ -69,22 +85,26 @@ def gemm_peak(device: str, sizes=(512, 1024, 2048), repeats: int = 5) -> dict:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         best[n] = 2 * n ** 3 * reps / min(times)
-    return {"flops_per_second": max(best.values()), "by_size": {str(n): round(v / 1e9, 2) for n, v in best.items()},
-            "unit_by_size": "GFLOP/s"}
+    return max(best.values()), {str(n): round(v / 1e9, 2) for n, v in best.items()}
+
+
+def step_flops(ds, arch, batch_size: int) -> int:
+    """FLOPs of one training step (forward + backward) of architecture entry `arch` at `batch_size`, counted by
+    FlopCounterMode on the CPU (the count does not depend on the device)."""
+    model = prepare(ds, arch.arch, arch.kwargs, seed=0).model
+    xb, yb = ds.x_train[:batch_size], ds.y_train[:batch_size]
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.cross_entropy(model(xb), yb).backward()
+    return counter.get_total_flops()
 
 
 def training_flops(cfg: ZooConfig) -> dict:
-    """FLOPs of training one model of the zoo: one step (forward + backward) at the zoo's batch size counted by
-    FlopCounterMode, x steps per epoch x epochs. The same for every model (same architecture, same data size)."""
-    arch = cfg.archs[0]
+    """FLOPs of training one model of the zoo: one step at the zoo's batch size (`step_flops`) x steps per epoch x
+    epochs. The same for every model (same architecture, same data size)."""
     ds = load_dataset(cfg.data.name)
-    model = prepare(ds, arch.arch, arch.kwargs, seed=0).model
-    xb, yb = ds.x_train[:cfg.train.batch_size], ds.y_train[:cfg.train.batch_size]
-    with FlopCounterMode(display=False) as counter:
-        torch.nn.functional.cross_entropy(model(xb), yb).backward()
+    per_step = step_flops(ds, cfg.archs[0], cfg.train.batch_size)
     steps = -(-len(ds.x_train) // cfg.train.batch_size) * cfg.train.epochs
-    return {"flops_per_step": counter.get_total_flops(), "steps_per_model": steps,
-            "flops_per_model": counter.get_total_flops() * steps}
+    return {"flops_per_step": per_step, "steps_per_model": steps, "flops_per_model": per_step * steps}
 
 
 def main() -> None:

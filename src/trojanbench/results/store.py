@@ -292,7 +292,8 @@ def _json_default(o):
 
 
 def machine_info() -> dict[str, Any]:
-    """What a timing or a number depends on: cores, torch threads, git commit of the code, date."""
+    """What a timing or a number depends on: cores, torch threads, git commit of the code, date. Where the code is
+    not in a git checkout, the commit is $TROJANBENCH_COMMIT if set (benchmarks/gpu_checks.sh sets it), else None."""
     import subprocess
 
     import torch
@@ -317,6 +318,8 @@ def machine_info() -> dict[str, Any]:
             commit += "-dirty" if dirty else ""
     except (OSError, subprocess.SubprocessError):
         pass
+    if commit is None:  # a copy of the code without its git folder (a GPU machine): the commit it was copied from
+        commit = os.environ.get("TROJANBENCH_COMMIT") or None
     return {"cores": cores, "torch_threads": torch.get_num_threads(), "commit": commit,
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 

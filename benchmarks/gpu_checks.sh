@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The GPU checks of issue 16 as one prepared command, for a session lent a GPU machine (the `device` tool; 15
+# minutes of device time in all, so everything it needs is made here first and its logic is dry-run on the CPU).
+#
+#   bash benchmarks/gpu_checks.sh prepare     # here: fills .gpu/ (ignored by git; travels with carry: [".gpu"])
+#   device run, carry [".gpu"], timeout_s 600:  bash benchmarks/gpu_checks.sh run
+#   DEVICE=cpu SMALL=1 bash benchmarks/gpu_checks.sh run     # here: the same steps on the CPU, small (~12 min)
+#
+# `prepare` puts in .gpu/: wheels of the packages the GPU machine's Python (3.12, with its own CUDA torch) lacks,
+# at this venv's versions; the shipped data (CIFAR-10 and SST-2 tarballs with SHA256SUMS; ../shared does not
+# travel); and COMMIT, the commit the copy was taken from (`-dirty` if src/, benchmarks/, tests/ or pyproject.toml
+# differ from it), which the results' provenance records there, where there is no git folder.
+#
+# `run` runs these steps in order, each under its own time limit, and keeps going when one fails:
+#   env      versions, nvidia-smi, and CIFAR-10 decoded once into the cache (outside the timed build)
+#   cifar10  the cifar10-zoo config (airbench-style airnet, width 0.25, 12 epochs) cut to 64 models, built on the
+#            device by 2 worker processes of 16 models each, stopped after BUILD_S seconds if not done; its
+#            throughput against the GEMM peak measured in the same run (benchmarks/large_zoo.py --flops)
+#   pytest   tests/test_gpu.py: the tiny zoo trained on the device and every image tool of every track run on it
+#   e2e      the default benchmark (`trojanbench run --device cuda`) from an empty cache, timed stage by stage
+# and copies what they wrote to $OUT: steps.log (every step's output) and the JSONs, for benchmarks/results/.
+# Variables: DEVICE (cuda), STEPS ("env cifar10 pytest e2e"), BUILD_S (240), SMALL=1 (4 models, 1 epoch),
+# PY (python3 there; .venv/bin/python here when DEVICE=cpu).
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+prepare() {
+    local py=.venv/bin/python
+    [ -x $py ] || { echo "run 'make venv' first: the wheels are pinned to this venv's versions"; exit 1; }
+    grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
+    rm -rf .gpu && mkdir -p .gpu/whl .gpu/data
+    local pins
+    pins=$($py -c "from importlib.metadata import version as v
+print(' '.join(f'{n}=={v(n)}' for n in ['pydantic', 'pydantic_core', 'annotated_types', 'typing_inspection', 'captum']))")
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d .gpu/whl $pins || exit 1
+    local data=${TROJANBENCH_DATA_ROOT:-../shared/data}
+    cp "$data"/cifar10-images.tar.gz "$data"/sst2.tar.gz "$data"/SHA256SUMS .gpu/data/ || exit 1
+    local dirty=""
+    [ -n "$(git status --porcelain -- src benchmarks tests pyproject.toml)" ] && dirty=-dirty
+    echo "$(git rev-parse HEAD)$dirty" > .gpu/COMMIT
+    echo "prepared .gpu: $(ls .gpu/whl | tr '\n' ' ')| commit $(cat .gpu/COMMIT) | $(du -sh .gpu | cut -f1)"
+}
+
+run() {
+    local device=${DEVICE:-cuda} out=${OUT:-/tmp/gpu-checks-out} build_s=${BUILD_S:-240}
+    local py=${PY:-python3} models=64 epochs="" small=${SMALL:-0}
+    [ "$device" = cpu ] && [ -x .venv/bin/python ] && py=${PY:-.venv/bin/python}
+    [ "$small" = 1 ] && { models=4; epochs="--epochs 1"; }
+    mkdir -p "$out"
+    local log=$out/steps.log site=/tmp/gpu-checks-site
+    export PYTHONPATH=$ROOT/src  # this copy's code, whatever is installed
+    if [ -d .gpu/whl ] && [ "$device" != cpu ]; then  # the GPU machine's own Python: add what it lacks
+        $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $site .gpu/whl/*.whl \
+            >> "$log" 2>&1 || { echo "installing .gpu/whl failed" | tee -a "$log"; exit 1; }
+        export PYTHONPATH=$ROOT/src:$site
+    fi
+    [ -d .gpu/data ] && export TROJANBENCH_DATA_ROOT=$ROOT/.gpu/data
+    [ -f .gpu/COMMIT ] && export TROJANBENCH_COMMIT=$(cat .gpu/COMMIT)
+    export TROJANBENCH_CACHE=/tmp/gpu-checks-cache PYTHONUNBUFFERED=1
+    local tag="-$device"; [ "$small" = 1 ] && tag="$tag-small"
+    local results=benchmarks/results since
+    since=$(mktemp)  # results written after this file are this run's
+
+    step() {  # step NAME LIMIT_S COMMAND...: run it under its limit, its output into the log, its verdict on stdout
+        local name=$1 limit=$2; shift 2
+        local t0=$SECONDS
+        echo "=== $name (limit ${limit}s): $*" >> "$log"
+        timeout -k 10 "$limit" "$@" >> "$log" 2>&1
+        local rc=$?
+        echo "=== $name: rc=$rc in $((SECONDS - t0))s" | tee -a "$log"
+        find $results -maxdepth 1 -name '*.json' -newer "$since" -exec cp {} "$out/" \;  # what it wrote so far
+    }
+
+    for s in ${STEPS:-env cifar10 pytest e2e}; do
+        case $s in
+        env) step env 90 bash -c "nvidia-smi 2>&1 | head -15; $py -c 'import torch, sys, trojanbench
+print(sys.version.split()[0], torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())
+from trojanbench.data import load_dataset; d = load_dataset(\"cifar10\"); print(\"cifar10\", tuple(d.x_train.shape))'" ;;
+        cifar10) step cifar10 $((build_s + 120)) $py benchmarks/large_zoo.py --config cifar10-zoo --models $models $epochs \
+                     --root /tmp/gpu-checks-c10zoo --executor pool --jobs 2 --batch-models 16 --device "$device" \
+                     --budget-s "$build_s" --flops --out "cifar10_zoo$tag" ;;
+        pytest) step pytest 300 env TROJANBENCH_GPU_TEST_DEVICE="$device" $py -m pytest -m gpu tests/test_gpu.py -x -q -s \
+                    -p no:cacheprovider ;;
+        e2e) step e2e 240 $py benchmarks/end_to_end.py --no-warm --device "$device" ;;
+        *) echo "unknown step $s" | tee -a "$log" ;;
+        esac
+    done
+    rm -f "$since"
+    echo "files in $out: $(ls "$out" | tr '\n' ' ')"
+}
+
+case ${1:-run} in
+prepare) prepare ;;
+run) run ;;
+*) echo "usage: bash benchmarks/gpu_checks.sh prepare|run"; exit 2 ;;
+esac
