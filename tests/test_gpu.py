@@ -1,7 +1,7 @@
 """The default benchmark on a GPU: a tiny zoo trained on CUDA, then every registered tool of every track run on it
 with `device="cuda"`, as `trojanbench run --device cuda` does. Skipped, saying why, where torch sees no CUDA device
 (run with `pytest -m gpu` on a machine that has one). `TROJANBENCH_GPU_TEST_DEVICE=cpu` runs the same tests on the
-CPU (about 5 minutes on 2 cores): a dry run of the GPU checks' logic where there is no GPU (benchmarks/gpu_checks.sh)."""
+CPU: a dry run of the GPU checks' logic where there is no GPU (benchmarks/gpu_checks.sh)."""
 
 import math
 import os
