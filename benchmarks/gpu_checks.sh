@@ -23,8 +23,8 @@
 # Each step's limit is cut to what is left of TOTAL_S (570 s; the device tool's call allows 600), and a step with
 # under 20 s left is skipped.
 # Variables: DEVICE (cuda), STEPS ("env cifar10 pytest"; add e2e when time is left), BUILD_S (200), TOTAL_S (570),
-# SMALL=1 (the cifar10 step builds 8 digits models of 2 epochs instead: its logic, not CIFAR-10's cost), PY
-# (python3 there; .venv/bin/python here when DEVICE=cpu).
+# JOBS (2) and BATCH_MODELS (16) for the cifar10 build, SMALL=1 (the cifar10 step builds 8 digits models of 2
+# epochs instead: its logic, not CIFAR-10's cost), PY (python3 there; .venv/bin/python here when DEVICE=cpu).
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -86,7 +86,7 @@ run() {
         env) step env 60 bash -c "nvidia-smi 2>&1 | head -15; $py -c 'import torch, sys, trojanbench
 print(sys.version.split()[0], torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())
 from trojanbench.data import load_dataset; d = load_dataset(\"cifar10\"); print(\"cifar10\", tuple(d.x_train.shape))'" ;;
-        cifar10) step cifar10 $((build_s + 90)) $py benchmarks/large_zoo.py $zoo --root /tmp/gpu-checks-zoo-$$ --executor pool --jobs 2 --batch-models 16 --device "$device" \
+        cifar10) step cifar10 $((build_s + 90)) $py benchmarks/large_zoo.py $zoo --root /tmp/gpu-checks-zoo-$$ --executor pool --jobs "${JOBS:-2}" --batch-models "${BATCH_MODELS:-16}" --device "$device" \
                      --budget-s "$build_s" --flops --out "cifar10_zoo$tag" ;;
         pytest) step pytest 300 env TROJANBENCH_GPU_TEST_DEVICE="$device" $py -m pytest -m gpu tests/test_gpu.py -x -q -s \
                     -p no:cacheprovider ;;

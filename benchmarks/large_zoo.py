@@ -31,12 +31,15 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 GAP = 600.0  # seconds between two log events that mark separate builds
 
 
 def build_seconds(log: Path) -> tuple[float, int]:
-    """(wall seconds spent building, number of builds) from a zoo's log."""
+    """(wall seconds spent building, number of builds) from a zoo's log (none yet: nothing built)."""
+    if not log.is_file():
+        return 0.0, 0
     times = sorted(json.loads(line)["time"] for line in log.read_text().splitlines() if line.strip())
     total, builds = 0.0, 1
     for a, b in itertools.pairwise(times):
@@ -65,6 +68,7 @@ def main() -> None:
 
     from trojanbench.results.provenance import write_benchmark
     from trojanbench.zoo.build import Zoo, build_zoo, cache_folder
+    from trojanbench.zoo.lock import ZooLock
     from trojanbench.zoo.plan import load_zoo_config
 
     started = time.time()
@@ -83,6 +87,8 @@ def main() -> None:
         if args.budget_s is None:
             build_zoo(cfg, root, **build)
         else:
+            with ZooLock(zoo.root):  # the plan first, so that a build killed early still has one to summarise
+                zoo.init(cfg)
             _build_within(args.budget_s)
     status = zoo.status()
     state = {rec.id: s for s, recs in status.items() for rec in recs}
@@ -127,7 +133,7 @@ def main() -> None:
 
         result["gpu"] = torch.cuda.get_device_name()
     if args.flops and cards:
-        result["throughput"] = _throughput(cfg, cards, seconds, args.device)
+        result["throughput"] = _throughput(cfg, plan, cards, seconds, args.device)
     path = write_benchmark(args.out, result, config=vars(args), started=started)
     print(json.dumps({k: v for k, v in result.items() if k != "by_axis"}, indent=1))
     print(f"wrote {path}")
@@ -145,7 +151,7 @@ def _build_within(budget: float) -> None:
         print(f"build stopped after its budget of {budget:.0f} s; summarising what was built", flush=True)
 
 
-def _throughput(cfg, cards, seconds: float, device: str) -> dict:
+def _throughput(cfg, plan, cards, seconds: float, device: str) -> dict:
     """Training FLOPs of the kept models over the build's wall time, against the GEMM peak measured now."""
     from zoo_throughput import gemm_peak, step_flops  # beside this script
 
@@ -153,10 +159,12 @@ def _throughput(cfg, cards, seconds: float, device: str) -> dict:
 
     ds = load_dataset(cfg.data.name)
     per_step, total = {}, 0
-    for card in cards.values():  # each card holds the training setup the model was trained with
-        arch = next(a for a in cfg.archs if a.arch == card.arch and a.kwargs == card.arch_kwargs)
+    for job in plan:
+        if (card := cards.get(job.id)) is None:
+            continue
+        arch = SimpleNamespace(arch=job.arch, kwargs=job.arch_kwargs)  # as the config gives it
         key = json.dumps([arch.arch, arch.kwargs, card.train["batch_size"]], sort_keys=True)
-        if key not in per_step:
+        if key not in per_step:  # the card holds the training setup the model was trained with
             per_step[key] = step_flops(ds, arch, card.train["batch_size"])
         total += per_step[key] * -(-len(ds.x_train) // card.train["batch_size"]) * card.train["epochs"]
     peak = gemm_peak(device)
