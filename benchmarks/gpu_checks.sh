@@ -36,7 +36,7 @@ prepare() {
     rm -rf .gpu && mkdir -p .gpu/whl .gpu/data
     local pins
     pins=$($py -c "from importlib.metadata import version as v
-print(' '.join(f'{n}=={v(n)}' for n in ['pydantic', 'pydantic_core', 'annotated_types', 'typing_inspection', 'captum']))")
+print(' '.join(f'{n}=={v(n)}' for n in ['pydantic', 'pydantic_core', 'annotated_types', 'typing_inspection', 'typing_extensions', 'captum']))")
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         -d .gpu/whl $pins || exit 1
