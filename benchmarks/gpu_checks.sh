@@ -12,19 +12,22 @@
 # differ from it), which the results' provenance records there, where there is no git folder.
 #
 # `run` runs these steps in order, each under its own time limit, and keeps going when one fails:
-#   env      versions, nvidia-smi, and CIFAR-10 decoded once into the cache (outside the timed build)
-#   cifar10  the cifar10-zoo config (airbench-style airnet, width 0.25, 12 epochs) cut to 64 models, built on the
-#            device by 2 worker processes of 16 models each, stopped after BUILD_S seconds if not done; its
-#            throughput against the GEMM peak measured in the same run (benchmarks/large_zoo.py --flops)
+#   env      versions, the commit, nvidia-smi, every package the code imports, CIFAR-10 decoded once into the cache
 #   pytest   tests/test_gpu.py: the tiny zoo trained on the device and every image tool of every track run on it
-#   e2e      (not by default) the default benchmark (`trojanbench run --device cuda`) from an empty cache, timed stage
-#            by stage; the pytest step already runs the default benchmark on the device, every tool included
+#   cifar10  the cifar10-zoo config (airbench-style airnet, width 0.25, 12 epochs) cut to 64 models, built on the
+#            device by JOBS worker processes of BATCH_MODELS models each, stopped when its budget (what is left of
+#            TOTAL_S less 70 s, BUILD_S at most) is spent; then its throughput against the GEMM peak measured in the
+#            same run (benchmarks/large_zoo.py --flops)
+#   e2e      (only when asked for) the default benchmark (`trojanbench run --device cuda`) from an empty cache, timed
+#            stage by stage; it needs device time of its own (the pytest step already runs the default benchmark
+#            on the device, every tool included)
 # and copies what they wrote to $OUT: steps.log (every step's output) and the JSONs, for benchmarks/results/.
-# Each step's limit is cut to what is left of TOTAL_S (570 s; the device tool's call allows 600), and a step with
-# under 20 s left is skipped.
-# Variables: DEVICE (cuda), STEPS ("env cifar10 pytest"; add e2e when time is left), BUILD_S (200), TOTAL_S (570),
-# JOBS (2) and BATCH_MODELS (16) for the cifar10 build, SMALL=1 (the cifar10 step builds 8 digits models of 2
-# epochs instead: its logic, not CIFAR-10's cost), PY (python3 there; .venv/bin/python here when DEVICE=cpu).
+# Each step's limit is cut to what is left of TOTAL_S (570 s: set it from the device time left, less the machine's
+# start, and give the device call 30 s more), and a step with under 20 s left is skipped.
+# Variables: DEVICE (cuda), STEPS ("env pytest cifar10"), TOTAL_S (570), BUILD_S (420), JOBS (2) and BATCH_MODELS
+# (16) for the cifar10 build, SMALL=1 (the cifar10 step builds 8 digits models of 2 epochs instead: its logic, not
+# CIFAR-10's cost), PY (python3 there; .venv/bin/python here when DEVICE=cpu). Run `prepare` after the last commit:
+# the results record the commit in .gpu/COMMIT.
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -32,7 +35,9 @@ ROOT=$PWD
 prepare() {
     local py=.venv/bin/python
     [ -x $py ] || { echo "run 'make venv' first: the wheels are pinned to this venv's versions"; exit 1; }
-    grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
+    local exclude
+    exclude=$(git rev-parse --git-path info/exclude) && mkdir -p "$(dirname "$exclude")" || exit 1
+    grep -qx '/.gpu/' "$exclude" 2>/dev/null || echo '/.gpu/' >> "$exclude"
     rm -rf .gpu && mkdir -p .gpu/whl .gpu/data
     local pins
     pins=$($py -c "from importlib.metadata import version as v
@@ -49,7 +54,7 @@ print(' '.join(f'{n}=={v(n)}' for n in ['pydantic', 'pydantic_core', 'annotated_
 }
 
 run() {
-    local device=${DEVICE:-cuda} out=${OUT:-/tmp/gpu-checks-out} build_s=${BUILD_S:-200} total=${TOTAL_S:-570}
+    local device=${DEVICE:-cuda} out=${OUT:-/tmp/gpu-checks-out} build_s=${BUILD_S:-420} total=${TOTAL_S:-570}
     SECONDS=0
     local py=${PY:-python3} zoo="--config cifar10-zoo --models 64" small=${SMALL:-0}
     [ "$device" = cpu ] && [ -x .venv/bin/python ] && py=${PY:-.venv/bin/python}
@@ -65,7 +70,7 @@ run() {
     [ -d .gpu/data ] && export TROJANBENCH_DATA_ROOT=$ROOT/.gpu/data
     [ -f .gpu/COMMIT ] && export TROJANBENCH_COMMIT=$(cat .gpu/COMMIT)
     export TROJANBENCH_CACHE=/tmp/gpu-checks-cache PYTHONUNBUFFERED=1
-    local tag="-$device"; [ "$small" = 1 ] && tag="$tag-small"
+    local tag="-${device%%:*}"; [ "$small" = 1 ] && tag="$tag-small"  # no ':' in names that come back from $OUT
     local results=benchmarks/results since
     since=$(mktemp)  # results written after this file are this run's
 
@@ -81,13 +86,19 @@ run() {
         find $results -maxdepth 1 -name '*.json' -newer "$since" -exec cp {} "$out/" \;  # what it wrote so far
     }
 
-    for s in ${STEPS:-env cifar10 pytest}; do
+    local budget
+    for s in ${STEPS:-env pytest cifar10}; do
         case $s in
-        env) step env 60 bash -c "nvidia-smi 2>&1 | head -15; $py -c 'import torch, sys, trojanbench
+        env) step env 60 bash -c "nvidia-smi 2>&1 | head -15; echo commit \$TROJANBENCH_COMMIT; $py -c 'import torch, sys
+import trojanbench.bench, trojanbench.tools, captum.attr  # a missing or broken wheel fails here, in seconds
+trojanbench.tools.tool_registries()
 print(sys.version.split()[0], torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())
 from trojanbench.data import load_dataset; d = load_dataset(\"cifar10\"); print(\"cifar10\", tuple(d.x_train.shape))'" ;;
-        cifar10) step cifar10 $((build_s + 90)) $py benchmarks/large_zoo.py $zoo --root /tmp/gpu-checks-zoo-$$ --executor pool --jobs "${JOBS:-2}" --batch-models "${BATCH_MODELS:-16}" --device "$device" \
-                     --budget-s "$build_s" --flops --out "cifar10_zoo$tag" ;;
+        cifar10)  # the build gets what is left, less 70 s to summarise it and measure the GEMM peak (BUILD_S at most)
+            budget=$((total - SECONDS - 70)); [ "$budget" -gt "$build_s" ] && budget=$build_s
+            step cifar10 $((budget + 70)) $py benchmarks/large_zoo.py $zoo --root /tmp/gpu-checks-zoo-$$ --executor pool \
+                --jobs "${JOBS:-2}" --batch-models "${BATCH_MODELS:-16}" --device "$device" --budget-s "$budget" --flops \
+                --out "cifar10_zoo$tag" ;;
         pytest) step pytest 300 env TROJANBENCH_GPU_TEST_DEVICE="$device" $py -m pytest -m gpu tests/test_gpu.py -x -q -s \
                     -p no:cacheprovider ;;
         e2e) step e2e 240 $py benchmarks/end_to_end.py --no-warm --device "$device" ;;

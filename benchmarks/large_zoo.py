@@ -14,14 +14,17 @@ models' mean clean accuracy.
 `--budget-s`: the build runs in a child process killed after that many seconds (the zoo resumes where it stopped
 on the next call); what was built by then is summarised, with `complete: false`. `--flops`: also the machine's
 GEMM peak in the same run (`zoo_throughput.gemm_peak`) and the build's achieved FLOP/s as a fraction of it: the
-training FLOPs of every kept model (one step counted by FlopCounterMode x steps x its epochs) over the build's wall
-time. Models the quality gate rejected, retried attempts, data preparation and evaluation are in the wall time and
-not in the FLOPs, so the fraction is a lower bound on how busy the arithmetic units were.
+training FLOPs of every kept model (one step counted by FlopCounterMode, per sample, x samples x its epochs) over
+the build's wall time. Models the quality gate rejected, retried attempts, data preparation and evaluation are in
+the wall time and not in the FLOPs, so the fraction is a lower bound on how busy the arithmetic units were; for a
+build stopped by its budget (`partial`) more so, since chunks still training at the stop spent time but landed no
+model.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -133,7 +136,7 @@ def main() -> None:
 
         result["gpu"] = torch.cuda.get_device_name()
     if args.flops and cards:
-        result["throughput"] = _throughput(cfg, plan, cards, seconds, args.device)
+        result["throughput"] = _throughput(cfg, plan, cards, seconds, args.device, result["complete"])
     path = write_benchmark(args.out, result, config=vars(args), started=started)
     print(json.dumps({k: v for k, v in result.items() if k != "by_axis"}, indent=1))
     print(f"wrote {path}")
@@ -143,6 +146,13 @@ def _build_within(budget: float) -> None:
     """Run this script's build in a child process (its own process group: pool workers go with it), killed after
     `budget` seconds; the zoo's own resume picks up from there next time."""
     child = subprocess.Popen([sys.executable, *sys.argv, "--build-only"], start_new_session=True)
+
+    def stop(*_):  # this script stopped from outside (a step's time limit): the build must not live on
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        sys.exit("stopped from outside; the build was killed")
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         if child.wait(timeout=budget):
             print(f"the build exited with code {child.returncode}; summarising what was built", flush=True)
@@ -150,15 +160,18 @@ def _build_within(budget: float) -> None:
         os.killpg(child.pid, signal.SIGKILL)
         child.wait()
         print(f"build stopped after its budget of {budget:.0f} s; summarising what was built", flush=True)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
-def _throughput(cfg, plan, cards, seconds: float, device: str) -> dict:
+def _throughput(cfg, plan, cards, seconds: float, device: str, complete: bool) -> dict:
     """Training FLOPs of the kept models over the build's wall time, against the GEMM peak measured now."""
     from zoo_throughput import gemm_peak, step_flops  # beside this script
 
-    from trojanbench.data import load_dataset
+    from trojanbench.zoo.worker import cached_dataset
 
-    ds = load_dataset(cfg.data.name)
+    ds = cached_dataset(cfg.data.model_dump_json())  # as the zoo's workers load it (data root, options)
     per_step, total = {}, 0
     for job in plan:
         if (card := cards.get(job.id)) is None:
@@ -167,11 +180,13 @@ def _throughput(cfg, plan, cards, seconds: float, device: str) -> dict:
         key = json.dumps([arch.arch, arch.kwargs, card.train["batch_size"]], sort_keys=True)
         if key not in per_step:  # the card holds the training setup the model was trained with
             per_step[key] = step_flops(ds, arch, card.train["batch_size"])
-        total += per_step[key] * -(-len(ds.x_train) // card.train["batch_size"]) * card.train["epochs"]
+        # matmul and convolution FLOPs grow linearly with the batch: an epoch is n samples' worth of them
+        total += per_step[key] * len(ds.x_train) // card.train["batch_size"] * card.train["epochs"]
     peak = gemm_peak(device)
     achieved = total / seconds if seconds else float("nan")
-    out = {"training_flops": total, "flops_per_step": per_step, "achieved_gflops_per_second": round(achieved / 1e9, 2),
-           "gemm_peak": peak, "fraction_of_gemm_peak": round(achieved / peak["flops_per_second"], 4)}
+    out = {"partial": not complete, "training_flops": total, "flops_per_step": per_step,
+           "achieved_gflops_per_second": round(achieved / 1e9, 2), "gemm_peak": peak,
+           "fraction_of_gemm_peak": round(achieved / peak["flops_per_second"], 4)}
     if "tf32_flops_per_second" in peak:
         out["fraction_of_tf32_gemm_peak"] = round(achieved / peak["tf32_flops_per_second"], 4)
     return out

@@ -52,16 +52,19 @@ def summarise(folder: Path) -> dict:
 
 
 def gemm_peak(device: str, sizes=(512, 1024, 2048), repeats: int = 5) -> dict:
-    """The best float32 matmul rate (FLOP/s) over `sizes`, each the best of `repeats` timed runs after a warm-up.
-    On CUDA also with TF32 tensor cores allowed (`tf32_flops_per_second`): cuDNN runs float32 convolutions in TF32
-    by default (`torch.backends.cudnn.allow_tf32`), so a CNN trainer's fraction is read against that peak."""
+    """The best float32 matmul rate (FLOP/s) over `sizes` (on CUDA 2048-8192), each the best of `repeats` timed runs
+    of at least 50 ms (CUDA: 200 ms, which also brings the clocks up from idle) after a warm-up. On CUDA also with
+    TF32 tensor cores allowed (`tf32_flops_per_second`): cuDNN runs float32 convolutions in TF32 by default
+    (`torch.backends.cudnn.allow_tf32`), so a CNN trainer's fraction is read against that peak too."""
+    cuda = device.startswith("cuda")
+    sizes = (2048, 4096, 8192) if cuda else sizes
     peak, by_size = _best_mm(device, sizes, repeats)
     out = {"flops_per_second": peak, "by_size": by_size, "unit_by_size": "GFLOP/s"}
-    if device.startswith("cuda"):
+    if cuda:
         before = torch.backends.cuda.matmul.allow_tf32
         try:
             torch.backends.cuda.matmul.allow_tf32 = True
-            out["tf32_flops_per_second"], out["tf32_by_size"] = _best_mm(device, (2048, 4096, 8192), repeats)
+            out["tf32_flops_per_second"], out["tf32_by_size"] = _best_mm(device, sizes, repeats)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = before
         out["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
@@ -69,22 +72,27 @@ def gemm_peak(device: str, sizes=(512, 1024, 2048), repeats: int = 5) -> dict:
 
 
 def _best_mm(device: str, sizes, repeats: int) -> tuple[float, dict]:
+    cuda = device.startswith("cuda")
+    least = 0.2 if cuda else 0.05  # seconds per timed run
+
+    def timed(a, b, reps: int) -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, b)
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
     best = {}
     for n in sizes:
         a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-        reps = max(1, int(2e9 // (2 * n ** 3)))  # about 2 GFLOP per timed run
-        torch.mm(a, b)
-        times = []
-        for _ in range(repeats):
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                torch.mm(a, b)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        best[n] = 2 * n ** 3 * reps / min(times)
+        timed(a, b, 1)
+        reps = 1
+        while timed(a, b, reps) < least:  # the warm-up: as many products as fill one timed run
+            reps *= 2
+        best[n] = 2 * n ** 3 * reps / min(timed(a, b, reps) for _ in range(repeats))
     return max(best.values()), {str(n): round(v / 1e9, 2) for n, v in best.items()}
 
 

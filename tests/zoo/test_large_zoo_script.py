@@ -47,7 +47,8 @@ def test_a_budgeted_build_is_summarised_as_incomplete_and_the_next_call_finishes
     assert second["complete"] is True and second["models_built"] == 4 and second["device"] == "cpu"
     tp = second["throughput"]
     (per_step,) = tp["flops_per_step"].values()  # one architecture, one batch size
-    steps = -(-1438 // 64)  # digits: 1,438 training images, batch 64 (the default TrainConfig), 1 epoch
-    assert per_step > 0 and tp["training_flops"] == 4 * per_step * steps
+    # digits: 1,438 training images in batches of 64 (the default TrainConfig), 1 epoch; FLOPs are per sample
+    assert per_step > 0 and tp["training_flops"] == 4 * (per_step * 1438 // 64)
+    assert tp["partial"] is False
     assert tp["gemm_peak"]["flops_per_second"] > 0 and 0 < tp["fraction_of_gemm_peak"] < 1
     assert "tf32_flops_per_second" not in tp["gemm_peak"]  # CUDA only
