@@ -39,7 +39,8 @@ def test_the_default_benchmark_runs_end_to_end_on_cuda(tiny_zoo_config, tmp_path
     from trojanbench.results.boards import board_specs
 
     zoo = _gpu_zoo(tiny_zoo_config, tmp_path / "zoo")
-    run = run_benchmark(tmp_path / "run", zoo=zoo, device=DEVICE)  # every registered tool, as `trojanbench run`
+    # every registered tool, with the track executor of `trojanbench run` (2 spawned workers, each on the device)
+    run = run_benchmark(tmp_path / "run", zoo=zoo, device=DEVICE, track_executor="pool", jobs=2)
     assert {t for t, _ in run.boards} == set(TRACKS)
     with ResultsStore(run.results) as store:
         (info,) = store.runs()
