@@ -173,6 +173,9 @@ def _timings(data: dict, source: str) -> str:
              "|---|---|" + "---|" * len(data["runs"]["cold"]["stages_s"])]
     for label, r in data["runs"].items():
         lines.append(f"| {label} | {r['total_s']:.1f} | " + " | ".join(f"{v:.1f}" for v in r["stages_s"].values()) + " |")
+    if data.get("cold_runs", 1) > 1:  # `end_to_end.py --cold-runs N`: N cold runs, each from its own empty cache
+        lines.append(f"\nCold, over {data['cold_runs']} runs from an empty cache each: median {data['cold_median_s']:.1f} s, "
+                     f"slowest {data['cold_max_s']:.1f} s.")
     return "\n".join(lines) + "\n\n" + provenance_line(data, source)
 
 
