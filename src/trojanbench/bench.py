@@ -225,7 +225,7 @@ def default_tools(config: str, tools: list[str] | None) -> list[str] | None:
     return tools if tools is not None else DEFAULT_TOOLS.get(config)
 
 
-ZOO_CHUNK = 8  # models per training chunk: small enough that a pool of 2 gets balanced work on the default zoo
+ZOO_CHUNK = 8  # the most models per training chunk (`build_zoo` shares each group out over the pool's workers)
 
 
 def zoo_cache_dir(cfg) -> Path:

@@ -395,7 +395,8 @@ def zoo_build(
                                               "once on one thread), batched (in-process), serial or ray"),
     jobs: int = typer.Option(2, help="workers for pool / CPUs for a local ray"),
     address: Optional[str] = typer.Option(None, help="address of an existing Ray cluster (ray executor)"),
-    batch_models: int = typer.Option(16, help="models trained at once per chunk"),
+    batch_models: int = typer.Option(16, help="the most models trained at once per chunk (each group is shared out "
+                                     "evenly, with a chunk per worker at least)"),
     device: str = typer.Option("cpu", help="device for training (cpu, cuda)"),
 ):
     """Train every model of a zoo config; resumable (run it again to finish an interrupted build)."""

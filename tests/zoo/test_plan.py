@@ -142,6 +142,26 @@ def test_a_chunk_trains_with_its_jobs_intensity(tmp_path):
         assert all(item.job.train_config(cfg) == task.train for item in task.items)
 
 
+@pytest.mark.parametrize("n, batch_models, workers, sizes", [
+    (8, 8, 2, [4, 4]),  # one chunk's worth on a pool of 2: split, so the second worker does not idle
+    (5, 16, 2, [3, 2]),
+    (1, 8, 2, [1]),
+    (8, 8, 1, [8]),  # in-process: one chunk
+    (24, 16, 1, [12, 12]),  # more than one chunk: shared out evenly, never 16 + 8
+    (40, 16, 2, [14, 13, 13]),
+])
+def test_chunks_share_a_group_out_evenly_over_the_workers(tmp_path, n, batch_models, workers, sizes):
+    from trojanbench.zoo.build import JobRecord, Zoo, _chunks
+
+    cfg = ZooConfig(models_per_arch=2 * n, clean_fraction=0.5)
+    clean = [j for j in expand(cfg) if not j.trojaned]
+    assert len(clean) == n
+    tasks = _chunks(clean, {j.id: JobRecord(j.id) for j in clean}, Zoo(tmp_path), cfg, batch_models=batch_models,
+                    device="cpu", workers=workers)
+    assert [len(t.items) for t in tasks] == sizes
+    assert [i.job.id for t in tasks for i in t.items] == [j.id for j in clean]  # every job once, in plan order
+
+
 def test_a_kind_draws_its_own_rates_and_modes():
     cfg = ZooConfig(**{**AXES, "models_per_arch": 80, "trojans": {
         **AXES["trojans"], "by_kind": {"patch": {"rates": [0.5]}, "adaptive-blend": {"mode": "all-to-one"}}}})

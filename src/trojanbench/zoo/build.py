@@ -38,6 +38,7 @@ from .worker import ChunkItem, ChunkTask, JobResult
 # "damaged": the record says done but the model folder no longer verifies (never written to a record: a build
 # moves the folder aside and trains the job again)
 STATES = ("pending", "done", "failed", "rejected", "damaged")
+PARALLEL_EXECUTORS = ("pool", "ray")  # the executors that run `jobs` chunks at once
 
 
 def cache_key(cfg: ZooConfig) -> str:
@@ -224,7 +225,8 @@ def build_zoo(cfg: ZooConfig, out: str | Path, executor: str = "batched", jobs: 
             if rec.state == "failed" and not rec.id.startswith("imported-"):  # a new build: a fresh set of retries
                 rec.state = "pending"
                 rec.attempts = 0
-        _train_pending(zoo, cfg, plan, records, run, jobs, address, batch_models, device, threads, progress)
+        workers = jobs if executor in PARALLEL_EXECUTORS else 1
+        _train_pending(zoo, cfg, plan, records, run, jobs, workers, address, batch_models, device, threads, progress)
     return dict(Counter(r.state for r in records.values()))
 
 
@@ -249,7 +251,7 @@ def _set_aside(zoo: Zoo, rec: JobRecord) -> None:
 
 
 def _train_pending(zoo: Zoo, cfg: ZooConfig, plan: list[Job], records: dict[str, JobRecord], run, jobs: int,
-                   address: str | None, batch_models: int, device: str, threads: int, progress) -> None:
+                   workers: int, address: str | None, batch_models: int, device: str, threads: int, progress) -> None:
     by_id = {j.id: j for j in plan}
     twin_acc: dict[str, float] = {}
 
@@ -271,7 +273,7 @@ def _train_pending(zoo: Zoo, cfg: ZooConfig, plan: list[Job], records: dict[str,
                 todo = [j for j in phase if records[j.id].state == "pending"]
                 if not todo:
                     break
-                tasks = _chunks(todo, records, zoo, cfg, batch_models, device, threads)
+                tasks = _chunks(todo, records, zoo, cfg, batch_models, device, threads, workers)
                 for results in run(tasks, jobs=jobs, address=address):
                     for res in results:
                         finished = _land(zoo, by_id[res.job_id], records[res.job_id], res, cfg, twin_accuracy)
@@ -283,7 +285,11 @@ def _train_pending(zoo: Zoo, cfg: ZooConfig, plan: list[Job], records: dict[str,
 
 
 def _chunks(todo: list[Job], records, zoo: Zoo, cfg: ZooConfig, batch_models: int, device: str,
-            threads: int | None = None) -> list[ChunkTask]:
+            threads: int | None = None, workers: int = 1) -> list[ChunkTask]:
+    """The chunks that train `todo`, one setup (group) per chunk. A group's models are shared out evenly over as
+    few chunks as `batch_models` (the most per chunk) allows, but over at least one per worker where the group has
+    that many models, so that no worker of a pool idles while another trains a whole group. A job's weights do not
+    depend on its chunk (`train_chunk`): the split changes the wall time only."""
     groups: dict[tuple, list[Job]] = {}
     for j in todo:  # one chunk trains with one setup: group by architecture, insidiousness and intensity draw
         insidious = bool(j.trojan and j.trojan.insidious)
@@ -294,9 +300,12 @@ def _chunks(todo: list[Job], records, zoo: Zoo, cfg: ZooConfig, batch_models: in
         train = jobs[0].train_config(cfg)
         if insidious and cfg.insidious.epochs:
             train = train.model_copy(update={"epochs": cfg.insidious.epochs})
-        for i in range(0, len(jobs), max(1, batch_models)):
+        n_chunks = max(-(-len(jobs) // max(1, batch_models)), min(len(jobs), max(1, workers)))
+        base, extra = divmod(len(jobs), n_chunks)
+        bounds = [k * base + min(k, extra) for k in range(n_chunks + 1)]  # the first `extra` chunks take one more
+        for lo, hi in zip(bounds, bounds[1:]):
             items = []
-            for j in jobs[i:i + batch_models]:
+            for j in jobs[lo:hi]:
                 attempt = records[j.id].attempts
                 twin = None
                 if insidious:
