@@ -255,8 +255,19 @@ def run_benchmark(out: str | Path, config: str = DEFAULT_CONFIG, zoo: str | Path
     run's report into `out/report/index.html`. A run that stops early stays in the store as interrupted; its rows
     never appear in another run's report. With `resume`, a rerun of the same config, seed and code continues the
     newest interrupted run instead, and the tracks that run as jobs skip the jobs it finished; their jobs run on
-    `track_executor` (`jobs` workers for the pool and Ray). `kind`: the run's kind in the store (a study that runs
-    tracks records its run as `study:NAME`)."""
+    `track_executor` (`jobs` workers for the pool and Ray); on the pool executor the zoo build and every track
+    share one pool, whose workers start once (`zoo.executors.shared_pool`). `kind`: the run's kind in the store (a
+    study that runs tracks records its run as `study:NAME`)."""
+    from .zoo.executors import shared_pool
+
+    with shared_pool():  # the zoo build and every track share one pool's workers (started once)
+        return _run_benchmark(out, config, zoo, tracks, tools, seed, device, executor, jobs, zoo_progress, track_progress,
+                              report, results, track_executor, resume, kind)
+
+
+def _run_benchmark(out, config, zoo, tracks, tools, seed, device, executor, jobs, zoo_progress, track_progress, report,
+                   results, track_executor, resume, kind) -> BenchmarkRun:
+    """`run_benchmark`'s work, inside its shared pool."""
     from .report.html import figure_row
     from .tasks import applicable, config_modality, zoo_modality
     from .zoo.build import Zoo, build_zoo

@@ -29,7 +29,7 @@ from ..config import ZooConfig
 from ..errors import UserError
 from ..train import TRAINER_VERSION
 from ..utils import atomic_write_text, canonical_json, sha256_bytes
-from .executors import EXECUTORS
+from .executors import EXECUTORS, shared_pool
 from .lock import ZooLock
 from .plan import Job, expand
 from .store import CARD, ModelCard, check_files, load_card, save_model_bytes
@@ -226,7 +226,8 @@ def build_zoo(cfg: ZooConfig, out: str | Path, executor: str = "batched", jobs: 
                 rec.state = "pending"
                 rec.attempts = 0
         workers = jobs if executor in PARALLEL_EXECUTORS else 1
-        _train_pending(zoo, cfg, plan, records, run, jobs, workers, address, batch_models, device, threads, progress)
+        with shared_pool():  # the phases (clean models, trojans, retries) share the pool's workers
+            _train_pending(zoo, cfg, plan, records, run, jobs, workers, address, batch_models, device, threads, progress)
     return dict(Counter(r.state for r in records.values()))
 
 

@@ -1,7 +1,8 @@
 """Executors run chunks and yield their results as they complete.
 
 - `batched` (default): in this process, each chunk trained many-models-at-once.
-- `pool`: a process pool of `jobs` workers, each with its share of the cores.
+- `pool`: a process pool of `jobs` workers, each with its share of the cores (one pool per call, or one for a
+  whole `shared_pool` block: a benchmark run's zoo build and tracks).
 - `ray`: Ray tasks, on a local Ray started here (`jobs` CPUs) or an existing cluster (`address`); each task asks
   for one CPU, and for one GPU when the chunk trains on CUDA (`ray_task_options`).
 - `serial`: in this process, one model at a time (chunks of one) through the same trainer.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
@@ -49,21 +51,61 @@ def run_serial(tasks: Iterable[ChunkTask], jobs: int = 1, address: str | None = 
             yield fn(replace(task, items=[item]))
 
 
+_shared: dict[int, ProcessPoolExecutor] | None = None  # the open `shared_pool` block's pools, by worker count
+
+
+def _new_pool(jobs: int) -> ProcessPoolExecutor:
+    import multiprocessing as mp
+
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
+
+
+@contextmanager
+def shared_pool() -> Iterator[None]:
+    """Within the block, every `pool` executor call with the same `jobs` reuses one process pool instead of
+    starting its own, so its workers start (spawn, import torch and the tools) once: a zoo build's phases, and a
+    benchmark run's zoo build and tracks, share them. A block inside another uses the outer one's pools. Every task
+    sets its own torch threads and seeds, so what a worker ran before does not change what it computes. The pools
+    are shut down when the outermost block ends; a pool that a dead worker broke is replaced at the next call."""
+    global _shared
+    if _shared is not None:
+        yield
+        return
+    _shared = {}
+    try:
+        yield
+    finally:
+        pools, _shared = _shared, None
+        for pool in pools.values():
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
 @EXECUTORS.register("pool")
 def run_pool(tasks: Iterable[ChunkTask], jobs: int = 2, address: str | None = None,
              fn=train_chunk) -> Iterator[list[JobResult]]:
-    import multiprocessing as mp
-
     tasks = list(tasks)
     threads = max(1, cpu_count() // max(1, jobs))
     for t in tasks:
         t.threads = t.threads or threads
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        pending = {pool.submit(fn, t) for t in tasks}
+    if _shared is None:
+        with _new_pool(jobs) as pool:
+            yield from _drain(pool, tasks, fn)
+        return
+    if jobs not in _shared or getattr(_shared[jobs], "_broken", False):  # CPython marks a pool a dead worker broke
+        _shared[jobs] = _new_pool(jobs)
+    yield from _drain(_shared[jobs], tasks, fn)
+
+
+def _drain(pool: ProcessPoolExecutor, tasks: list, fn) -> Iterator:
+    pending = {pool.submit(fn, t) for t in tasks}
+    try:
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for f in done:
                 yield f.result()
+    finally:  # the caller stopped early (an error): tasks not started yet do not hold a shared pool's workers
+        for f in pending:
+            f.cancel()
 
 
 # A chunk trains its models at once (vmap over stacked weights), so one chunk is one GPU's work: a Ray task on CUDA
