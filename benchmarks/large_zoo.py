@@ -169,6 +169,7 @@ def _throughput(cfg, plan, cards, seconds: float, device: str, complete: bool) -
     """Training FLOPs of the kept models over the build's wall time, against the GEMM peak measured now."""
     from zoo_throughput import gemm_peak, step_flops  # beside this script
 
+    from trojanbench.zoo.executors import cpu_count
     from trojanbench.zoo.worker import cached_dataset
 
     ds = cached_dataset(cfg.data.model_dump_json())  # as the zoo's workers load it (data root, options)
@@ -182,7 +183,8 @@ def _throughput(cfg, plan, cards, seconds: float, device: str, complete: bool) -
             per_step[key] = step_flops(ds, arch, card.train["batch_size"])
         # matmul and convolution FLOPs grow linearly with the batch: an epoch is n samples' worth of them
         total += per_step[key] * len(ds.x_train) // card.train["batch_size"] * card.train["epochs"]
-    peak = gemm_peak(device)
+    # the whole machine's peak: on the CPU a build's workers share out every core
+    peak = gemm_peak(device, threads=None if device.startswith("cuda") else cpu_count())
     achieved = total / seconds if seconds else float("nan")
     out = {"partial": not complete, "training_flops": total, "flops_per_step": per_step,
            "achieved_gflops_per_second": round(achieved / 1e9, 2), "gemm_peak": peak,

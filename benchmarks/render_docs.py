@@ -237,17 +237,23 @@ def _zoo_determinism_summary(d):
 def _zoo_throughput(d):
     data = d["zoo_throughput.json"]
     peak = data["gemm_peak"]
-    lines = ["| trainer | seconds | models / second | achieved GFLOP/s | fraction of the GEMM peak | mean clean accuracy |"
-             " ASR min / median |", "|---|---|---|---|---|---|---|"]
+    machine = data.get("machine_gemm_peak")  # runs before it compared one-thread trainers with an all-core peak
+    threads = peak.get("threads", data["threads"])
+    lines = [f"| trainer | seconds | models / second | achieved GFLOP/s | fraction of the GEMM peak ({threads} thread"
+             f"{'s' if threads > 1 else ''}) |" + (f" fraction of the machine's ({machine['threads']} threads) |" if machine else "")
+             + " mean clean accuracy | ASR min / median |", "|---|---|---|---|---|" + ("---|" if machine else "") + "---|---|"]
     for name, label in (("serial", "plain loop (`serial`)"), ("batched", "many at once (`batched`)")):
         r = data[name]
         lines.append(f"| {label} | {r['seconds']:.1f} | {r['models_per_second']:.3f} | "
                      f"{r['achieved_gflops_per_second']:.2f} | {r['fraction_of_gemm_peak']:.3f} | "
-                     f"{r['mean_clean_accuracy']:.4f} | {r['asr_min']:.3f} / {r['asr_median']:.3f} |")
-    return ("\n".join(lines) + f"\n\n{data['serial']['models']} models each way; batched / loop throughput "
-            f"{data['speedup_batched_over_loop']:.3f}; GEMM peak {max(peak['by_size'].values()):.1f} GFLOP/s (the best "
-            f"float32 square matmul; each size's rate and the training FLOPs per step and per model are in the "
-            f"file).\n\n" + provenance_line(data, "zoo_throughput.json"))
+                     + (f"{r['fraction_of_machine_gemm_peak']:.3f} | " if machine else "")
+                     + f"{r['mean_clean_accuracy']:.4f} | {r['asr_min']:.3f} / {r['asr_median']:.3f} |")
+    peaks = f"GEMM peak {max(peak['by_size'].values()):.1f} GFLOP/s on {threads} thread{'s' if threads > 1 else ''}" + (
+        f", {max(machine['by_size'].values()):.1f} GFLOP/s on {machine['threads']}" if machine else "")
+    return ("\n".join(lines) + f"\n\n{data['serial']['models']} models each way, each trainer on {data['threads']} torch "
+            f"thread{'s' if data['threads'] > 1 else ''}; batched / loop throughput {data['speedup_batched_over_loop']:.3f}; "
+            f"{peaks} (the best float32 square matmul; each size's rate and the training FLOPs per step and per model "
+            f"are in the file).\n\n" + provenance_line(data, "zoo_throughput.json"))
 
 
 @block("vs-art", "vs_art.json")

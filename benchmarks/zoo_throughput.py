@@ -7,9 +7,11 @@ executor, the reference) and many at once (the `batched` executor), in one run.
 Writes models/second both ways, their ratio, and the mean clean accuracy / ASR band of each to
 benchmarks/results/zoo_throughput[-<arch>][-<device>].json.
 
-How close each trainer comes to the machine's compute limit, measured in the same run: the GEMM peak is the best
-of several timed float32 square matmuls (`torch.mm`, sizes 512-2048, on the same device and threads; FLOPs =
-2n^3); a trainer's achieved FLOP/s is the training FLOPs of its models divided by its wall time, where one
+How close each trainer comes to the compute limit, measured in the same run: the GEMM peak is the best of several
+timed float32 square matmuls (`torch.mm`, sizes 512-2048; FLOPs = 2n^3) on the same device and at the trainers'
+torch thread count (`--threads`, default 1: what a zoo build gives each chunk), and, on the CPU, again on every
+core (`machine_gemm_peak`: what the machine could do, against which a one-thread trainer is read too); a
+trainer's achieved FLOP/s is the training FLOPs of its models divided by its wall time, where one
 training step's FLOPs (forward and backward, at the zoo's batch size) are counted by
 `torch.utils.flop_counter.FlopCounterMode` (matmuls and convolutions only; elementwise work, data handling,
 the quality gate's evaluation and card writing are in the wall time but not in the FLOPs, so the fraction is a
@@ -32,8 +34,9 @@ from trojanbench.config import ZooConfig
 from trojanbench.data import load_dataset
 from trojanbench.implant import prepare
 from trojanbench.results.provenance import write_benchmark
-from trojanbench.utils import library_versions
+from trojanbench.utils import library_versions, torch_threads
 from trojanbench.zoo.build import Zoo, build_zoo
+from trojanbench.zoo.executors import cpu_count
 
 
 def zoo_config(models: int, arch: str, width: int, epochs: int) -> ZooConfig:
@@ -51,20 +54,23 @@ def summarise(folder: Path) -> dict:
             "asr_min": round(min(asr), 4), "asr_median": round(statistics.median(asr), 4)}
 
 
-def gemm_peak(device: str, sizes=(512, 1024, 2048), repeats: int = 5) -> dict:
+def gemm_peak(device: str, sizes=(512, 1024, 2048), repeats: int = 5, threads: int | None = None) -> dict:
     """The best float32 matmul rate (FLOP/s) over `sizes` (on CUDA 2048-8192), each the best of `repeats` timed runs
-    of at least 50 ms (CUDA: 200 ms, which also brings the clocks up from idle) after a warm-up. On CUDA also with
-    TF32 tensor cores allowed (`tf32_flops_per_second`): cuDNN runs float32 convolutions in TF32 by default
-    (`torch.backends.cudnn.allow_tf32`), so a CNN trainer's fraction is read against that peak too."""
+    of at least 50 ms (CUDA: 200 ms, which also brings the clocks up from idle) after a warm-up, on `threads` torch
+    threads (None: the process's setting; recorded as `threads`). On CUDA also with TF32 tensor cores allowed
+    (`tf32_flops_per_second`): cuDNN runs float32 convolutions in TF32 by default (`torch.backends.cudnn.allow_tf32`),
+    so a CNN trainer's fraction is read against that peak too."""
     cuda = device.startswith("cuda")
     sizes = (2048, 4096, 8192) if cuda else sizes
-    peak, by_size = _best_mm(device, sizes, repeats)
-    out = {"flops_per_second": peak, "by_size": by_size, "unit_by_size": "GFLOP/s"}
+    with torch_threads(threads):
+        peak, by_size = _best_mm(device, sizes, repeats)
+        out = {"flops_per_second": peak, "by_size": by_size, "unit_by_size": "GFLOP/s", "threads": torch.get_num_threads()}
     if cuda:
         before = torch.backends.cuda.matmul.allow_tf32
         try:
             torch.backends.cuda.matmul.allow_tf32 = True
-            out["tf32_flops_per_second"], out["tf32_by_size"] = _best_mm(device, sizes, repeats)
+            with torch_threads(threads):
+                out["tf32_flops_per_second"], out["tf32_by_size"] = _best_mm(device, sizes, repeats)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = before
         out["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
@@ -123,24 +129,31 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-models", type=int, default=32)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads the trainers (and the GEMM peak) run on")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     cfg = zoo_config(args.models, args.arch, args.width, args.epochs)
-    record = {"config": cfg.model_dump(), "device": args.device, "threads": torch.get_num_threads(),
-              "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-              "versions": library_versions()}
-    record["gemm_peak"] = gemm_peak(args.device)
+    cpu = not args.device.startswith("cuda")
+    record = {"config": cfg.model_dump(), "device": args.device, "threads": args.threads,
+              "gpu": None if cpu else torch.cuda.get_device_name(), "versions": library_versions()}
+    record["gemm_peak"] = gemm_peak(args.device, threads=args.threads)
     print("GEMM peak", record["gemm_peak"], flush=True)
+    if cpu:
+        record["machine_gemm_peak"] = gemm_peak(args.device, threads=cpu_count())
+        print("machine GEMM peak", record["machine_gemm_peak"], flush=True)
     record["training_flops"] = training_flops(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         for executor in ("serial", "batched"):
             start = time.perf_counter()
-            build_zoo(cfg, Path(tmp) / executor, executor=executor, batch_models=args.batch_models, device=args.device)
+            build_zoo(cfg, Path(tmp) / executor, executor=executor, batch_models=args.batch_models, device=args.device,
+                      threads=args.threads)
             seconds = time.perf_counter() - start
             achieved = record["training_flops"]["flops_per_model"] * args.models / seconds
             record[executor] = {"seconds": round(seconds, 2), "models_per_second": round(args.models / seconds, 4),
                                 "achieved_gflops_per_second": round(achieved / 1e9, 3),
                                 "fraction_of_gemm_peak": round(achieved / record["gemm_peak"]["flops_per_second"], 4),
+                                **({"fraction_of_machine_gemm_peak": round(
+                                    achieved / record["machine_gemm_peak"]["flops_per_second"], 4)} if cpu else {}),
                                 **summarise(Path(tmp) / executor)}
             print(executor, record[executor], flush=True)
     record["speedup_batched_over_loop"] = round(record["batched"]["models_per_second"] /

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from trojanbench.zoo.executors import cpu_count
+
 SCRIPT = Path(__file__).parents[2] / "benchmarks" / "large_zoo.py"
 
 TINY = """name = "tiny-budget"
@@ -52,3 +54,17 @@ def test_a_budgeted_build_is_summarised_as_incomplete_and_the_next_call_finishes
     assert tp["partial"] is False
     assert tp["gemm_peak"]["flops_per_second"] > 0 and 0 < tp["fraction_of_gemm_peak"] < 1
     assert "tf32_flops_per_second" not in tp["gemm_peak"]  # CUDA only
+    assert tp["gemm_peak"]["threads"] == cpu_count()  # the build's workers share out every core: the machine's peak
+
+
+def test_zoo_throughput_reads_each_trainer_against_the_peak_at_its_own_thread_count(tmp_path):
+    out = tmp_path / "zt.json"
+    cmd = [sys.executable, str(SCRIPT.parent / "zoo_throughput.py"), "--models", "2", "--epochs", "1", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["threads"] == data["gemm_peak"]["threads"] == 1  # a zoo build's one thread per chunk
+    assert data["machine_gemm_peak"]["threads"] == cpu_count()
+    for trainer in ("serial", "batched"):
+        r = data[trainer]
+        assert r["models"] == 2 and 0 < r["fraction_of_machine_gemm_peak"] <= r["fraction_of_gemm_peak"] * 1.05
