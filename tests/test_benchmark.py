@@ -55,6 +55,29 @@ def test_the_quick_default_runs_every_track_with_tools_and_their_baselines():
 
     for registry in (DETECTORS, SAMPLE_DETECTORS):  # both detect boards, not just the track
         assert {registry.get(n).is_baseline for n in QUICK_TOOLS if n in registry.names()} == {True, False}
+    from trojanbench.errors import UserError
+
+    # one track of the quick default (`run --tracks detect`): the default set narrowed to it, not an error
+    assert set(split_tools(QUICK_TOOLS, ["detect"], strict=False)) == {"detect"}
+    with pytest.raises(UserError, match="unknown tool 'integrated-gradients' in tracks detect"):
+        split_tools(["integrated-gradients"], ["detect"])  # a tool the user names must fit the tracks
+
+
+def test_one_track_of_the_quick_default_runs_its_share_of_the_default_tools(tmp_path, monkeypatch):
+    """`trojanbench run --tracks detect` used to stop at once: the quick default's diagnose tools are unknown to
+    the detect track."""
+    import trojanbench.zoo.build
+
+    class Reached(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Reached
+
+    monkeypatch.setattr(trojanbench.zoo.build, "build_zoo", stop)
+    monkeypatch.setenv("TROJANBENCH_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(Reached):  # past the routing of tools, to the zoo build
+        run_benchmark(tmp_path / "run", tracks=["detect"], report=False)
 
 
 def test_a_tool_for_other_inputs_is_refused_before_the_zoo_is_built(tmp_path, monkeypatch):

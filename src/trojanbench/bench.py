@@ -144,13 +144,14 @@ def _edit_registries():
 register_track(Track("edit", _edit, _edit_registries, "causal tracing + rank-one editing", targeted=True))
 
 
-def split_tools(tools: list[str] | None, tracks: list[str]) -> dict[str, list[str] | None]:
-    """Route `--tools` to the tracks whose registries know them; an unknown name is a one-line error."""
+def split_tools(tools: list[str] | None, tracks: list[str], strict: bool = True) -> dict[str, list[str] | None]:
+    """Route `--tools` to the tracks whose registries know them; an unknown name is a one-line error (`strict`;
+    otherwise, for a config's default set, the names no chosen track knows are dropped)."""
     if tools is None:
         return {t: None for t in tracks}
     known = {t: {n for reg in TRACKS[t].registries() for n in reg.names()} for t in tracks}
     unknown = [n for n in tools if not any(n in k for k in known.values())]
-    if unknown:
+    if unknown and strict:
         every = sorted(set().union(*known.values()))
         raise UserError(f"unknown tool {unknown[0]!r} in tracks {', '.join(tracks)}; known: {', '.join(every)}")
     return {t: [n for n in tools if n in known[t]] for t in tracks if any(n in known[t] for n in tools)}
@@ -280,8 +281,9 @@ def _run_benchmark(out, config, zoo, tracks, tools, seed, device, executor, jobs
     device = str(resolve_device(device))  # a device this machine lacks: a one-line error before any work
     EXECUTORS.get(track_executor)
     tracks = check_tracks(tracks)
+    named = tools is not None and tools != ["all"]
     tools = default_tools(config if zoo is None else "", tools)
-    routed = split_tools(tools, tracks)
+    routed = split_tools(tools, tracks, strict=named)  # `--tracks detect` on the quick default: its detectors only
     run = BenchmarkRun(results=Path(results) if results else out / "results.sqlite")
     ResultsStore(run.results).close()  # a clear error now if the store is unusable (a folder, an old schema)
     start = time.perf_counter()
