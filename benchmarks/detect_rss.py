@@ -31,7 +31,7 @@ TRACK = """
 import json, resource, sys
 from trojanbench.bench import run_benchmark
 config, out, tools, executor, jobs = sys.argv[1:6]
-run = run_benchmark(out, config=config, tracks=["detect"], tools=tools.split(",") if tools else None, report=False,
+run = run_benchmark(out, config=config, tracks=["detect"], tools=tools.split(",") if tools else ["all"], report=False,
                     resume=False, track_executor=executor, jobs=int(jobs))
 own, worker = (resource.getrusage(who).ru_maxrss / 1024 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
 print(json.dumps({"driver_peak_rss_mib": round(own, 1), "worker_peak_rss_mib": round(worker, 1),

@@ -237,11 +237,13 @@ def _zoo_determinism_summary(d):
 def _zoo_throughput(d):
     data = d["zoo_throughput.json"]
     peak = data["gemm_peak"]
-    machine = data.get("machine_gemm_peak")  # runs before it compared one-thread trainers with an all-core peak
+    machine = data.get("machine_gemm_peak")  # the all-core peak (CPU runs; files before it have one peak only)
     threads = peak.get("threads", data["threads"])
-    lines = [f"| trainer | seconds | models / second | achieved GFLOP/s | fraction of the GEMM peak ({threads} thread"
-             f"{'s' if threads > 1 else ''}) |" + (f" fraction of the machine's ({machine['threads']} threads) |" if machine else "")
-             + " mean clean accuracy | ASR min / median |", "|---|---|---|---|---|" + ("---|" if machine else "") + "---|---|"]
+    plural = "s" if threads > 1 else ""
+    extra = f" fraction of the machine's ({machine['threads']} threads) |" if machine else ""
+    lines = [f"| trainer | seconds | models / second | achieved GFLOP/s | fraction of the GEMM peak ({threads} thread{plural}) |"
+             + extra + " mean clean accuracy | ASR min / median |",
+             "|---|---|---|---|---|" + ("---|" if machine else "") + "---|---|"]
     for name, label in (("serial", "plain loop (`serial`)"), ("batched", "many at once (`batched`)")):
         r = data[name]
         lines.append(f"| {label} | {r['seconds']:.1f} | {r['models_per_second']:.3f} | "
