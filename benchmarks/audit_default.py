@@ -1,8 +1,8 @@
-"""Audits on the default zoo, and how well calibrated every model-level detector is there.
+"""Audits on the digits-bench zoo, and how well calibrated every model-level detector is there.
 
     .venv/bin/python benchmarks/audit_default.py          # about 15 minutes on 2 cores with the zoo cached
 
-1. One benchmark run of the detect and repair tracks on the default zoo (digits-bench, built or reused from the
+1. One benchmark run of the detect and repair tracks on the digits-bench zoo (built or reused from the
    cache) into runs/audit-default/reference.sqlite: the reference every audit below calibrates on.
 2. `calibration.json`: per model-level detector on the zoo's held-out split, the out-of-fold Platt probabilities'
    cross-entropy, Brier score and ECE with bootstrap intervals (audit/calibrate.py; a trojan and its clean twin

@@ -1,4 +1,4 @@
-"""Peak memory of the detect track as the zoo grows: the track's peak RSS on the default zoo (`digits-bench`, 48
+"""Peak memory of the detect track as the zoo grows: the track's peak RSS on the `digits-bench` zoo (48
 models) and on the large one (`digits-large`, 980 models: 20x), each a `trojanbench run --tracks detect` in a fresh
 process (its own `ru_maxrss`). A warm-up run on the smaller zoo comes first (it fills the caches, e.g. MNTD's
 shadow models, so that both measured runs score the track alone). The track runs as jobs (`tasks.jobs`), each

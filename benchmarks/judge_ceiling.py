@@ -10,8 +10,8 @@ chance level 1/k). Same probes, reference network, library, options and option o
 The main fields are for the held-out split (what the leaderboards score); `all_splits` repeats them over every
 trojan of the zoo (the held-out split of digits-bench happens to hold no natural-feature trojan, and nothing
 here is fitted on the zoo). `--planned` adds the trojans of the plan that the zoo's quality gate rejected (the
-judge needs only their trigger; the dev zoo lost all its warp trojans that way). Without --zoo the default zoo
-(`--config`, digits-bench) is built once under $TROJANBENCH_CACHE and reused. The perfect tool applies the true
+judge needs only their trigger; the dev zoo lost all its warp trojans that way). Without --zoo the `--config` zoo
+(digits-bench) is built once under $TROJANBENCH_CACHE and reused. The perfect tool applies the true
 trigger with placements of its own (a patch at a random place lands elsewhere than in the option's picture). The
 random prior is scored as the track scores it (one draw per trojan, context seed 0) and as its expectation over
 `--draws` draws per trojan; `chance` is the mean of 1/k.

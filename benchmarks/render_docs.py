@@ -295,7 +295,7 @@ def _track_boards(prefix: str, source: str):
     return fn
 
 
-# `board-<track>`: the default zoo's boards of one track (docs/<track>.md); `board2-<track>`: the second zoo's
+# `board-<track>`: the digits-bench zoo's boards of one track (docs/<track>.md); `board2-<track>`: the second zoo's
 for _name, _tasks in {"detect": "detect-model,detect-samples", "diagnose": "diagnose-attribution",
                       "synthesize": "synthesize,synthesize-mc", "repair": "repair", "edit": "edit"}.items():
     block(f"board-{_name}", "board_digits-bench.json")(_track_boards(_tasks, "board_digits-bench.json"))

@@ -1,10 +1,10 @@
-"""Do repairs hold? Every repairer on the default zoo's held-out trojans, with the retuning attack and the probe.
+"""Do repairs hold? Every repairer on the digits-bench zoo's held-out trojans, with the retuning attack and the probe.
 
     .venv/bin/python benchmarks/repair_holds.py     # about 15 minutes on 2 cores with the zoo cached
     .venv/bin/python benchmarks/repair_holds.py --results runs/audit-default/reference.sqlite   # reuse that run
 
 One run of the repair track (5% clean budget, every registered repairer, `holds=True`) on the held-out split of
-the default zoo (digits-bench), stored in runs/repair-holds/results.sqlite. Writes
+the digits-bench zoo, stored in runs/repair-holds/results.sqlite. Writes
 benchmarks/results/repair_holds.json:
 - the board: per repairer ASR, P-ASR, probe AUROC, robust accuracy, DER, clean cost, target-class cost, with
   intervals, by trigger kind and crude vs insidious, the clean-accuracy gate, and the clean twins' control row;

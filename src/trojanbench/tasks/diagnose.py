@@ -178,7 +178,7 @@ def board_spec(pop: str) -> BoardSpec:
     return BoardSpec(
         task=TASK, title="Do attribution maps point at the trigger? (ranked by correlation with the trigger's footprint)",
         # ranked over every held-out trojan (the footprint of a global trigger is the pixels it changes): ranked by
-        # the patch cell alone, the default zoo's held-out split left n = 1 and no verdict at all
+        # the patch cell alone, digits-bench's held-out split left n = 1 and no verdict at all
         key="correlation", population=pop,
         columns=[Column(name=m, source=m, header=h) for m, h in (
                      ("correlation", "corr"), ("pointing_game", "pointing game"), ("pointing_game_strict", "PG strict"),

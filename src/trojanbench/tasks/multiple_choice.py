@@ -34,7 +34,7 @@ Where the choices come from:
 - `NEAR` was set on the dev zoo: its seed-invariant triggers (emboss, ink, the checkerboard at random places, the
   fixed white patch) render identically (distance 0), while its closest pair of different triggers (two noise
   blends) is 0.82 apart, so any threshold between leaves the same library; 0.05 is kept well clear of both.
-The perfect-tool ceiling and the random-prior floor on the default zoo are in benchmarks/results/judge_ceiling.json.
+The perfect-tool ceiling and the random-prior floor on the digits-bench zoo are in benchmarks/results/judge_ceiling.json.
 """
 
 from __future__ import annotations
