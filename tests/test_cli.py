@@ -78,6 +78,21 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, model_dir):
     (fake / "card.json").write_text((model_dir / "card.json").read_text())
     (fake / "model.safetensors").write_bytes(pickle.dumps({"evil": 1}))
     one_line_error(cli("inspect", fake), "pickle")
+    # found by a newcomer's review: each was an "internal error" (exit 1) or silently did something else
+    one_line_error(cli("implant", "--arch-param", "width=-3", "--epochs", "1", "--out", tmp_path / "x"),
+                   "bad arguments for architecture 'cnn'", "negative dimension")
+    one_line_error(cli("run", "--tools", "", "--out", tmp_path / "r"), "--tools '' names nothing")
+    one_line_error(cli("run", "--track", " , ", "--out", tmp_path / "r"), "--track ' , ' names nothing")
+    (tmp_path / "binary.toml").write_bytes(b"\xff\xfe\x00junk")
+    one_line_error(cli("zoo", "build", "--config", tmp_path / "binary.toml", "--out", tmp_path / "z"), "not a text file")
+    (tmp_path / "empty.toml").write_text("# nothing yet\n")
+    one_line_error(cli("zoo", "build", "--config", tmp_path / "empty.toml", "--out", tmp_path / "z"), "is empty")
+    one_line_error(cli("report", tmp_path / "binary.toml", "-o", tmp_path / "binary.toml"), "is a file; give a folder")
+    for args in (("run", "--jobs", "0"), ("zoo", "build", "--out", tmp_path / "z", "--batch-models", "0"),
+                 ("implant", "--out", tmp_path / "x", "--epochs", "0")):  # typer's own usage errors (exit 2)
+        r = cli(*args)
+        assert r.returncode == 2 and f"Invalid value for '{args[-2]}'" in r.stderr, r.stderr
+    assert not (tmp_path / "z").exists() and not (tmp_path / "x").exists() and not (tmp_path / "r").exists()
 
 
 TINY_ZOO = """

@@ -58,7 +58,7 @@ def implant(
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="trigger parameter key=value (repeatable)"),
     arch_param: Optional[List[str]] = typer.Option(None, "--arch-param", help="architecture argument key=value"),
     seed: int = typer.Option(0, help="seed for poisoning, initialisation and batches"),
-    epochs: Optional[int] = typer.Option(None, help="training epochs (default: per architecture)"),
+    epochs: Optional[int] = typer.Option(None, min=1, help="training epochs (default: per architecture)"),
     data_root: Optional[Path] = typer.Option(None, help="where cifar10/imagefolder data lives"),
     device: str = typer.Option("auto", help="cpu, cuda, or auto"),
 ):
@@ -83,7 +83,7 @@ def implant(
     ds_opts = {"data_root": str(data_root)} if data_root else {}
     ds = load_dataset(dataset, **ds_opts)
     cfg = default_train_config(arch, dataset)
-    if epochs:
+    if epochs is not None:
         cfg = cfg.model_copy(update={"epochs": epochs})
     with _progress() as bar:
         task = bar.add_task(f"training {arch} on {dataset}", total=cfg.epochs)
@@ -95,6 +95,16 @@ def implant(
     if "attack_success_rate" in m:
         line += f"   attack success rate {m['attack_success_rate']:.2%}"
     console.print(f"{line}   ({card.train_seconds:.1f}s)\nsaved {out} (id {card.id})")
+
+
+def _names(s: str | None, option: str) -> list[str] | None:
+    """A comma-separated option's names (None: not given); given but naming nothing is an error, not "all"."""
+    if s is None:
+        return None
+    names = [t.strip() for t in s.split(",") if t.strip()]
+    if not names:
+        raise UserError(f"{option} {s!r} names nothing; leave it out for the default")
+    return names
 
 
 def _first_error(e: Exception) -> str:
@@ -142,7 +152,7 @@ def audit(
     arch: Optional[str] = typer.Option(None, help="architecture of a bare state dict: a registered name or "
                                                   "package.module:Class"),
     arch_param: Optional[List[str]] = typer.Option(None, "--arch-param", help="architecture argument key=value (repeatable)"),
-    zoo: Optional[Path] = typer.Option(None, help="reference zoo for calibration (default: the default benchmark's zoo)"),
+    zoo: Optional[Path] = typer.Option(None, help="reference zoo for calibration (default: digits-bench's, built by `run --config digits-bench`)"),
     reference: Optional[Path] = typer.Option(None, help="a results store whose latest matching run scored the zoo "
                                                         "(default: computed into OUT/reference.sqlite)"),
     out: Path = typer.Option(Path("runs/audit"), "--out", "-o", help="folder for index.html, audit.json and figures"),
@@ -159,13 +169,14 @@ def audit(
     from .audit import audit as run_audit
     from .utils import resolve_device
 
-    def names(s):
-        return None if s is None else [] if s.strip() == "none" else [t.strip() for t in s.split(",") if t.strip()]
+    def names(s, option):
+        return [] if s is not None and s.strip() == "none" else _names(s, option)
 
     with _progress() as bar:
         task = bar.add_task("auditing", total=None)
         res = run_audit(model, data, out, arch=arch, arch_params=parse_params(arch_param), zoo=zoo, reference=reference,
-                        detectors=names(tools), synthesizers=names(synthesizers), attributors=names(attributors),
+                        detectors=_names(tools, "--tools"), synthesizers=names(synthesizers, "--synthesizers"),
+                        attributors=names(attributors, "--attributors"),
                         seed=seed, device=str(resolve_device(device)), progress=lambda: bar.update(task, advance=1))
     t = res.target
     console.print(f"P(trojaned) = {res.p_trojaned:.3f} ({res.headline}, Platt-calibrated on zoo {res.zoo_name}): "
@@ -232,7 +243,7 @@ def run(
     seed: int = typer.Option(0),
     executor: str = typer.Option("pool", help="zoo executor: pool (a process per core), batched (in-process), serial "
                                               "or ray"),
-    jobs: int = typer.Option(2, help="workers for the pool / ray executors"),
+    jobs: int = typer.Option(2, min=1, help="workers for the pool / ray executors"),
     track_executor: str = typer.Option("pool", help="executor of the tracks' (tool, model) jobs: pool (--jobs "
                                                     "processes; workers share the shadow models they need), serial "
                                                     "(in this process) or ray"),
@@ -260,8 +271,7 @@ def run(
 
         return ctx()
 
-    split = (lambda s: [t.strip() for t in s.split(",") if t.strip()] if s else None)
-    res = run_benchmark(out, config=config, zoo=zoo, tracks=split(track), tools=split(tools), seed=seed,
+    res = run_benchmark(out, config=config, zoo=zoo, tracks=_names(track, "--track"), tools=_names(tools, "--tools"), seed=seed,
                         device=str(resolve_device(device)), executor=executor, jobs=jobs, zoo_progress=_zoo_progress,
                         track_progress=track_progress, report=report, results=results,
                         track_executor=track_executor, resume=resume)
@@ -283,6 +293,8 @@ def report(results: Path = typer.Argument(..., help="a results store (results.sq
     """Render the static HTML report of one run (leaderboards with CIs and verdicts, plots, image panels); opens offline."""
     from .report.html import render_report
 
+    if out is not None and out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder")
     index = render_report(results, out or results.parent / "report", title=title, run_id=run_id)
     console.print(f"report: {index}")
 
@@ -393,9 +405,9 @@ def zoo_build(
     out: Path = typer.Option(..., "--out", "-o", help="zoo folder (created, or resumed if it exists)"),
     executor: str = typer.Option("pool", help="pool (a process per core, each training its chunks many models at "
                                               "once on one thread), batched (in-process), serial or ray"),
-    jobs: int = typer.Option(2, help="workers for pool / CPUs for a local ray"),
+    jobs: int = typer.Option(2, min=1, help="workers for pool / CPUs for a local ray"),
     address: Optional[str] = typer.Option(None, help="address of an existing Ray cluster (ray executor)"),
-    batch_models: int = typer.Option(16, help="the most models trained at once per chunk (each group is shared out "
+    batch_models: int = typer.Option(16, min=1, help="the most models trained at once per chunk (each group is shared out "
                                      "evenly, with a chunk per worker at least)"),
     device: str = typer.Option("cpu", help="device for training (cpu, cuda)"),
 ):

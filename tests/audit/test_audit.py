@@ -183,3 +183,11 @@ def test_audit_cli_errors_are_one_line(tmp_path, pair, tiny_zoo):
     torch.save({"model": {"w": torch.zeros(1)}, "x": ValueError("a pickled object")}, buf)
     pickled.write_bytes(buf.getvalue())
     one_line_error(cli("audit", pickled, "--data", "digits", "--zoo", tiny_zoo, "--arch", "cnn"), "never unpickles")
+    # an empty --tools, and synthesizer / attributor names checked before any work (they were only checked once a
+    # detector named a target, after every detector had run, and ignored otherwise)
+    one_line_error(cli("audit", folder, "--data", "digits", "--zoo", tiny_zoo, "--tools", ""), "--tools '' names nothing")
+    for option in ("--synthesizers", "--attributors"):
+        r = cli("audit", folder, "--data", "digits", "--zoo", tiny_zoo, "--tools", "entropy", option, "nosuch",
+                "--out", tmp_path / "a")
+        one_line_error(r, "unknown", "'nosuch'")
+        assert not (tmp_path / "a").exists()

@@ -169,6 +169,49 @@ def test_import_a_model_trained_elsewhere(built, tmp_path):
         import_model(zoo_copy, broken)
 
 
+def test_a_model_from_another_dataset_is_refused_at_import(built, tmp_path):
+    import shutil
+
+    out, _ = built
+    zoo_copy = tmp_path / "zoo"
+    shutil.copytree(out, zoo_copy)
+    _, folder, _ = Zoo(out).models()[0]
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    card = json.loads((other / "card.json").read_text())
+    card["dataset"]["name"] = "shapes"  # as `implant --dataset shapes` writes it
+    from trojanbench.zoo.store import ModelCard
+
+    card["id"] = ModelCard(**card).content_hash()[:16]
+    (other / "card.json").write_text(json.dumps(card))
+    with pytest.raises(UserError, match="trained on shapes; the zoo .* holds models of digits"):
+        import_model(zoo_copy, other)
+    assert len(Zoo(zoo_copy).plan()) == len(Zoo(out).plan())  # nothing added
+
+
+def test_damaged_bookkeeping_and_a_lost_card_are_one_line_errors_not_silence(built, tmp_path):
+    """A done model whose card.json is gone was silently left out of `models()` (and so of every board); a garbage
+    plan, record or zoo.json gave a JSONDecodeError."""
+    import shutil
+
+    out, _ = built
+    zoo_dir = tmp_path / "zoo"
+    shutil.copytree(out, zoo_dir)
+    job, folder, _ = Zoo(zoo_dir).models()[0]
+    (folder / "card.json").unlink()
+    with pytest.raises(UserError, match=f"damaged model.*{job.id}: its card.json is missing"):
+        Zoo(zoo_dir).models()
+    rec = Zoo(zoo_dir).record(job.id)
+    assert rec.state == "damaged" and rec.errors[-1] == "damaged: its card.json is missing"
+    assert build_zoo(tiny_zoo(), zoo_dir, batch_models=3) == {"done": 6}  # retrained
+    for name, fix in (("jobs/" + job.id + ".json", "delete it"), ("plan.json", "rebuild"), ("zoo.json", "rebuild")):
+        broken = tmp_path / name.replace("/", "-")
+        shutil.copytree(zoo_dir, broken)
+        (broken / name).write_text("{not json")
+        with pytest.raises(UserError, match=f"{name.split('/')[-1]} is damaged .*{fix}"):
+            Zoo(broken).status() if name != "zoo.json" else Zoo(broken).config()
+
+
 def test_status_cli_and_errors(built, tmp_path):
     out, _ = built
     r = subprocess.run([sys.executable, "-m", "trojanbench.cli", "zoo", "status", str(out)], capture_output=True,

@@ -206,3 +206,18 @@ def test_the_large_text_config_is_sst2_bench_scaled_up_under_its_own_seed():
     assert sum(j.split == "test" for j in jobs) >= 200
     for kind in large.trojans.kinds:
         assert sum(j.split == "test" for j in jobs if j.trojaned and j.trojan.trigger.kind == kind) >= 30
+
+
+def test_a_config_naming_what_does_not_exist_is_refused_before_any_folder_is_made(tmp_path):
+    """An unknown architecture or trigger parameter failed each job at build time (after its retries)."""
+    from trojanbench.zoo.build import build_zoo
+
+    for body, message in (({"archs": [{"arch": "nosuch"}]}, "unknown architecture 'nosuch'"),
+                          ({"trojans": {"kinds": ["warp"], "variants": {"warp": [{"bogus": 1}]}}},
+                           "trojans.variants.warp: bogus: Extra inputs are not permitted")):
+        with pytest.raises(UserError, match=message):
+            build_zoo(ZooConfig(models_per_arch=2, **body), tmp_path / "z")
+        assert not (tmp_path / "z").exists()
+    (tmp_path / "empty.toml").write_text("# to fill in\n")
+    with pytest.raises(UserError, match="is empty"):
+        load_zoo_config(tmp_path / "empty.toml")

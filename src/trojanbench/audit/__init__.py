@@ -240,10 +240,18 @@ def audit(model_path: str | Path, data: str, out: str | Path, arch: str | None =
     from ..tools.detect import DETECTORS, DetectContext
     from ..zoo.build import Zoo
 
+    from ..tools.attribute import ATTRIBUTORS
+    from ..tools.synthesize import SYNTHESIZERS
+
     start = time.perf_counter()
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder")
+    if detectors is not None and not detectors:
+        raise UserError("no detector named: the audit's verdict needs at least one")
+    for registry, chosen in ((DETECTORS, detectors), (SYNTHESIZERS, synthesizers), (ATTRIBUTORS, attributors)):
+        for n in chosen or []:
+            registry.get(n)  # one line for an unknown name, before any work (not only once a target is named)
     ds = _dataset(data)
     loaded = load_audited_model(model_path, ds, arch, arch_params, device)
     check_fits(loaded.model, ds, str(model_path))
@@ -262,8 +270,6 @@ def audit(model_path: str | Path, data: str, out: str | Path, arch: str | None =
         warnings.append(f"the reference zoo was trained on {zds.name}, the audit's data is {ds.name}: its calibration may "
                         "not transfer")
     names = [n for n in DETECTORS.names() if detectors is None or n in detectors]
-    for n in detectors or []:
-        DETECTORS.get(n)  # one line for an unknown name
     out.mkdir(parents=True, exist_ok=True)
     rows, ref_where = reference_rows(zoo, names, Path(reference) if reference else None, out, seed, device, progress)
 

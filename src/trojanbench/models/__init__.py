@@ -38,8 +38,9 @@ def build_model(arch: str, **kwargs) -> nn.Module:
     factory = MODELS.get(arch)
     try:
         return factory(**kwargs)
-    except TypeError as e:
-        raise UserError(f"bad arguments for architecture {arch!r}: {e}") from None
+    except (TypeError, ValueError, RuntimeError) as e:  # a missing or unknown argument, a width of -3, ...
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"bad arguments for architecture {arch!r}: {first}") from None
 
 
 def image_hw(image_size) -> tuple[int, int]:

@@ -78,13 +78,22 @@ class Zoo:
     def exists(self) -> bool:
         return (self.root / "plan.json").is_file()
 
+    def _read(self, path: Path, parse):
+        """`parse(json)` of one of the zoo's bookkeeping files; a damaged one is a one-line error naming it."""
+        try:
+            return parse(json.loads(path.read_text()))
+        except (ValueError, TypeError, KeyError) as e:  # invalid JSON (or UTF-8), or a body of the wrong shape
+            fix = ("delete it: `trojanbench zoo build` checks the job against its model folder again"
+                   if path.parent.name == "jobs" else "rebuild the zoo into a new folder")
+            raise UserError(f"zoo {self.root}: {path.name} is damaged ({_first_line(e)}); {fix}") from None
+
     def _zoo_json(self) -> dict:
-        return json.loads((self.root / "zoo.json").read_text())
+        return self._read(self.root / "zoo.json", dict)
 
     def config(self) -> ZooConfig:
         body = self._zoo_json()
         body.pop("trainer_version", None)
-        return ZooConfig.model_validate(body)
+        return self._read(self.root / "zoo.json", lambda _: ZooConfig.model_validate(body))
 
     def trainer_version(self) -> int:
         """The trainer version that built this zoo (1 for zoos from before versions were recorded)."""
@@ -109,17 +118,17 @@ class Zoo:
     def plan(self) -> list[Job]:
         if not self.exists:
             raise UserError(f"{self.root} is not a zoo (no plan.json); build one with `trojanbench zoo build`")
-        return [Job.model_validate(j) for j in json.loads((self.root / "plan.json").read_text())]
+        return self._read(self.root / "plan.json", lambda body: [Job.model_validate(j) for j in body])
 
     def record(self, job_id: str) -> JobRecord:
         """The job's record, with its state checked against the disk: a job whose model landed before the build
         died counts as done; a done job whose model no longer verifies is "damaged", the reason last in errors."""
         path = self.root / "jobs" / f"{job_id}.json"
-        rec = JobRecord(**json.loads(path.read_text())) if path.is_file() else JobRecord(job_id)
+        rec = self._read(path, lambda body: JobRecord(**body)) if path.is_file() else JobRecord(job_id)
         card, problem = self.check_model(job_id)
         if rec.state == "done" and card is None:
             rec.state = "damaged"
-            rec.errors = (rec.errors or []) + [f"damaged: {problem or 'its model folder is missing'}"]
+            rec.errors = (rec.errors or []) + [f"damaged: {problem or self._missing(job_id)}"]
         elif rec.state != "done" and card is not None:
             rec.state, rec.model_id = "done", None  # the model landed but the build died before its record did
         return rec
@@ -140,6 +149,11 @@ class Zoo:
     def _valid_model(self, job_id: str) -> ModelCard | None:
         return self.check_model(job_id)[0]
 
+    def _missing(self, job_id: str) -> str:
+        """What is missing of a model its record says is done (`check_model` found no card)."""
+        folder = self.root / "models" / job_id
+        return f"its {CARD} is missing" if folder.is_dir() else "its model folder is missing"
+
     def models(self, split: str | None = None) -> list[tuple[Job, Path, ModelCard]]:
         """Every finished model (optionally of one zoo split) with its job and card, each verified against its
         hashes. A damaged model is an error (one line), never silently left out of what is scored."""
@@ -152,6 +166,8 @@ class Zoo:
                 out.append((job, self.root / "models" / job.id, card))
             elif problem:
                 damaged.append(f"{job.id}: {problem}")
+            elif (self.root / "jobs" / f"{job.id}.json").is_file() and self.record(job.id).state == "damaged":
+                damaged.append(f"{job.id}: {self._missing(job.id)}")  # done by its record, no card on disk
         if damaged:
             raise UserError(f"zoo {self.root} has {len(damaged)} damaged model(s) ({damaged[0]}); "
                             f"`trojanbench zoo build` with its config and --out {self.root} retrains them")
@@ -211,6 +227,7 @@ def build_zoo(cfg: ZooConfig, out: str | Path, executor: str = "batched", jobs: 
     a zoo's weights do not depend on the machine's core count; use the pool or Ray executor for more cores);
     the count used is on every card."""
     run = EXECUTORS.get(executor)
+    expand(cfg)  # a config error (an unknown architecture, a bad trigger variant) before any folder is made
     zoo = Zoo(out)
     with ZooLock(zoo.root, timeout=lock_timeout):
         plan = zoo.init(cfg)
@@ -357,6 +374,14 @@ def _land(zoo: Zoo, job: Job, rec: JobRecord, res: JobResult, cfg: ZooConfig, tw
     return True
 
 
+def _first_line(e: Exception) -> str:
+    errors = getattr(e, "errors", None)
+    if callable(errors):  # pydantic: the first field that does not fit
+        err = errors()[0]
+        return f"{'.'.join(map(str, err['loc']))}: {err['msg']}"
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
 def import_model(zoo_dir: str | Path, model_dir: str | Path, split: str = "test") -> str:
     """Add a verified model folder to an existing zoo as a finished job of its own."""
     from ..trojans import TrojanSpec
@@ -367,6 +392,9 @@ def import_model(zoo_dir: str | Path, model_dir: str | Path, split: str = "test"
     zoo = Zoo(zoo_dir)
     zoo.plan()  # a clear error if it is not a zoo, before the lock creates anything
     _, card = load_model(model_dir)  # verifies every hash and that the weights fit the architecture
+    theirs, ours = card.dataset.get("name"), zoo.config().data.name
+    if theirs != ours:  # every task would fail on it later (other input shapes or classes)
+        raise UserError(f"{model_dir} was trained on {theirs}; the zoo {zoo_dir} holds models of {ours}")
     job = Job(id=f"imported-{card.id}", arch=card.arch, arch_kwargs=card.arch_kwargs, seed=card.seed,
               trojan=TrojanSpec(**card.trojan) if card.trojan else None, split=split)
     with ZooLock(zoo.root):

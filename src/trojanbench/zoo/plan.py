@@ -69,11 +69,18 @@ def load_zoo_config(path_or_name: str | Path) -> ZooConfig:
         else:
             raise UserError(f"zoo config {path_or_name} not found (a TOML file, or one of: {', '.join(builtin_configs())})")
     else:
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"zoo config {path_or_name} is not a text file (TOML is UTF-8)") from None
     try:
-        return ZooConfig(**tomllib.loads(text))
+        body = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"zoo config {path_or_name} is not valid TOML: {e}") from None
+    if not body:  # every field has a default: an empty file would silently build a whole default zoo
+        raise UserError(f"zoo config {path_or_name} is empty; start from a built-in one (docs/zoo.md)")
+    try:
+        return ZooConfig(**body)
     except ValidationError as e:
         err = e.errors()[0]
         raise UserError(f"zoo config {path_or_name}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
@@ -112,8 +119,21 @@ def _job_id(body: dict, cfg: ZooConfig) -> str:
 
 
 def expand(cfg: ZooConfig) -> list[Job]:
+    from ..models import MODELS
+
+    for arch in cfg.archs:
+        MODELS.get(arch.arch)  # one line now, not a failed job per model after the build has started
     for kind in cfg.trojans.kinds:
         TRIGGERS.get(kind)
+    for kind, variants in cfg.trojans.variants.items():
+        params = getattr(TRIGGERS.get(kind), "Params", None)
+        for v in variants if params is not None else []:
+            try:
+                params(**v)
+            except ValidationError as e:
+                err = e.errors()[0]
+                raise UserError(f"trojans.variants.{kind}: {'.'.join(map(str, err['loc'])) or 'params'}: "
+                                f"{err['msg']}") from None
     if len(modalities := {TRIGGERS.get(k).modality for k in cfg.trojans.kinds}) > 1:
         raise UserError(f"trojans.kinds mixes image and text triggers ({', '.join(cfg.trojans.kinds)}); a zoo has one "
                         "kind of data")
