@@ -58,7 +58,11 @@ def test_the_quick_default_runs_every_track_with_tools_and_their_baselines():
     from trojanbench.errors import UserError
 
     # one track of the quick default (`run --tracks detect`): the default set narrowed to it, not an error
-    assert set(split_tools(QUICK_TOOLS, ["detect"], strict=False)) == {"detect"}
+    routed = split_tools(QUICK_TOOLS, ["detect"], strict=False)
+    assert set(routed) == {"detect"}
+    from trojanbench.bench import _flat
+
+    assert "spectral" in _flat(routed) and "integrated-gradients" not in _flat(routed)  # what `runs` lists
     with pytest.raises(UserError, match="unknown tool 'integrated-gradients' in tracks detect"):
         split_tools(["integrated-gradients"], ["detect"])  # a tool the user names must fit the tracks
 

@@ -157,6 +157,13 @@ def split_tools(tools: list[str] | None, tracks: list[str], strict: bool = True)
     return {t: [n for n in tools if n in known[t]] for t in tracks if any(n in known[t] for n in tools)}
 
 
+def _flat(routed: dict[str, list[str] | None]) -> list[str] | None:
+    """The tools a run's tracks run, as `runs` lists them (None: every registered one)."""
+    if any(names is None for names in routed.values()):
+        return None
+    return list(dict.fromkeys(n for names in routed.values() for n in names))
+
+
 def check_tracks(tracks: list[str] | None) -> list[str]:
     if not tracks:
         return list(TRACKS)
@@ -307,8 +314,8 @@ def _run_benchmark(out, config, zoo, tracks, tools, seed, device, executor, jobs
     zoo_cfg = Zoo(zoo).config()
     run_config = {"zoo": zoo_cfg.model_dump(), "tracks": tracks, "tools": tools, "device": device}
     with ResultsStore(run.results) as store:
-        target = store.start_run(kind, run_config, seed, info={"zoo": str(zoo), "zoo_name": zoo_cfg.name,
-                                                                    "tracks": list(routed), "tools": tools}, resume=resume)
+        info = {"zoo": str(zoo), "zoo_name": zoo_cfg.name, "tracks": list(routed), "tools": _flat(routed)}
+        target = store.start_run(kind, run_config, seed, info=info, resume=resume)
     run.run_id = target.run_id
     gallery = trigger_gallery(zoo, out / "figures" / "triggers.png")
     if gallery is not None:

@@ -152,7 +152,8 @@ def audit(
     arch: Optional[str] = typer.Option(None, help="architecture of a bare state dict: a registered name or "
                                                   "package.module:Class"),
     arch_param: Optional[List[str]] = typer.Option(None, "--arch-param", help="architecture argument key=value (repeatable)"),
-    zoo: Optional[Path] = typer.Option(None, help="reference zoo for calibration (default: digits-bench's, built by `run --config digits-bench`)"),
+    zoo: Optional[Path] = typer.Option(None, help="reference zoo for calibration (default: digits-bench's, built by "
+                                                  "`run --config digits-bench`)"),
     reference: Optional[Path] = typer.Option(None, help="a results store whose latest matching run scored the zoo "
                                                         "(default: computed into OUT/reference.sqlite)"),
     out: Path = typer.Option(Path("runs/audit"), "--out", "-o", help="folder for index.html, audit.json and figures"),

@@ -88,6 +88,18 @@ def test_export_csv_and_jsonl_round_trip(results, tmp_path):
     assert all(json.loads(line)["tool"] == "good" for line in (tmp_path / "good.jsonl").read_text().splitlines())
     with pytest.raises(UserError, match=".csv, .jsonl or .parquet"):
         export_rows(results, tmp_path / "x.xlsx")
+    with pytest.raises(UserError, match="no rows with tool 'goood'; it has tools: .*good"):  # not "0 rows"
+        export_rows(results, tmp_path / "typo.csv", tool="goood")
+    assert not (tmp_path / "typo.csv").exists()
+    assert (tmp_path / "all.csv").stat().st_mode & 0o777 == 0o666 & ~_umask()  # not mkstemp's private 0600
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_cli_report_and_export_errors_are_one_line(results, tmp_path):

@@ -28,6 +28,11 @@ def export_rows(results: str | Path, out: str | Path, task: str | None = None, t
         run = store.run(run_id) if run_id else store.latest_complete()
         rows = [dict(zip(COLUMNS, (r.run_id, r.tool, r.model_id, r.task, r.metric, r.value, r.seed, r.tool_version,
                                    json.dumps(r.extra, sort_keys=True)))) for r in store.rows(run.run_id, **where)]
+        if where and not rows:  # a misspelt --tool or --task: say so, not "0 rows"
+            every = store.rows(run.run_id)
+            known = {k: sorted({getattr(r, k) for r in every}) for k in where}
+            raise UserError(f"run {run.run_id} has no rows with " + ", ".join(f"{k} {v!r}" for k, v in where.items())
+                            + "; it has " + "; ".join(f"{k}s: {', '.join(v)}" for k, v in known.items()))
     out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".csv":
         buf = io.StringIO()
