@@ -272,8 +272,8 @@ def run(
 
         return ctx()
 
-    res = run_benchmark(out, config=config, zoo=zoo, tracks=_names(track, "--track"), tools=_names(tools, "--tools"), seed=seed,
-                        device=str(resolve_device(device)), executor=executor, jobs=jobs, zoo_progress=_zoo_progress,
+    res = run_benchmark(out, config=config, zoo=zoo, tracks=_names(track, "--track"), tools=_names(tools, "--tools"),
+                        seed=seed, device=str(resolve_device(device)), executor=executor, jobs=jobs, zoo_progress=_zoo_progress,
                         track_progress=track_progress, report=report, results=results,
                         track_executor=track_executor, resume=resume)
     for _, b in res.boards:

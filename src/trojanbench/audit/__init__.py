@@ -237,11 +237,10 @@ def audit(model_path: str | Path, data: str, out: str | Path, arch: str | None =
           device: str = "cpu", n_boot: int = 2000, progress=None) -> AuditResult:
     """Audit one model (see the module docstring); writes `out/audit.json`, `out/index.html` and the figures."""
     from ..tasks import role_of
-    from ..tools.detect import DETECTORS, DetectContext
-    from ..zoo.build import Zoo
-
     from ..tools.attribute import ATTRIBUTORS
+    from ..tools.detect import DETECTORS, DetectContext
     from ..tools.synthesize import SYNTHESIZERS
+    from ..zoo.build import Zoo
 
     start = time.perf_counter()
     out = Path(out)

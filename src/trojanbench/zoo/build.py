@@ -91,9 +91,8 @@ class Zoo:
         return self._read(self.root / "zoo.json", dict)
 
     def config(self) -> ZooConfig:
-        body = self._zoo_json()
-        body.pop("trainer_version", None)
-        return self._read(self.root / "zoo.json", lambda _: ZooConfig.model_validate(body))
+        return self._read(self.root / "zoo.json", lambda body: ZooConfig.model_validate(
+            {k: v for k, v in body.items() if k != "trainer_version"}))
 
     def trainer_version(self) -> int:
         """The trainer version that built this zoo (1 for zoos from before versions were recorded)."""
