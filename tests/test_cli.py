@@ -78,6 +78,9 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, model_dir):
     (fake / "card.json").write_text((model_dir / "card.json").read_text())
     (fake / "model.safetensors").write_bytes(pickle.dumps({"evil": 1}))
     one_line_error(cli("inspect", fake), "pickle")
+    before = (model_dir / "card.json").read_text()
+    one_line_error(cli("implant", "--epochs", "1", "--out", model_dir), "already holds a model")
+    assert (model_dir / "card.json").read_text() == before  # the model trained before is kept
     # found by a newcomer's review: each was an "internal error" (exit 1) or silently did something else
     one_line_error(cli("implant", "--arch-param", "width=-3", "--epochs", "1", "--out", tmp_path / "x"),
                    "bad arguments for architecture 'cnn'", "negative dimension")

@@ -70,6 +70,10 @@ def implant(
     from .utils import resolve_device
     from .zoo.store import save_model
 
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder")
+    if (out / "card.json").is_file():  # a model trained before: never overwritten unasked
+        raise UserError(f"{out} already holds a model; give another --out, or delete it first")
     trojan = None
     if trigger != "none":
         from .trojans import TRIGGERS
