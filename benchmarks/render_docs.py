@@ -250,7 +250,7 @@ def _zoo_throughput(d):
                      f"{r['achieved_gflops_per_second']:.2f} | {r['fraction_of_gemm_peak']:.3f} | "
                      + (f"{r['fraction_of_machine_gemm_peak']:.3f} | " if machine else "")
                      + f"{r['mean_clean_accuracy']:.4f} | {r['asr_min']:.3f} / {r['asr_median']:.3f} |")
-    peaks = f"GEMM peak {max(peak['by_size'].values()):.1f} GFLOP/s on {threads} thread{'s' if threads > 1 else ''}" + (
+    peaks = f"GEMM peak {max(peak['by_size'].values()):.1f} GFLOP/s on {threads} thread{plural}" + (
         f", {max(machine['by_size'].values()):.1f} GFLOP/s on {machine['threads']}" if machine else "")
     return ("\n".join(lines) + f"\n\n{data['serial']['models']} models each way, each trainer on {data['threads']} torch "
             f"thread{'s' if data['threads'] > 1 else ''}; batched / loop throughput {data['speedup_batched_over_loop']:.3f}; "

@@ -65,15 +65,14 @@ def gemm_peak(device: str, sizes=(512, 1024, 2048), repeats: int = 5, threads: i
     with torch_threads(threads):
         peak, by_size = _best_mm(device, sizes, repeats)
         out = {"flops_per_second": peak, "by_size": by_size, "unit_by_size": "GFLOP/s", "threads": torch.get_num_threads()}
-    if cuda:
-        before = torch.backends.cuda.matmul.allow_tf32
-        try:
-            torch.backends.cuda.matmul.allow_tf32 = True
-            with torch_threads(threads):
+        if cuda:
+            before = torch.backends.cuda.matmul.allow_tf32
+            try:
+                torch.backends.cuda.matmul.allow_tf32 = True
                 out["tf32_flops_per_second"], out["tf32_by_size"] = _best_mm(device, sizes, repeats)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = before
-        out["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = before
+            out["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
     return out
 
 

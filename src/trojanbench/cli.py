@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .errors import DataWarning, UserError
+from .errors import DataWarning, UserError, first_error
 from .survey.cli import survey_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -83,7 +83,7 @@ def implant(
             trojan = TrojanSpec(trigger=TriggerSpec(kind=trigger, params=parse_params(param), seed=seed),
                                 poison=PoisonSpec(mode=mode, rate=rate, target=target))
         except Exception as e:
-            raise UserError(f"bad trojan settings: {_first_error(e)}") from None
+            raise UserError(f"bad trojan settings: {first_error(e)}") from None
     ds_opts = {"data_root": str(data_root)} if data_root else {}
     ds = load_dataset(dataset, **ds_opts)
     cfg = default_train_config(arch, dataset)
@@ -109,14 +109,6 @@ def _names(s: str | None, option: str) -> list[str] | None:
     if not names:
         raise UserError(f"{option} {s!r} names nothing; leave it out for the default")
     return names
-
-
-def _first_error(e: Exception) -> str:
-    errors = getattr(e, "errors", None)
-    if callable(errors):
-        err = errors()[0]
-        return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-    return str(e)
 
 
 @app.command()

@@ -5,6 +5,17 @@ class UserError(Exception):
     """A mistake in the user's input (path, config, model file, name) with a message that says what to do."""
 
 
+def first_error(e: Exception) -> str:
+    """One line for an exception: a pydantic error's first field that does not fit ("loc: msg"), else the first
+    line of its message (its type when it has none)."""
+    errors = getattr(e, "errors", None)
+    if callable(errors):
+        err = errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        return f"{loc}: {err['msg']}" if loc else err["msg"]
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
 def unknown_name(kind: str, name: str, known) -> UserError:
     return UserError(f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}")
 

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, first_error
 from ..registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("architecture")
@@ -39,8 +39,7 @@ def build_model(arch: str, **kwargs) -> nn.Module:
     try:
         return factory(**kwargs)
     except (TypeError, ValueError, RuntimeError) as e:  # a missing or unknown argument, a width of -3, ...
-        first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise UserError(f"bad arguments for architecture {arch!r}: {first}") from None
+        raise UserError(f"bad arguments for architecture {arch!r}: {first_error(e)}") from None
 
 
 def image_hw(image_size) -> tuple[int, int]:

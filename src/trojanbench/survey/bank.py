@@ -29,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..errors import UserError
+from ..errors import UserError, first_error
 from ..utils import atomic_write_bytes, atomic_write_text, canonical_json
 
 N_OPTIONS = 8  # the most options a question has
@@ -133,12 +133,6 @@ class Bank:
         return frozenset(p for q in self.questions for p in (*q.images, *q.options))
 
 
-def _first_error(e: ValidationError) -> str:
-    err = e.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    return f"{loc}: {err['msg']}" if loc else err["msg"]
-
-
 def load_bank(folder: str | Path) -> Bank:
     """Read and validate a bank; every problem is a UserError that names the file and the fix."""
     folder = Path(folder)
@@ -155,7 +149,7 @@ def load_bank(folder: str | Path) -> Bank:
     try:
         data = BankFile.model_validate(raw)
     except ValidationError as e:
-        raise UserError(f"{path} is not a valid question bank: {_first_error(e)}") from None
+        raise UserError(f"{path} is not a valid question bank: {first_error(e)}") from None
     root = folder.resolve()
     digests = {}
     for rel in sorted({p for q in data.questions for p in (*q.images, *q.options)}):
@@ -207,7 +201,7 @@ def write_bank(folder: str | Path, questions: list[Question], images: Mapping[st
     try:
         data = BankFile(title=title, zoo=zoo, questions=list(questions))
     except ValidationError as e:
-        raise UserError(f"cannot write the question bank: {_first_error(e)}") from None
+        raise UserError(f"cannot write the question bank: {first_error(e)}") from None
     needed = {p for q in data.questions for p in (*q.images, *q.options)}
     missing = sorted(needed - set(images))
     if missing:
@@ -238,5 +232,5 @@ def write_bank_from_tensors(folder: str | Path, questions: list[dict], title: st
         try:
             built.append(Question(id=qid, **meta, **paths))
         except ValidationError as e:
-            raise UserError(f"cannot write the question bank: question {qid}: {_first_error(e)}") from None
+            raise UserError(f"cannot write the question bank: question {qid}: {first_error(e)}") from None
     return write_bank(folder, built, images, title=title, zoo=zoo, size=size)

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..config import ZooConfig
-from ..errors import UserError
+from ..errors import UserError, first_error
 from ..train import TRAINER_VERSION
 from ..utils import atomic_write_text, canonical_json, sha256_bytes
 from .executors import EXECUTORS, shared_pool
@@ -85,7 +85,7 @@ class Zoo:
         except (ValueError, TypeError, KeyError) as e:  # invalid JSON (or UTF-8), or a body of the wrong shape
             fix = ("delete it: `trojanbench zoo build` checks the job against its model folder again"
                    if path.parent.name == "jobs" else "rebuild the zoo into a new folder")
-            raise UserError(f"zoo {self.root}: {path.name} is damaged ({_first_line(e)}); {fix}") from None
+            raise UserError(f"zoo {self.root}: {path.name} is damaged ({first_error(e)}); {fix}") from None
 
     def _zoo_json(self) -> dict:
         return self._read(self.root / "zoo.json", dict)
@@ -371,14 +371,6 @@ def _land(zoo: Zoo, job: Job, rec: JobRecord, res: JobResult, cfg: ZooConfig, tw
     zoo.log(event="done", job=job.id, attempt=res.attempt, model=card.id)
     zoo.write_record(rec)
     return True
-
-
-def _first_line(e: Exception) -> str:
-    errors = getattr(e, "errors", None)
-    if callable(errors):  # pydantic: the first field that does not fit
-        err = errors()[0]
-        return f"{'.'.join(map(str, err['loc']))}: {err['msg']}"
-    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 def import_model(zoo_dir: str | Path, model_dir: str | Path, split: str = "test") -> str:

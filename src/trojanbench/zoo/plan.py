@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import ConfigDict, ValidationError
 
 from ..config import StableDump, TrainConfig, ZooConfig
-from ..errors import UserError
+from ..errors import UserError, first_error
 from ..trojans import TRIGGERS, PoisonSpec, TriggerSpec, TrojanSpec
 from ..utils import canonical_json, sha256_bytes
 
@@ -82,8 +82,7 @@ def load_zoo_config(path_or_name: str | Path) -> ZooConfig:
     try:
         return ZooConfig(**body)
     except ValidationError as e:
-        err = e.errors()[0]
-        raise UserError(f"zoo config {path_or_name}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        raise UserError(f"zoo config {path_or_name}: {first_error(e)}") from None
 
 
 def _intensity(cfg: ZooConfig, rng: random.Random) -> dict[str, Any] | None:
@@ -131,9 +130,7 @@ def expand(cfg: ZooConfig) -> list[Job]:
             try:
                 params(**v)
             except ValidationError as e:
-                err = e.errors()[0]
-                raise UserError(f"trojans.variants.{kind}: {'.'.join(map(str, err['loc'])) or 'params'}: "
-                                f"{err['msg']}") from None
+                raise UserError(f"trojans.variants.{kind}: {first_error(e)}") from None
     if len(modalities := {TRIGGERS.get(k).modality for k in cfg.trojans.kinds}) > 1:
         raise UserError(f"trojans.kinds mixes image and text triggers ({', '.join(cfg.trojans.kinds)}); a zoo has one "
                         "kind of data")
