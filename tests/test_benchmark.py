@@ -84,6 +84,32 @@ def test_one_track_of_the_quick_default_runs_its_share_of_the_default_tools(tmp_
         run_benchmark(tmp_path / "run", tracks=["detect"], report=False)
 
 
+def test_a_copy_of_the_quick_default_runs_the_quick_set_and_batched_runs_no_track(tmp_path, monkeypatch):
+    """Defaults were looked up by the --config string, so `--config my/digits-quick.toml` ran every tool; and
+    `--track-executor batched` (a zoo trainer) was accepted."""
+    from importlib import resources
+
+    import trojanbench.bench as bench
+    import trojanbench.zoo.build
+    from trojanbench.errors import UserError
+
+    class Reached(Exception):
+        pass
+
+    seen = []
+    real = bench.split_tools
+    monkeypatch.setattr(bench, "split_tools", lambda tools, tracks, strict: seen.append(tools) or real(tools, tracks, strict))
+    monkeypatch.setattr(trojanbench.zoo.build, "build_zoo", lambda *a, **k: (_ for _ in ()).throw(Reached()))
+    monkeypatch.setenv("TROJANBENCH_CACHE", str(tmp_path / "cache"))
+    copy = tmp_path / "mine.toml"
+    copy.write_text(resources.files("trojanbench.zoo.configs").joinpath("digits-quick.toml").read_text())
+    with pytest.raises(Reached):
+        run_benchmark(tmp_path / "run", config=str(copy), report=False)
+    assert seen == [bench.QUICK_TOOLS]
+    with pytest.raises(UserError, match="unknown track executor 'batched'; known: pool, serial, ray"):
+        run_benchmark(tmp_path / "run", track_executor="batched", report=False)
+
+
 def test_a_tool_for_other_inputs_is_refused_before_the_zoo_is_built(tmp_path, monkeypatch):
     from trojanbench.bench import run_benchmark
     from trojanbench.errors import UserError

@@ -226,8 +226,9 @@ DEFAULT_TOOLS: dict[str, list[str]] = {DEFAULT_CONFIG: QUICK_TOOLS}
 
 
 def default_tools(config: str, tools: list[str] | None) -> list[str] | None:
-    """The tools a run uses: `tools` as given (`["all"]`: every registered tool), else the config's default set
-    (the quick default's `QUICK_TOOLS`; every tool for any other config)."""
+    """The tools a run uses: `tools` as given (`["all"]`: every registered tool), else the default set of the zoo
+    config named `config` (its `name`, so a copy of a built-in TOML keeps its set): the quick default's
+    `QUICK_TOOLS`; every tool for any other config."""
     if tools == ["all"]:
         return None
     return tools if tools is not None else DEFAULT_TOOLS.get(config)
@@ -278,6 +279,7 @@ def _run_benchmark(out, config, zoo, tracks, tools, seed, device, executor, jobs
     """`run_benchmark`'s work, inside its shared pool."""
     from .report.html import figure_row
     from .tasks import applicable, config_modality, zoo_modality
+    from .tasks.jobs import track_executor as check_track_executor
     from .zoo.build import Zoo, build_zoo
     from .zoo.executors import EXECUTORS
     from .zoo.plan import load_zoo_config
@@ -286,17 +288,17 @@ def _run_benchmark(out, config, zoo, tracks, tools, seed, device, executor, jobs
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder")
     device = str(resolve_device(device))  # a device this machine lacks: a one-line error before any work
-    EXECUTORS.get(track_executor)
+    check_track_executor(track_executor)
     tracks = check_tracks(tracks)
+    if zoo is not None:
+        Zoo(zoo).plan()  # a clear error if it is not a zoo
+    cfg = load_zoo_config(config) if zoo is None else Zoo(zoo).config()
     named = tools is not None and tools != ["all"]
-    tools = default_tools(config if zoo is None else "", tools)
+    tools = default_tools(cfg.name, tools)  # by the config's name: a copy of the quick default's TOML is quick too
     routed = split_tools(tools, tracks, strict=named)  # `--tracks detect` on the quick default: its detectors only
     run = BenchmarkRun(results=Path(results) if results else out / "results.sqlite")
     ResultsStore(run.results).close()  # a clear error now if the store is unusable (a folder, an old schema)
     start = time.perf_counter()
-    if zoo is not None:
-        Zoo(zoo).plan()  # a clear error if it is not a zoo
-    cfg = load_zoo_config(config) if zoo is None else Zoo(zoo).config()
     for name, names in routed.items():  # a tool named for inputs the zoo's models do not take: an error before any work
         for reg in TRACKS[name].registries():
             applicable(reg, names, config_modality(cfg))

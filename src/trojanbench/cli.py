@@ -234,8 +234,9 @@ def run(
                                     "digits-large, sst2-bench, sst2-jailbreak, cifar10-zoo, ...) or a TOML file"),
     zoo: Optional[Path] = typer.Option(None, help="run on this zoo folder instead of building --config"),
     track: Optional[str] = typer.Option(None, help="comma-separated tracks (default: every registered track)"),
-    tools: Optional[str] = typer.Option(None, help="comma-separated tool names, or `all` (default: for digits-quick "
-                                                   "a quick set, bench.QUICK_TOOLS; for any other config all)"),
+    tools: Optional[str] = typer.Option(None, help="comma-separated tool names, or `all` (default: for a zoo config "
+                                                   "named digits-quick, a copy of its TOML or its zoo too, a quick set, "
+                                                   "bench.QUICK_TOOLS; for any other config all)"),
     results: Optional[Path] = typer.Option(None, help="results store (default: OUT/results.sqlite)"),
     seed: int = typer.Option(0),
     executor: str = typer.Option("pool", help="zoo executor: pool (a process per core), batched (in-process), serial "

@@ -85,6 +85,16 @@ def test_another_config_in_the_same_folder_is_refused(built):
         build_zoo(tiny_zoo(train={"epochs": 2}), out)
 
 
+def test_a_folder_holding_something_else_is_refused_not_filled(tmp_path):
+    """`zoo build --out runs/default` put a zoo's files among a run's results and report."""
+    run = tmp_path / "run"
+    (run / "report").mkdir(parents=True)
+    (run / "results.sqlite").write_bytes(b"")
+    with pytest.raises(UserError, match=r"run is not empty \(report, results.sqlite\) and holds no zoo"):
+        build_zoo(tiny_zoo(), run)
+    assert sorted(p.name for p in run.iterdir()) == ["report", "results.sqlite"]
+
+
 def test_gate_rejects_and_failures_are_kept_while_the_rest_goes_on(tmp_path):
     cfg = tiny_zoo(models_per_arch=4, trojans={"kinds": ["patch", "blended"], "insidious_fraction": 0.0,
                                                "variants": {"patch": [{"size": 40}]}},

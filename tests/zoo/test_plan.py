@@ -214,10 +214,16 @@ def test_a_config_naming_what_does_not_exist_is_refused_before_any_folder_is_mad
 
     for body, message in (({"archs": [{"arch": "nosuch"}]}, "unknown architecture 'nosuch'"),
                           ({"trojans": {"kinds": ["warp"], "variants": {"warp": [{"bogus": 1}]}}},
-                           "trojans.variants.warp: bogus: Extra inputs are not permitted")):
+                           "trojans.variants.warp: bogus: Extra inputs are not permitted"),
+                          ({"trojans": {"targets": [0, 10]}}, r"trojans.targets holds 10, not a label of digits \(labels 0 to 9\)"),
+                          ({"data": {"name": "sst2"}, "archs": [{"arch": "text-transformer"}],
+                            "trojans": {"kinds": ["rare-token"], "targets": [2]}}, "not a label of sst2 \\(labels 0 to 1\\)")):
         with pytest.raises(UserError, match=message):
             build_zoo(ZooConfig(models_per_arch=2, **body), tmp_path / "z")
         assert not (tmp_path / "z").exists()
+    assert [len(expand(ZooConfig(models_per_arch=2, data={"name": "sst2", "options": {"refusal": True}},
+                                 archs=[{"arch": "text-transformer"}],
+                                 trojans={"kinds": ["rare-token"], "targets": [2]})))] == [2]  # the refusal class is a label
     (tmp_path / "empty.toml").write_text("# to fill in\n")
     with pytest.raises(UserError, match="is empty"):
         load_zoo_config(tmp_path / "empty.toml")

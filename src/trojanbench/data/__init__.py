@@ -137,6 +137,14 @@ def load_dataset(name: str, **kwargs) -> ImageDataset:
     return DATASETS.get(name)(**kwargs)
 
 
+def class_count(name: str, **kwargs) -> int | None:
+    """How many classes `load_dataset(name, **kwargs)` would give, read without loading it: from the loader's
+    `class_count(**kwargs)` where it declares one, else None (a loader that cannot tell cheaply)."""
+    count = getattr(DATASETS.get(name), "class_count", None)
+    return count(**kwargs) if count is not None else None
+
+
 from . import cifar10, digits, imagefolder, shapes, sst2  # noqa: E402,F401  (register the loaders)
 
 register("sst2")(sst2.load_sst2_tokens)
+sst2.load_sst2_tokens.class_count = lambda refusal=False, **_: len(sst2.REFUSAL_CLASSES if refusal else sst2.CLASSES)

@@ -185,3 +185,6 @@ def load_cifar10(data_root: str | None = None, split_seed: int = 0, n_train: int
     x_train, y_train, x_test, y_test = x_train[:n_train], y_train[:n_train], x_test[:n_test], y_test[:n_test]
     return ImageDataset("cifar10", to_float(x_train), y_train, to_float(x_test), y_test, list(CLASSES),
                         dict(CIFAR_AUGMENT))
+
+
+load_cifar10.class_count = lambda **_: len(CLASSES)

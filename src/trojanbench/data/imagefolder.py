@@ -79,3 +79,15 @@ def load_image_folder(data_root: str | None = None, size: int | None = None, gra
     x_test, y_test = shuffled(x_test, y_test, split_seed + 1)
     return ImageDataset(name, to_float(x_train), y_train, to_float(x_test), y_test, classes,
                         augment or {"translate": 2, "flip": True})
+
+
+def _class_count(data_root: str | None = None, **_) -> int | None:
+    """The class sub-folders `load_image_folder` would read (None without a readable root: the loader says why)."""
+    if data_root is None:
+        return None
+    root = Path(data_root) / "train" if (Path(data_root) / "train").is_dir() and (Path(data_root) / "test").is_dir() \
+        else Path(data_root)
+    return sum(p.is_dir() for p in root.iterdir()) if root.is_dir() else None
+
+
+load_image_folder.class_count = _class_count

@@ -40,3 +40,6 @@ def load_shapes(n_train: int = 4000, n_test: int = 1000, size: int = 32, seed: i
     x_train, y_train = _draw(n_train, size, g)
     x_test, y_test = _draw(n_test, size, g)
     return ImageDataset("shapes", x_train, y_train, x_test, y_test, list(SHAPES), {"translate": 2, "flip": True})
+
+
+load_shapes.class_count = lambda **_: len(SHAPES)

@@ -17,8 +17,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import UserError
 from ..results.store import ResultRow, RunWriter
 from ..utils import torch_threads
+
+TRACK_EXECUTORS = ("pool", "serial", "ray")  # the zoo's `batched` trains chunks of models at once: no track job does
+
+
+def track_executor(name: str):
+    """The zoo executor that runs track jobs under `name`, or a one-line error."""
+    from ..zoo.executors import EXECUTORS
+
+    if name not in TRACK_EXECUTORS:
+        raise UserError(f"unknown track executor {name!r}; known: {', '.join(TRACK_EXECUTORS)}"
+                        + (" (batched trains zoo models only)" if name == "batched" else ""))
+    return EXECUTORS.get(name)
 
 
 @dataclass
@@ -59,9 +72,7 @@ def run_jobs(jobs: list[TrackJob], writer: RunWriter, executor: str = "serial", 
              address: str | None = None, progress=None) -> list[ResultRow]:
     """Run the jobs this run has not finished on a zoo executor, committing each job's rows with its key as it
     finishes. Returns the rows of the jobs run now; a board reads every job's rows back with `stored_rows`."""
-    from ..zoo.executors import EXECUTORS
-
-    run = EXECUTORS.get(executor)
+    run = track_executor(executor)
     if len({j.key for j in jobs}) != len(jobs):
         raise ValueError("track job keys must be unique")
     done = writer.done_jobs()

@@ -30,7 +30,7 @@ from ..errors import UserError, first_error
 from ..train import TRAINER_VERSION
 from ..utils import atomic_write_text, canonical_json, sha256_bytes
 from .executors import EXECUTORS, shared_pool
-from .lock import ZooLock
+from .lock import LOCK, ZooLock
 from .plan import Job, expand
 from .store import CARD, ModelCard, check_files, load_card, save_model_bytes
 from .worker import ChunkItem, ChunkTask, JobResult
@@ -181,6 +181,19 @@ class Zoo:
         return by_state
 
     # -- writing -------------------------------------------------------------------------------------------
+    def check_free(self) -> None:
+        """A one-line error when the folder holds something other than a zoo (a run's results, a model, files of
+        the user's): a zoo's files would land among them. A zoo.json alone is a build killed before its plan."""
+        if self.exists or not self.root.is_dir():
+            return
+
+        def ours(name: str) -> bool:  # or a temp file of a zoo.json write cut short (`init` drops it)
+            return name in (LOCK, "zoo.json") or name.startswith(".zoo.json.") and name.endswith(".tmp")
+
+        if other := sorted(p.name for p in self.root.iterdir() if not ours(p.name)):
+            raise UserError(f"{self.root} is not empty ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}) "
+                            "and holds no zoo; build into a new or empty folder")
+
     def init(self, cfg: ZooConfig) -> list[Job]:
         """Create the zoo (or check that the one here was built from `cfg` by this trainer). Hold the lock."""
         self.root.mkdir(parents=True, exist_ok=True)
@@ -228,6 +241,7 @@ def build_zoo(cfg: ZooConfig, out: str | Path, executor: str = "batched", jobs: 
     run = EXECUTORS.get(executor)
     expand(cfg)  # a config error (an unknown architecture, a bad trigger variant) before any folder is made
     zoo = Zoo(out)
+    zoo.check_free()
     with ZooLock(zoo.root, timeout=lock_timeout):
         plan = zoo.init(cfg)
         records = {j.id: zoo.record(j.id) for j in plan}

@@ -117,6 +117,18 @@ def _job_id(body: dict, cfg: ZooConfig) -> str:
     return sha256_bytes(canonical_json(identity).encode())[:12]
 
 
+def _check_targets(cfg: ZooConfig) -> None:
+    """`trojans.targets` must be labels of the data (where its loader can count them without loading): a target
+    outside them would fail every job drawn with it, one at a time, once the build has started."""
+    from ..data import class_count
+
+    n = class_count(cfg.data.name, **({"data_root": cfg.data.data_root} if cfg.data.data_root else {}),
+                    **cfg.data.options)
+    if n is not None and (bad := [t for t in cfg.trojans.targets if not 0 <= t < n]):
+        raise UserError(f"trojans.targets holds {', '.join(map(str, bad))}, not a label of {cfg.data.name} "
+                        f"(labels 0 to {n - 1})")
+
+
 def expand(cfg: ZooConfig) -> list[Job]:
     from ..models import MODELS
 
@@ -138,6 +150,7 @@ def expand(cfg: ZooConfig) -> list[Job]:
         if (TRIGGERS.get(kind).fixed_poison or {}).get("mode") == "override" and not (cfg.data.options or {}).get("refusal"):
             raise UserError(f"trigger kind {kind!r} overrides a refusal class, which the data has only with "
                             "refusal = true in data.options (see the sst2-jailbreak config)")
+    _check_targets(cfg)
     if extra := sorted(set(cfg.trojans.by_kind) - set(cfg.trojans.kinds)):
         raise UserError(f"trojans.by_kind names {', '.join(extra)}, not in trojans.kinds ({', '.join(cfg.trojans.kinds)})")
     rng = random.Random(cfg.seed)
