@@ -1,6 +1,8 @@
 """The whole benchmark on a tiny zoo: every track writes its per-model rows and board into one run, the report
 shows every board and figure, and the page renders in real Chromium with every image resolving."""
 
+from pathlib import Path
+
 import pytest
 
 from trojanbench.bench import TRACKS, run_benchmark
@@ -26,6 +28,7 @@ def test_every_track_lands_in_the_store_and_the_report(tiny_zoo, tmp_path):
         "adversarial-patch", "noise-patch"}
     figures = [r for r in rows if r.metric == "figure"]
     assert {f.task for f in figures} == {"zoo", "detect-model", "diagnose-attribution", "synthesize", "repair@0.05", "edit"}
+    assert {Path(f.extra["path"]).parent for f in figures} == {(tmp_path / "run" / "figures" / run.run_id).resolve()}
     bank = load_bank(run.results.parent / "survey")  # the same multiple-choice questions, for people
     assert {q.tool for q in bank.questions} <= {"adversarial-patch", "noise-patch"}
     page = run.report.read_text()

@@ -2,6 +2,7 @@
 
 import torch
 
+from trojanbench.tools import evaluating
 from trojanbench.tools.detect import Detection, Detector, register
 
 
@@ -15,7 +16,7 @@ class NoiseSensitivity(Detector):
     def detect(self, model, ctx):
         g = torch.Generator().manual_seed(ctx.seed)
         x = ctx.x_clean.to(ctx.device)
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():  # eval mode (BatchNorm statistics untouched), restored after
             clean = model(x)
             noisy = model((x + 0.1 * torch.randn(x.shape, generator=g).to(x)).clamp(0, 1))
         return Detection(score=float((clean - noisy).abs().mean()))

@@ -319,7 +319,8 @@ def _run_benchmark(out, config, zoo, tracks, tools, seed, device, executor, jobs
         info = {"zoo": str(zoo), "zoo_name": zoo_cfg.name, "tracks": list(routed), "tools": _flat(routed)}
         target = store.start_run(kind, run_config, seed, info=info, resume=resume)
     run.run_id = target.run_id
-    gallery = trigger_gallery(zoo, out / "figures" / "triggers.png")
+    figures = out / "figures" / target.run_id  # a run's own: a later run into OUT never redraws an earlier run's
+    gallery = trigger_gallery(zoo, figures / "triggers.png")
     if gallery is not None:
         with ResultsStore(target) as store:
             store.write(figure_row("trojanbench", "zoo", gallery, f"the triggers of zoo {zoo_cfg.name}, each on a clean test "
@@ -339,7 +340,7 @@ def _run_benchmark(out, config, zoo, tracks, tools, seed, device, executor, jobs
         progress = track_progress(name) if track_progress else None
         on = {"executor": track_executor, "jobs": jobs}
         try:
-            boards = TRACKS[name].run(zoo, target, names, seed, device, out / "figures",
+            boards = TRACKS[name].run(zoo, target, names, seed, device, figures,
                                       progress.__enter__() if progress else None, **on)
         finally:
             if progress:

@@ -449,7 +449,9 @@ def zoo_status(zoo_dir: Path = typer.Argument(..., help="a zoo folder"),
                   str(sum(bool(j.trojan and j.trojan.insidious) for j in jobs)))
     console.print(t)
     kinds = Counter(j.trojan.trigger.kind for j in plan.values() if j.trojan)
-    console.print("trigger kinds: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
+    done = Counter(plan[r.id].trojan.trigger.kind for r in status["done"] if plan[r.id].trojan)
+    console.print("trigger kinds (trojans done / planned): "
+                  + ", ".join(f"{k} {done[k]}/{n}" for k, n in sorted(kinds.items())))
     if errors:
         for rec in status["failed"] + status["rejected"] + status.get("damaged", []):
             last = (rec.errors or [None])[-1] or (rec.history or [{}])[-1].get("rejected")

@@ -111,6 +111,20 @@ def library_versions() -> dict[str, str]:
 
 
 @contextmanager
+def evaluating(model):
+    """Run `model` in eval mode for the block (BatchNorm uses, and does not update, its running statistics;
+    dropout is off), then give every submodule back the train/eval mode it had, whatever happens in the block.
+    Yields the model. Every tool that runs a caller's model without training it does so inside this."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@contextmanager
 def torch_threads(n: int | None):
     """Torch on `n` threads for the block (None: leave the setting alone), restored after."""
     previous = torch.get_num_threads()

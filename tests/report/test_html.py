@@ -70,6 +70,17 @@ def test_report_ranks_tools_gives_paired_verdicts_and_copies_figures(results, tm
     assert "auroc[kind=warp]" in page  # the per-kind cells sit in the collapsible long table
 
 
+def test_a_figure_redrawn_after_its_run_is_not_shown_as_that_run_s(results, tmp_path):
+    """Runs into one folder wrote their figures to the same names: an earlier run's report showed a later run's
+    ROC curves. Figures now live under the run's id (bench), and a report shows a figure only while it is the file
+    the run drew (its sha256 is in the figure's row)."""
+    png = tmp_path / "figs" / "roc.png"
+    png.write_bytes(png.read_bytes() + b"redrawn")
+    page = render_report(results, tmp_path / "report").read_text()
+    assert "figure roc.png has changed since this run drew it" in page
+    assert not (tmp_path / "report" / "figures" / "detect-model-roc.png").exists()
+
+
 def test_report_refuses_missing_or_empty_stores(tmp_path):
     with pytest.raises(UserError, match="no results store"):
         render_report(tmp_path / "nope.sqlite", tmp_path / "r")

@@ -241,3 +241,40 @@ def test_an_exception_mid_forward_leaves_no_hook_and_the_mode(family, name, env)
         assert not left, f"{family}:{name} stopped at forward {trip} of {total} left hooks on {left[:5]}"
         changed = [n or "(model)" for n, m in model.named_modules() if m.training != modes[n]]
         assert not changed, f"{family}:{name} stopped at forward {trip} of {total} left the mode of {changed[:5]} changed"
+
+
+REPAIRERS = [p for p in TOOLS if p.values[0] == "repair"]
+
+
+@pytest.mark.parametrize("family, name", REPAIRERS)
+def test_a_repair_of_a_partly_frozen_model_repairs_every_layer(family, name, env):
+    """A caller's frozen layers (`requires_grad=False`) stayed frozen in the repaired copy, so fine-tuning left them
+    as the trojan had them. The repaired model's parameters are all trainable; the caller's flags are untouched."""
+    from trojanbench.models import build_model
+
+    env = env_for(family, name, env)
+    model = build_model(env["card"].arch, **env["card"].arch_kwargs)
+    model.load_state_dict(env["state"])
+    frozen = [n for n, _ in model.named_parameters()][:2]
+    for n, p in model.named_parameters():
+        p.requires_grad_(n not in frozen)
+    repaired = call(family, name, model, env)
+    assert [n for n, p in model.named_parameters() if not p.requires_grad] == frozen
+    assert [n for n, p in repaired.named_parameters() if not p.requires_grad] == [], name
+
+
+def test_evaluating_gives_every_submodule_its_own_mode_back():
+    """`model.train(was_training)` set one mode on every submodule: a caller who kept BatchNorm in eval mode while
+    fine-tuning the rest got it back in training mode. `evaluating` restores each submodule's own mode, also
+    after an exception."""
+    from trojanbench.tools import evaluating
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2), torch.nn.Dropout())
+    model.train()
+    model[1].eval()
+    before = [m.training for m in model.modules()]
+    with pytest.raises(RuntimeError, match="mid-block"):
+        with evaluating(model) as m:
+            assert m is model and not any(x.training for x in model.modules())
+            raise RuntimeError("mid-block")
+    assert [m.training for m in model.modules()] == before == [True, True, False, True]

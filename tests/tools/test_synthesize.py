@@ -102,3 +102,27 @@ def test_every_synthesizer_refuses_a_target_that_is_not_a_class_label(target):
     text = DetectContext(torch.ones(4, 6, dtype=torch.long) * 5, torch.zeros(4, dtype=torch.long), num_classes=10)
     with pytest.raises(UserError, match="dbs: target"):
         DBS().invert(torch.nn.Identity(), text, targets=[target])
+
+
+def test_a_stamp_outside_the_image_range_or_shape_is_refused_naming_the_tool():
+    """A plug-in's stamp with a pattern of 5 under a mask of 3 was scored as a working trigger (pixels of 13 to 15)
+    while people were shown it clamped; every returned stamp is now checked (`Stamp.check`)."""
+    from trojanbench.tools.synthesize import Stamp, Synthesizer
+
+    class Loud(Synthesizer):
+        def __init__(self, pattern, mask):
+            self.pattern, self.mask = pattern, mask
+
+        def synthesize(self, model, target, ctx):
+            return Stamp(self.pattern, self.mask)
+
+    ctx = DetectContext(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long), num_classes=10)
+    ones = torch.ones(1, 8, 8)
+    assert Loud(ones * 0.5, ones[0]).synthesize(torch.nn.Identity(), 3, ctx).pattern.max() == 0.5  # a valid one
+    for pattern, mask, message in ((ones * 5, ones[0], r"Loud returned a stamp whose pattern has values in \[5, 5\]"),
+                                   (ones, ones[0] * 3, r"mask has values in \[3, 3\]"),
+                                   (ones * float("nan"), ones[0], "pattern has values"),
+                                   (torch.ones(3, 8, 8), ones[0], r"pattern is \(3, 8, 8\), not \(1, 8, 8\)"),
+                                   (ones, ones, r"mask is \(1, 8, 8\), not \(8, 8\)")):
+        with pytest.raises(UserError, match=message):
+            Loud(pattern, mask).synthesize(torch.nn.Identity(), 3, ctx)

@@ -226,7 +226,15 @@ def test_status_cli_and_errors(built, tmp_path):
     out, _ = built
     r = subprocess.run([sys.executable, "-m", "trojanbench.cli", "zoo", "status", str(out)], capture_output=True,
                        text=True, timeout=120)
-    assert r.returncode == 0 and "done" in r.stdout and "trigger kinds" in r.stdout
+    assert r.returncode == 0 and "done" in r.stdout
+    # per kind, the trojans that passed beside those planned (a rejected trojan used to count as a kind the zoo had)
+    kinds = Zoo(out).plan()
+    done = {rec.id for rec in Zoo(out).status()["done"]}
+    expect = {k: (sum(j.id in done for j in kinds if j.trojan and j.trojan.trigger.kind == k),
+                  sum(bool(j.trojan and j.trojan.trigger.kind == k) for j in kinds))
+              for k in {j.trojan.trigger.kind for j in kinds if j.trojan}}
+    assert "trigger kinds (trojans done / planned): " + ", ".join(f"{k} {d}/{n}" for k, (d, n) in sorted(expect.items())) \
+        in " ".join(r.stdout.split())
     r = subprocess.run([sys.executable, "-m", "trojanbench.cli", "zoo", "status", str(tmp_path)], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "not a zoo" in r.stderr

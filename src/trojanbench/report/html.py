@@ -27,7 +27,7 @@ from ..results import ResultRow, ResultsStore
 from ..results.boards import INFO, Board, board_specs, compute_board, shown_columns
 from ..results.stats import MIN_N_FOR_INTERVAL, Estimate
 from ..results.store import RunInfo
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, sha256_file
 from .leaderboard import caption, header, verdict_text
 
 
@@ -53,9 +53,11 @@ FIGURE, VIEW = "figure", "view"
 
 
 def figure_row(tool: str, task: str, path: str | Path, caption: str, seed: int = 0) -> ResultRow:
-    """A row that puts a figure (PNG) into the report under `task`."""
+    """A row that puts a figure (PNG) into the report under `task`, with the file's sha256: a report shows the figure
+    only while the file is the one the run drew."""
     return ResultRow(tool, f"figure:{Path(path).name}", task, FIGURE, None, seed=seed,
-                     extra={"path": str(Path(path).resolve()), "caption": caption})
+                     extra={"path": str(Path(path).resolve()), "caption": caption,
+                            "sha256": sha256_file(path) if Path(path).is_file() else None})
 
 
 def view_row(task: str, view: View) -> ResultRow:
@@ -243,6 +245,10 @@ def render_report(results: str | Path, out: str | Path, title: str | None = None
             src = Path(fig.extra.get("path", ""))
             if not src.is_file():
                 parts.append(f"<p class=missing>figure {html.escape(src.name)} is missing (was {html.escape(str(src))})</p>")
+                continue
+            if fig.extra.get("sha256") not in (None, sha256_file(src)):  # redrawn since (by a later run into its folder)
+                parts.append(f"<p class=missing>figure {html.escape(src.name)} has changed since this run drew it "
+                             f"({html.escape(str(src))}); rerun the run to draw it again</p>")
                 continue
             dest = out / "figures" / f"{task}-{src.name}"
             if src.resolve() != dest.resolve():

@@ -8,6 +8,9 @@ Every tool class declares, besides its verb:
   baselines "baseline: <what it is>". A paper's name goes on a tool only when the port is faithful;
 - `modalities`: the inputs it supports ("image", "text").
 `trojanbench tools list` and the report show `paper` and `fidelity` for every registered tool.
+
+A tool never changes the caller's model: one that runs the model without training it does so inside
+`evaluating(model)` (eval mode for the block, every submodule's mode restored after).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import operator
 from typing import ClassVar
 
 from ..errors import UserError
+from ..utils import evaluating  # noqa: F401  (for tools: `from trojanbench.tools import evaluating`)
 
 FAMILIES = ("detect", "detect-samples", "attribute", "synthesize", "repair", "edit")
 

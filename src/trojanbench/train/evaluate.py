@@ -6,19 +6,16 @@ import torch
 from torch import nn
 
 from ..trojans.poison import PoisonSpec, attack_mask, attack_succeeded
+from ..utils import evaluating
 from ..trojans.triggers import NaturalFeatureTrigger, Trigger
 
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Predicted labels, in eval mode; the model's train/eval state is restored afterwards."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
-    try:
+    with evaluating(model):
         out = [model(x[i:i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
-    finally:
-        model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 

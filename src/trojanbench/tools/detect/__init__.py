@@ -19,6 +19,7 @@ from torch import nn
 
 from ...models.hooks import hooked
 from ...registry import Registry
+from ...utils import evaluating
 from .. import ToolInfo
 
 
@@ -79,15 +80,11 @@ def penultimate(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> tor
     always removed."""
     head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     feats = []
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
-    try:
+    with evaluating(model):
         with torch.no_grad(), hooked(head, lambda mod, inp, out: feats.append(inp[0].detach().flatten(1).cpu())):
             for i in range(0, len(x), batch_size):
                 model(x[i:i + batch_size].to(device))
-    finally:
-        model.train(was_training)
     return torch.cat(feats)
 
 
@@ -107,11 +104,9 @@ def spatial_features(model: nn.Module, x: torch.Tensor, batch_size: int = 512, m
             slot[0] = out
 
     leaves = [m for m in model.modules() if not list(m.children())]
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     feats = []
-    try:
+    with evaluating(model):
         with torch.no_grad(), hooked(leaves, keep):
             for i in range(0, len(x), batch_size):
                 slot[0] = None
@@ -122,8 +117,6 @@ def spatial_features(model: nn.Module, x: torch.Tensor, batch_size: int = 512, m
                 while f.dim() == 4 and f[0].numel() > max_dim and f.shape[2] * f.shape[3] > 1:
                     f = torch.nn.functional.avg_pool2d(f, 2, ceil_mode=True)
                 feats.append(f.detach().flatten(1).cpu())
-    finally:
-        model.train(was_training)
     if sum(len(f) for f in feats) < len(x):  # no spatial layer
         return penultimate(model, x, batch_size)
     return torch.cat(feats)

@@ -12,7 +12,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from ...errors import UserError
-from ...utils import sha256_bytes
+from ...utils import evaluating, sha256_bytes
 from . import DetectContext, Detection, Detector, register
 
 
@@ -126,13 +126,8 @@ class WeightStats(_FittedFeatures):
 
 
 def _softmax_on_clean(model: nn.Module, ctx: DetectContext) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return torch.softmax(model(ctx.x_clean.to(ctx.device)), dim=1).cpu()
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.no_grad():
+        return torch.softmax(model(ctx.x_clean.to(ctx.device)), dim=1).cpu()
 
 
 @register("accuracy")

@@ -17,6 +17,7 @@ import torch
 from sklearn.covariance import EmpiricalCovariance
 
 from ...errors import UserError
+from ...utils import evaluating
 from . import SampleDetector, penultimate, register_sample, spatial_features
 from .activation_clustering import ActivationClustering  # noqa: F401  (registers it)
 
@@ -137,17 +138,12 @@ class Strip(SampleDetector):
         g = torch.Generator().manual_seed(ctx.seed)
         entropy = torch.zeros(len(x))
         step = max(1, self.images_per_batch // self.overlays)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                for i in range(0, len(x), step):
-                    xb = x[i:i + step]
-                    others = ctx.x_clean[torch.randint(len(ctx.x_clean), (len(xb), self.overlays), generator=g)]
-                    mixed = xb[:, None] + others  # [B, N, C, H, W], unclipped as the original
-                    logits = model(mixed.flatten(0, 1).to(ctx.device)).cpu().double()
-                    logp = torch.log_softmax(logits, 1).view(len(xb), self.overlays, -1) / np.log(2)
-                    entropy[i:i + step] = (-(logp.exp() * logp).sum(2).mean(1)).float()
-        finally:
-            model.train(was_training)
+        with evaluating(model), torch.no_grad():
+            for i in range(0, len(x), step):
+                xb = x[i:i + step]
+                others = ctx.x_clean[torch.randint(len(ctx.x_clean), (len(xb), self.overlays), generator=g)]
+                mixed = xb[:, None] + others  # [B, N, C, H, W], unclipped as the original
+                logits = model(mixed.flatten(0, 1).to(ctx.device)).cpu().double()
+                logp = torch.log_softmax(logits, 1).view(len(xb), self.overlays, -1) / np.log(2)
+                entropy[i:i + step] = (-(logp.exp() * logp).sum(2).mean(1)).float()
         return -entropy

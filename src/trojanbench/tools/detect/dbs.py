@@ -50,6 +50,7 @@ from torch import nn
 from ...errors import UserError
 from ...models.hooks import hooked
 from ...trojans.text import insert_tokens
+from ...utils import evaluating
 from .. import check_target
 from . import DetectContext, Detection, Detector, register
 
@@ -200,10 +201,8 @@ class DBS(Detector):
             at_pos = soft.gather(1, rel.unsqueeze(-1).expand(-1, -1, soft.shape[-1]))  # [R, T, D]
             return torch.where(inside.unsqueeze(-1), at_pos.to(out.dtype), out)
 
-        was_training = model.training
-        model.eval()
         try:
-            with hooked(embed, patch):
+            with evaluating(model), hooked(embed, patch):
                 for epoch in range(self.epochs):
                     noise = torch.zeros(c, length, v)
                     for i in range(c):
@@ -247,5 +246,4 @@ class DBS(Detector):
                             o.final_loss, o.final_trigger = ce_now[i], (argmax[i].cpu() + FIRST_WORD).tolist()
         finally:
             slot[0] = None
-            model.train(was_training)
         return Inversion(options)

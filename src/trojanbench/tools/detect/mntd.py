@@ -83,7 +83,7 @@ from torch.func import functional_call
 from ...errors import UserError
 from ...models.hooks import hooked
 from ...results.stats import auroc
-from ...utils import canonical_json, one_thread, private_rng, sha256_bytes
+from ...utils import canonical_json, evaluating, one_thread, private_rng, sha256_bytes
 from . import DetectContext, Detection, Detector, register
 from .dbs import token_embedding
 from .jumbo import FORMAT as SHADOW_FORMAT
@@ -353,15 +353,11 @@ class _MNTD(Detector):
 
     def detect(self, model: nn.Module, ctx: DetectContext) -> Detection:
         meta = self.meta_classifier(model, ctx)
-        was_training = model.training
-        try:
-            with torch.no_grad():
-                if is_text(ctx.x_clean):
-                    outputs = soft_outputs(model.eval(), token_embedding(model, "mntd"), meta.queries)
-                else:
-                    outputs = model.eval()(meta.queries)
-        finally:
-            model.train(was_training)
+        with evaluating(model), torch.no_grad():
+            if is_text(ctx.x_clean):
+                outputs = soft_outputs(model, token_embedding(model, "mntd"), meta.queries)
+            else:
+                outputs = model(meta.queries)
         if outputs.shape != (self.meta_cfg.queries, ctx.num_classes):
             raise UserError(f"{self.__class__.__name__}: the model answers {self.meta_cfg.queries} queries with outputs "
                             f"of shape {tuple(outputs.shape)}, expected ({self.meta_cfg.queries}, {ctx.num_classes}) "

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...utils import private_rng
+from ...utils import evaluating, private_rng
 from . import DetectContext, Detection, Detector, register
 from .shadow import ShadowConfig, architecture_key, shadow_zoo
 
@@ -50,11 +50,8 @@ def _answers(models: list[nn.Module], queries: torch.Tensor) -> torch.Tensor:
     (A plain loop: vmap over stacked parameters was 10x slower here, its BatchNorm path falls back to slow code.)"""
     out = []
     for m in models:
-        was_training = m.training
-        try:
-            out.append(summary_features(m.eval()(queries)))
-        finally:
-            m.train(was_training)
+        with evaluating(m):
+            out.append(summary_features(m(queries)))
     return torch.stack(out)
 
 
@@ -163,10 +160,6 @@ class OutputStatsMeta(Detector):
         self.head.requires_grad_(False)
 
     def detect(self, model, ctx):
-        was_training = model.training
-        try:
-            with torch.no_grad():
-                logit = self.head(self.norm(summary_features(model.eval()(self.queries)))[None])[0, 0]
-        finally:
-            model.train(was_training)
+        with evaluating(model), torch.no_grad():
+            logit = self.head(self.norm(summary_features(model(self.queries)))[None])[0, 0]
         return Detection(score=float(torch.sigmoid(logit)))

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ...trojans.text import insert_tokens
+from ...utils import evaluating
 from . import Detection, Detector, SampleDetector, register, register_sample
 from .dbs import check_token_ids, token_embedding
 
@@ -53,9 +54,7 @@ def flip_rates(model, x: torch.Tensor, at: torch.Tensor, ctx, batch_size: int = 
     x = x[:, :min(x.shape[1], int((x != 0).sum(1).max()) + 1)]  # padding no sentence reaches: not run
     n = len(x)
     words = torch.arange(2, token_embedding(model, who).num_embeddings)  # not padding, not <unk>
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         with torch.no_grad():
             base = model(x.to(ctx.device)).argmax(1).cpu()
             others = torch.stack([(base != c).sum() for c in range(ctx.num_classes)]).clamp(min=1)  # [K]
@@ -68,8 +67,6 @@ def flip_rates(model, x: torch.Tensor, at: torch.Tensor, ctx, batch_size: int = 
                 pred = model(out.to(ctx.device)).argmax(1).cpu().view(len(chunk), n)
                 flips = torch.stack([((pred == c) & (base != c)).sum(1) for c in range(ctx.num_classes)], 1)
                 rates.append(flips / others)  # [words, K]
-    finally:
-        model.train(was_training)
     return words, torch.cat(rates)
 
 

@@ -79,7 +79,12 @@ def fresh_model(ctx: RepairContext, seed: int, **overrides) -> nn.Module:
 
 
 def working_copy(model: nn.Module, ctx: RepairContext) -> nn.Module:
-    return copy.deepcopy(model).to(ctx.device).to(memory_format=torch.contiguous_format).eval()
+    """A copy of `model` to repair, on the context's device, in eval mode, every parameter trainable: what the
+    caller froze (`requires_grad=False`) must not stay frozen, and so unrepaired, in the copy."""
+    m = copy.deepcopy(model).to(ctx.device).to(memory_format=torch.contiguous_format).eval()
+    for p in m.parameters():
+        p.requires_grad_(True)
+    return m
 
 
 def strong_augment(x: torch.Tensor, ctx: RepairContext, g: torch.Generator, degrees: float = 12.0,

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...errors import UserError
 from ...registry import Registry
 from ...trojans.triggers import Trigger
 from .. import ToolInfo, check_target
@@ -55,6 +56,20 @@ class Stamp:
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         return (1 - self.mask) * x + self.mask * self.pattern
+
+    def check(self, image_shape: tuple[int, ...], tool: str) -> "Stamp":
+        """This stamp, or a one-line error naming `tool`: the pattern [C, H, W] of the images' shape and the mask
+        [H, W], every value finite and in [0, 1], so that what is scored is an image (a pattern of 5 under a mask
+        of 3 scored as a working trigger, and people were shown it clamped)."""
+        c, h, w = image_shape
+        for part, value, shape in (("pattern", self.pattern, (c, h, w)), ("mask", self.mask, (h, w))):
+            if not torch.is_tensor(value) or tuple(value.shape) != shape:
+                got = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+                raise UserError(f"synthesizer {tool} returned a stamp whose {part} is {got}, not {shape}")
+            if value.numel() and not (torch.isfinite(value).all() and 0 <= float(value.min()) and float(value.max()) <= 1):
+                raise UserError(f"synthesizer {tool} returned a stamp whose {part} has values in "
+                                f"[{float(value.min()):g}, {float(value.max()):g}]; a stamp's pattern and mask are in [0, 1]")
+        return self
 
 
 @dataclass
@@ -85,7 +100,7 @@ class Synthesizer(ToolInfo, ABC):
 
     def __init_subclass__(cls, **kwargs):
         """Every synthesizer's `synthesize` checks its target label first (a one-line error, not an IndexError deep
-        in the method)."""
+        in the method), and the stamp it returns (`Stamp.check`)."""
         super().__init_subclass__(**kwargs)
         method = cls.__dict__.get("synthesize")
         if method is None or getattr(method, "checks_target", False):
@@ -94,7 +109,8 @@ class Synthesizer(ToolInfo, ABC):
         @functools.wraps(method)
         def synthesize(self, model, target, ctx, *args, **kw):
             check_target(target, ctx.num_classes, type(self).__name__)
-            return method(self, model, target, ctx, *args, **kw)
+            found = method(self, model, target, ctx, *args, **kw)
+            return found.check(ctx.image_shape, type(self).__name__) if isinstance(found, Stamp) else found
 
         synthesize.checks_target = True
         cls.synthesize = synthesize
