@@ -157,6 +157,46 @@ def test_audit_report_renders_in_real_chromium(audits, tmp_path):
     assert "P(trojaned)" in page and "id=detectors" in page and "Toward which class?" in page
 
 
+def test_audit_reads_a_folder_of_images_to_fit_the_model(tmp_path, pair, tiny_zoo, digits):
+    """A folder of grayscale PNGs in mixed sizes is read as the model takes them (1x16x16: its card's shape), not as
+    RGB at whatever size the files have."""
+    from PIL import Image
+
+    (_, folder, card), _ = pair
+    for i, (x, y) in enumerate(zip(digits.x_test[:40], digits.y_test[:40])):
+        im = Image.fromarray((x[0].numpy() * 255).astype(np.uint8), "L")
+        (tmp_path / "data" / str(int(y))).mkdir(parents=True, exist_ok=True)
+        (im if i % 2 else im.resize((24, 24))).save(tmp_path / "data" / str(int(y)) / f"{i}.png")
+    for c in range(10):  # every class of the model, even those the 40 images miss
+        (tmp_path / "data" / str(c)).mkdir(exist_ok=True)
+        Image.fromarray(np.zeros((16, 16), np.uint8), "L").save(tmp_path / "data" / str(c) / "blank.png")
+    res = audit(folder, str(tmp_path / "data"), tmp_path / "out", detectors=["entropy"], synthesizers=[],
+                attributors=[], zoo=tiny_zoo, n_boot=50)
+    assert res.data == "imagefolder" and 0 < res.p_trojaned < 1
+    # the shape a model declares: its card's, BackdoorBench's img_size (H, W, C), --arch-param; else the zoo's is used
+    from trojanbench.audit.load import declared_shape
+
+    model, _ = load_model(folder)
+    torch.save({"model_name": "cnn", "img_size": [16, 16, 1], "model": model.state_dict()}, tmp_path / "bb.pt")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "m.safetensors")
+    assert declared_shape(folder) == declared_shape(tmp_path / "bb.pt") == (1, 16, 16)
+    assert declared_shape(tmp_path / "m.safetensors") is None
+    assert declared_shape(tmp_path / "m.safetensors", {"in_channels": 3, "image_size": [8, 12]}) == (3, 8, 12)
+    res = audit(tmp_path / "m.safetensors", str(tmp_path / "data"), tmp_path / "out-sd", arch="cnn",
+                arch_params={"width": 8, "depth": 2}, detectors=["entropy"], synthesizers=[], attributors=[],
+                zoo=tiny_zoo, n_boot=50)
+    assert res.model["arch_kwargs"]["in_channels"] == 1
+    # a model that declares a shape no folder of images can be read as: the one-line error says what it expected
+    from trojanbench.models.cnn import cnn
+
+    kw = dict(in_channels=4, num_classes=10, image_size=16, mean=[0.0] * 4, std=[1.0] * 4, width=8, depth=2)
+    sd = tmp_path / "m4.safetensors"
+    save_file({k: v.contiguous() for k, v in cnn(**kw).state_dict().items()}, sd)
+    with pytest.raises(UserError, match=r"images \(3, 16, 16\) \(C, H, W\), expected 4x16x16"):
+        audit(sd, str(tmp_path / "data"), tmp_path / "out4", arch="trojanbench.models.cnn:cnn", arch_params=kw,
+              detectors=["entropy"], zoo=tiny_zoo)
+
+
 # -- bad inputs --------------------------------------------------------------------------------------------------
 def test_backdoorbench_file_that_needs_a_full_unpickle_is_refused(tmp_path):
     from trojanbench.audit.load import read_backdoorbench

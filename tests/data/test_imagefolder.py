@@ -27,6 +27,7 @@ def test_train_test_layout_grayscale_and_resize(tmp_path):
     _write(tmp_path / "test", ["a", "b"], 2, size=(10, 10), mode="L")
     ds = load_dataset("imagefolder", data_root=str(tmp_path), grayscale=True, size=8)
     assert ds.image_shape == (1, 8, 8) and len(ds.x_train) == 6 and len(ds.x_test) == 4
+    assert load_dataset("imagefolder", data_root=str(tmp_path), size=(6, 9)).image_shape == (3, 6, 9)  # (H, W)
 
 
 def test_bad_folders_are_user_errors(tmp_path):

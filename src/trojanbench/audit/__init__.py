@@ -34,7 +34,7 @@ import torch
 from ..errors import UserError
 from ..results.stats import Estimate, wilson
 from .calibrate import calibration_metrics, fit_platt, out_of_fold
-from .load import LoadedModel, load_audited_model
+from .load import LoadedModel, declared_shape, load_audited_model
 
 DEFAULT_SYNTHESIZERS = ("trigger-inversion", "adversarial-patch", "exemplar")
 DEFAULT_ATTRIBUTORS = ("saliency", "integrated-gradients", "gradcam")
@@ -87,18 +87,25 @@ class AuditResult:
         return asdict(self)
 
 
-def _dataset(data: str):
+def _dataset(data: str, shape: tuple[int, int, int] | None = None):
+    """A dataset by name, or a folder of images read to fit `shape` (C, H, W): grayscale for one channel, resized."""
     from ..data import DATASETS, load_dataset
 
     if Path(data).is_dir():
-        return load_dataset("imagefolder", data_root=data)
+        if shape is None:
+            return load_dataset("imagefolder", data_root=data)
+        c, h, w = shape
+        return load_dataset("imagefolder", data_root=data, grayscale=c == 1, size=h if h == w else (h, w))
     if data in DATASETS:
         return load_dataset(data)
     raise UserError(f"--data {data!r} is neither a folder of images nor a dataset ({', '.join(DATASETS.names())})")
 
 
-def check_fits(model: torch.nn.Module, ds, where: str) -> None:
-    """The model takes the data's images and gives one logit per class, or a one-line error."""
+def check_fits(model: torch.nn.Module, ds, where: str, expected: tuple[int, int, int] | None = None) -> None:
+    """The model takes the data's images and gives one logit per class, or a one-line error (naming the `expected`
+    image shape where the audit knows it)."""
+    from ..data import shape_text
+
     x = ds.x_test[:2]
     device = next(iter(model.parameters()), torch.empty(0)).device
     try:
@@ -108,7 +115,8 @@ def check_fits(model: torch.nn.Module, ds, where: str) -> None:
             out = model(x.to(device))
             model.train(was)
     except Exception as e:  # noqa: BLE001 - whatever the forward raises, the user gets one line
-        raise UserError(f"{where} does not take the data's images {tuple(x.shape[1:])} (C, H, W): "
+        wants = f", expected {shape_text(expected)}" if expected is not None else ""
+        raise UserError(f"{where} does not take the data's images {tuple(x.shape[1:])} (C, H, W){wants}: "
                         f"{type(e).__name__}: {str(e).splitlines()[0][:150]}") from None
     if out.dim() != 2 or out.shape[1] != ds.num_classes:
         raise UserError(f"{where} gives outputs of shape {tuple(out.shape)}; the data has {ds.num_classes} classes")
@@ -251,12 +259,15 @@ def audit(model_path: str | Path, data: str, out: str | Path, arch: str | None =
     for registry, chosen in ((DETECTORS, detectors), (SYNTHESIZERS, synthesizers), (ATTRIBUTORS, attributors)):
         for n in chosen or []:
             registry.get(n)  # one line for an unknown name, before any work (not only once a target is named)
-    ds = _dataset(data)
-    loaded = load_audited_model(model_path, ds, arch, arch_params, device)
-    check_fits(loaded.model, ds, str(model_path))
     zoo = Zoo(_default_zoo() if zoo is None else zoo)
     zoo.plan()  # one line if it is not a zoo
     zds = zoo.dataset()
+    # a folder of images is read to fit the model: the shape it declares (card, --arch-param, BackdoorBench's
+    # img_size), else the reference zoo's (the audit's data must have it)
+    shape = (declared_shape(model_path, arch_params) or zds.image_shape) if Path(data).is_dir() else None
+    ds = _dataset(data, shape)
+    loaded = load_audited_model(model_path, ds, arch, arch_params, device)
+    check_fits(loaded.model, ds, str(model_path), shape)
     warnings = []
     if zds.image_shape != ds.image_shape or zds.num_classes != ds.num_classes:
         raise UserError(f"reference zoo {zoo.root} holds models of {zds.num_classes} classes on {zds.image_shape} images; "

@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..models import MODELS, build_model, data_kwargs
-from ..zoo.store import CARD, ModelCard, load_model, load_state, read_weights
+from ..models import MODELS, build_model, data_kwargs, expected_image_shape
+from ..zoo.store import CARD, ModelCard, load_card, load_model, load_state, read_weights
 
 FORMATS = ("store", "safetensors", "backdoorbench")
 
@@ -112,6 +112,21 @@ def read_backdoorbench(path: Path) -> dict:
     return obj
 
 
+def declared_shape(path: str | Path, arch_params: dict | None = None) -> tuple[int, int, int] | None:
+    """The image shape (C, H, W) the model says it takes before it is built, or None: its card's (store format),
+    else `--arch-param` in_channels and image_size, else BackdoorBench's img_size (H, W, C)."""
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt == "store":
+        return expected_image_shape(load_card(path).arch_kwargs)
+    shape = expected_image_shape(arch_params or {})
+    if shape is None and fmt == "backdoorbench":
+        size = read_backdoorbench(path).get("img_size")
+        if isinstance(size, (list, tuple)) and len(size) == 3 and all(isinstance(v, int) and v > 0 for v in size):
+            shape = (size[2], size[0], size[1])
+    return shape
+
+
 def load_audited_model(path: str | Path, dataset=None, arch: str | None = None, arch_params: dict | None = None,
                        device: str | torch.device = "cpu") -> LoadedModel:
     """Load the model to audit from any of the three layouts (see the module docstring), in eval mode."""
@@ -151,4 +166,4 @@ def _plain(kwargs: dict) -> dict:
     return {k: (v if isinstance(v, (int, float, str, bool, list, type(None))) else repr(v)) for k, v in kwargs.items()}
 
 
-__all__ = ["FORMATS", "LoadedModel", "load_audited_model", "read_backdoorbench", "resolve_arch"]
+__all__ = ["FORMATS", "LoadedModel", "declared_shape", "load_audited_model", "read_backdoorbench", "resolve_arch"]

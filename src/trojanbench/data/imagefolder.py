@@ -14,17 +14,18 @@ from . import ImageDataset, register
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
-def _read(path: Path, size: int | None, mode: str) -> np.ndarray:
+def _read(path: Path, size: int | tuple[int, int] | None, mode: str) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
         im = im.convert(mode)
-        if size is not None and im.size != (size, size):
-            im = im.resize((size, size), Image.BILINEAR)
+        wh = None if size is None else (size, size) if isinstance(size, int) else (size[1], size[0])  # size: H or (H, W)
+        if wh is not None and im.size != wh:
+            im = im.resize(wh, Image.BILINEAR)
         return np.asarray(im, dtype=np.uint8)
 
 
-def read_class_folders(root: Path, size: int | None = None, mode: str = "RGB",
+def read_class_folders(root: Path, size: int | tuple[int, int] | None = None, mode: str = "RGB",
                        classes: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Read `<root>/<class>/*` into a uint8 tensor [N, C, H, W], int64 labels and the sorted class names."""
     root = Path(root)
@@ -61,7 +62,7 @@ def shuffled(x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor,
 
 
 @register("imagefolder")
-def load_image_folder(data_root: str | None = None, size: int | None = None, grayscale: bool = False,
+def load_image_folder(data_root: str | None = None, size: int | tuple[int, int] | None = None, grayscale: bool = False,
                       test_fraction: float = 0.2, split_seed: int = 0, name: str = "imagefolder",
                       augment: dict | None = None, **_) -> ImageDataset:
     if data_root is None:
