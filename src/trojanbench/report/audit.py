@@ -22,19 +22,26 @@ def _est(x) -> str:
     return e(str(x))
 
 
-def _json_default(o):
-    if isinstance(o, float) and math.isnan(o):
-        return None
-    if hasattr(o, "__dict__"):
-        return o.__dict__
-    return str(o)
+def _finite(o):
+    """`o` as JSON-able data with null for every NaN or infinity (JSON has neither: `json.dumps` writes NaN)."""
+    if hasattr(o, "tolist"):  # numpy / torch scalars and arrays
+        o = o.tolist()
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, (str, int, bool, type(None))):
+        return o
+    return _finite(o.__dict__) if hasattr(o, "__dict__") else str(o)
 
 
 def write_audit(res, out) -> None:
     from ..audit.calibrate import TROJAI_CE_BAR
 
     data = res.to_json()
-    atomic_write_text(out / "audit.json", json.dumps(data, indent=2, default=_json_default) + "\n")
+    atomic_write_text(out / "audit.json", json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
     head = next(d for d in res.detectors if d.tool == res.headline)
     verdict_cls = "warn" if res.verdict == "trojaned" else "ok"
     parts = [f"<h1>Audit of {e(res.model.get('id') or res.model['file'])}</h1>",
