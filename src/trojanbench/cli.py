@@ -150,8 +150,12 @@ def audit(
     arch_param: Optional[List[str]] = typer.Option(None, "--arch-param", help="architecture argument key=value (repeatable)"),
     zoo: Optional[Path] = typer.Option(None, help="reference zoo for calibration (default: digits-bench's, built by "
                                                   "`run --config digits-bench`)"),
-    reference: Optional[Path] = typer.Option(None, help="a results store whose latest matching run scored the zoo "
-                                                        "(default: computed into OUT/reference.sqlite)"),
+    reference: Optional[Path] = typer.Option(None, help="a results store; its latest complete run whose detect track "
+                                                        "scored the zoo's held-out split with these detectors is used "
+                                                        "(default: runs/default/results.sqlite, from the current folder, "
+                                                        "when it exists and that run of it has the same --seed; else "
+                                                        "OUT/reference.sqlite, reused when it holds such a run, else "
+                                                        "computed into it)"),
     out: Path = typer.Option(Path("runs/audit"), "--out", "-o", help="folder for index.html, audit.json and figures"),
     tools: Optional[str] = typer.Option(None, help="comma-separated model-level detectors (default: all)"),
     synthesizers: Optional[str] = typer.Option(None, help="comma-separated synthesizers (default: trigger-inversion, "

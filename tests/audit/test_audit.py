@@ -240,3 +240,9 @@ def test_audit_cli_errors_are_one_line(tmp_path, pair, tiny_zoo):
         one_line_error(r, "unknown", "'nosuch'")
         assert not (tmp_path / "a").exists()
 
+
+def test_audit_help_names_the_default_reference():
+    from trojanbench.audit import DEFAULT_REFERENCE
+
+    r = cli("audit", "--help")
+    assert r.returncode == 0 and str(DEFAULT_REFERENCE) in r.stdout and "OUT/reference.sqlite" in r.stdout, r.stdout
