@@ -199,6 +199,30 @@ def test_a_model_from_another_dataset_is_refused_at_import(built, tmp_path):
     assert len(Zoo(zoo_copy).plan()) == len(Zoo(out).plan())  # nothing added
 
 
+def test_an_impossible_card_is_refused_at_import_naming_its_folder(built, tmp_path):
+    """A card with trojan target 99 (of 10 classes) was imported; `trojanbench run` failed on it later, naming neither
+    the model nor its job."""
+    import shutil
+
+    from trojanbench.zoo.store import ModelCard
+
+    out, _ = built
+    zoo_copy = tmp_path / "zoo"
+    shutil.copytree(out, zoo_copy)
+    folder = next(f for _, f, c in Zoo(out).models() if c.trojaned)
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    card = json.loads((bad / "card.json").read_text())
+    card["trojan"]["poison"]["target"] = 99
+    card["id"] = ModelCard.model_construct(**card).content_hash()[:16]  # only its content is wrong, not its hash
+    (bad / "card.json").write_text(json.dumps(card))
+    with pytest.raises(UserError, match=f"{bad}/card.json is not a valid model card .*target label 99 out of range "
+                                        "for a model of 10 classes") as e:
+        import_model(zoo_copy, bad)
+    assert "\n" not in str(e.value)
+    assert len(Zoo(zoo_copy).plan()) == len(Zoo(out).plan())  # nothing added
+
+
 def test_damaged_bookkeeping_and_a_lost_card_are_one_line_errors_not_silence(built, tmp_path):
     """A done model whose card.json is gone was silently left out of `models()` (and so of every board); a garbage
     plan, record or zoo.json gave a JSONDecodeError."""

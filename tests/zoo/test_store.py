@@ -183,3 +183,39 @@ def test_a_test_set_with_no_clean_image_left_is_refused_not_measured_as_nan(stor
     spec = TrojanSpec(trigger=every_image.spec(), poison=PoisonSpec(target=1))
     with pytest.raises(UserError, match="no clean test image"):
         measure(result.model, ds, spec, every_image)
+
+
+def _impossible(card: dict, what: str) -> str:
+    """Make `card` (a card's JSON) impossible in one way; returns the error it should give."""
+    classes = card["arch_kwargs"]["num_classes"]
+    if what == "target":
+        card["trojan"]["poison"]["target"] = 99
+        return f"trojan target label 99 out of range for a model of {classes} classes"
+    if what == "kind":
+        card["trojan"]["trigger"]["kind"] = "nonsense"
+        return "unknown trigger 'nonsense'; known: [a-z, -]*patch[a-z, -]*"
+    if what == "accuracy":
+        card["metrics"]["clean_accuracy"] = 2.0
+        return r"metric clean_accuracy=2.0 is not in \[0, 1\]"
+    card["metrics"]["attack_success_rate"] = -1.0
+    return r"metric attack_success_rate=-1.0 is not in \[0, 1\]"
+
+
+@pytest.mark.parametrize("what", ["target", "kind", "accuracy", "rate"])
+def test_impossible_cards_are_refused_on_save_and_on_load(stored, tmp_path, what):
+    """A card with target 99 of 10 classes, an unknown trigger or an accuracy of 2.0 saved, loaded and imported;
+    `trojanbench run` then failed naming neither model nor job."""
+    from trojanbench.zoo.store import ModelCard
+
+    _, result, _, card = stored
+    body = card.model_dump()
+    message = _impossible(body, what)
+    with pytest.raises(UserError, match=f"refusing to save .*: {message}"):  # a card changed after it was made
+        save_model(tmp_path / "new", result.model, card.model_copy(update=body))
+    assert not (tmp_path / "new" / "card.json").exists()
+    d = copy_of(stored, tmp_path)  # a hand-written card, its id recomputed so that only its content is wrong
+    body["id"] = ModelCard.model_construct(**body).content_hash()[:16]
+    (d / "card.json").write_text(json.dumps(body))
+    with pytest.raises(UserError, match=f"card.json is not a valid model card \\({message}\\)") as e:
+        load_model(d)
+    assert "\n" not in str(e.value)

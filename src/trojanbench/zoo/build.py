@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from ..config import ZooConfig
 from ..errors import UserError, first_error
 from ..train import TRAINER_VERSION
@@ -400,8 +402,11 @@ def import_model(zoo_dir: str | Path, model_dir: str | Path, split: str = "test"
     theirs, ours = card.dataset.get("name"), zoo.config().data.name
     if theirs != ours:  # every task would fail on it later (other input shapes or classes)
         raise UserError(f"{model_dir} was trained on {theirs}; the zoo {zoo_dir} holds models of {ours}")
-    job = Job(id=f"imported-{card.id}", arch=card.arch, arch_kwargs=card.arch_kwargs, seed=card.seed,
-              trojan=TrojanSpec(**card.trojan) if card.trojan else None, split=split)
+    try:  # the card's own checks passed (`load_card`); its trojan must also be one the zoo's tasks can rebuild
+        job = Job(id=f"imported-{card.id}", arch=card.arch, arch_kwargs=card.arch_kwargs, seed=card.seed,
+                  trojan=TrojanSpec(**card.trojan) if card.trojan else None, split=split)
+    except (ValidationError, TypeError) as e:
+        raise UserError(f"cannot import {model_dir}: its card's trojan is not valid ({first_error(e)})") from None
     with ZooLock(zoo.root):
         plan = zoo.plan()
         if any(j.id == job.id for j in plan):

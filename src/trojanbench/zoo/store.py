@@ -18,16 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, first_error
 from ..utils import atomic_write_bytes, atomic_write_text, canonical_json, library_versions, sha256_bytes, sha256_file
 
 WEIGHTS, CARD, POISON = "model.safetensors", "card.json", "poisoned.json"
 FORMAT_VERSION = 1
+FRACTIONS = ("accuracy", "_acc", "_rate")  # metrics whose name ends so are fractions, in [0, 1]
 
 
 class ModelCard(BaseModel):
@@ -49,6 +51,26 @@ class ModelCard(BaseModel):
     versions: dict[str, str] = Field(default_factory=library_versions)
     weights_sha256: str = ""
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _makes_sense(self):
+        """Refuse a card no task could use: a fraction metric outside [0, 1] (a non-finite one `save_model` refuses
+        with its own message), an unknown trigger kind, or a target label outside the model's classes. Cheap: no
+        model is built."""
+        from ..trojans import TRIGGERS
+
+        for k, v in self.metrics.items():
+            if k.endswith(FRACTIONS) and math.isfinite(v) and not 0 <= v <= 1:
+                raise PydanticCustomError("card", f"metric {k}={v} is not in [0, 1]")
+        if self.trojan is not None:
+            kind = (self.trojan.get("trigger") or {}).get("kind")
+            if kind not in TRIGGERS.names():
+                raise PydanticCustomError("card", f"unknown trigger {kind!r}; known: {', '.join(TRIGGERS.names())}")
+            target, classes = (self.trojan.get("poison") or {}).get("target", 0), self.arch_kwargs.get("num_classes")
+            if target is not None and classes is not None and not (isinstance(target, int) and 0 <= target < classes):
+                raise PydanticCustomError("card", f"trojan target label {target} out of range for a model of "
+                                                  f"{classes} classes")
+        return self
 
     @property
     def trojaned(self) -> bool:
@@ -154,6 +176,10 @@ def save_model_bytes(out_dir: str | Path, card: ModelCard, weights: bytes, poiso
     if bad:
         raise UserError(f"refusing to save {out_dir}: metric(s) {', '.join(f'{k}={v}' for k, v in bad.items())} "
                         "are not finite numbers")
+    try:  # again: a card changed after it was made (`model_copy(update=...)`, attributes set) is not validated
+        ModelCard.model_validate(card.model_dump())
+    except ValidationError as e:
+        raise UserError(f"refusing to save {out_dir}: {first_error(e)}") from None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / CARD).unlink(missing_ok=True)  # an overwrite is unfinished until the new card lands
@@ -179,7 +205,7 @@ def load_card(model_dir: str | Path, verify: bool = True) -> ModelCard:
     try:
         card = ModelCard(**json.loads((d / CARD).read_text()))
     except (json.JSONDecodeError, ValidationError, TypeError) as e:
-        raise UserError(f"{d / CARD} is not a valid model card ({type(e).__name__})") from None
+        raise UserError(f"{d / CARD} is not a valid model card ({first_error(e)})") from None
     if verify and card.id != card.content_hash()[:16]:
         raise UserError(f"{d / CARD} was modified after it was written (its id does not match its content)")
     return card
