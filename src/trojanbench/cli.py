@@ -335,11 +335,14 @@ def results_export(results: Path = typer.Argument(..., help="a results store (re
                    out: Path = typer.Option(..., "--out", "-o", help="file to write: .csv, .jsonl or .parquet"),
                    task: Optional[str] = typer.Option(None, help="only this task"),
                    tool: Optional[str] = typer.Option(None, help="only this tool"),
-                   run_id: Optional[str] = typer.Option(None, "--run", help="the run (default: the latest complete one)")):
-    """Every result row of one run (run, tool, model, task, metric, value, seed, version, extra) as CSV/JSONL/Parquet."""
+                   run_id: Optional[str] = typer.Option(None, "--run", help="the run (default: the latest complete one)"),
+                   all_rows: bool = typer.Option(False, "--all-rows", help="also the bookkeeping rows the report reads "
+                                                 "(board specs, tool descriptions, views, figures)")):
+    """The measurement rows of one run as CSV/JSONL/Parquet, columns run_id, tool, model_id, task, metric, value, seed,
+    tool_version, extra (a JSON object in JSONL, a JSON string in CSV and Parquet)."""
     from .results.export import export_rows
 
-    n = export_rows(results, out, task=task, tool=tool, run_id=run_id)
+    n = export_rows(results, out, task=task, tool=tool, run_id=run_id, all_rows=all_rows)
     console.print(f"{n} rows -> {out}")
 
 

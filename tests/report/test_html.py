@@ -93,16 +93,55 @@ def test_report_refuses_missing_or_empty_stores(tmp_path):
 def test_export_csv_and_jsonl_round_trip(results, tmp_path):
     n = export_rows(results, tmp_path / "all.csv")
     rows = list(csv.DictReader((tmp_path / "all.csv").open()))
-    assert len(rows) == n and {r["tool"] for r in rows} >= {"random", "good", "meh", "toolx", "detect"}
-    assert len({r["run_id"] for r in rows}) == 1 and json.loads(rows[0]["extra"]) is not None
+    assert len(rows) == n and {r["tool"] for r in rows} == {"random", "entropy", "good", "meh", "toolx"}
+    assert len({r["run_id"] for r in rows}) == 1 and json.loads(rows[0]["extra"])["role"] == "baseline"
     assert export_rows(results, tmp_path / "good.jsonl", tool="good") == 80
-    assert all(json.loads(line)["tool"] == "good" for line in (tmp_path / "good.jsonl").read_text().splitlines())
+    lines = [json.loads(line) for line in (tmp_path / "good.jsonl").read_text().splitlines()]
+    assert all(r["tool"] == "good" and r["extra"]["role"] == "tool" for r in lines)  # an object, not a JSON string
+    assert list(lines[0]) == ["run_id", "tool", "model_id", "task", "metric", "value", "seed", "tool_version", "extra"]
     with pytest.raises(UserError, match=".csv, .jsonl or .parquet"):
         export_rows(results, tmp_path / "x.xlsx")
-    with pytest.raises(UserError, match="no rows with tool 'goood'; it has tools: .*good"):  # not "0 rows"
+    with pytest.raises(UserError, match="no measurement rows with tool 'goood'; it has tools: entropy, good, meh, random, "
+                                        "toolx$"):  # not "0 rows"; the real tools only
         export_rows(results, tmp_path / "typo.csv", tool="goood")
     assert not (tmp_path / "typo.csv").exists()
+    with pytest.raises(UserError, match="tools: entropy, good, meh, random, toolx; only bookkeeping rows match"):
+        export_rows(results, tmp_path / "typo.csv", tool="trojanbench")  # a pseudo-tool is no tool
     assert (tmp_path / "all.csv").stat().st_mode & 0o777 == 0o666 & ~_umask()  # not mkstemp's private 0600
+
+
+def test_export_leaves_out_bookkeeping_rows_unless_asked(results, tmp_path):
+    """Board specs, views and figures (pseudo-tools "trojanbench" and "detect", pseudo-models "board", "view",
+    "figure:roc.png") were exported as if they were measurements."""
+    from trojanbench.report.html import FIGURE, VIEW
+    from trojanbench.results.boards import INFO, SPEC_METRIC
+    from trojanbench.results.export import BOOKKEEPING
+
+    assert {SPEC_METRIC, INFO, FIGURE, VIEW} <= set(BOOKKEEPING)
+    n = export_rows(results, tmp_path / "measured.jsonl")
+    measured = [json.loads(line) for line in (tmp_path / "measured.jsonl").read_text().splitlines()]
+    assert n == len(measured) == 4 * 80 + 1 and all(r["value"] is not None for r in measured)
+    every = export_rows(results, tmp_path / "every.jsonl", all_rows=True)
+    extra = [json.loads(line) for line in (tmp_path / "every.jsonl").read_text().splitlines()]
+    assert every == n + 3 and {(r["tool"], r["model_id"], r["metric"]) for r in extra} - {
+        (r["tool"], r["model_id"], r["metric"]) for r in measured} == {
+        ("trojanbench", "board", "spec"), ("trojanbench", "view", "view"), ("detect", "figure:roc.png", "figure")}
+    assert export_rows(results, tmp_path / "fig.csv", tool="detect", all_rows=True) == 1
+
+
+def test_parquet_export_when_pyarrow_is_installed(results, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow is optional (pip install 'trojanbench[parquet]')")
+    n = export_rows(results, tmp_path / "all.parquet")
+    table = pq.read_table(tmp_path / "all.parquet")
+    assert table.num_rows == n and table.column_names == ["run_id", "tool", "model_id", "task", "metric", "value",
+                                                          "seed", "tool_version", "extra"]
+    assert json.loads(table.column("extra")[0].as_py())["role"] == "baseline"  # a JSON string, as in CSV
+
+
+def test_parquet_export_without_pyarrow_says_how_to_get_it(results, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if it were not installed
+    with pytest.raises(UserError, match=r"pip install 'trojanbench\[parquet\]'"):
+        export_rows(results, tmp_path / "all.parquet")
 
 
 def _umask() -> int:
