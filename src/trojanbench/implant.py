@@ -15,7 +15,7 @@ from torch import nn
 from .config import TrainConfig, default_train_config
 from .data import ImageDataset
 from .errors import UserError
-from .models import build_model, check_image_shape, check_input_fits, data_kwargs
+from .models import build_model, check_image_shape, check_input_fits, data_kwargs, with_defaults
 from .train import attack_success_rate, clean_accuracy, predict, train_model
 from .train.evaluate import clean_test_mask
 from .trojans import TRIGGERS, TrojanSpec, make_trigger, poison_dataset
@@ -52,7 +52,7 @@ def prepare(dataset: ImageDataset, arch: str = "cnn", arch_kwargs: dict | None =
     Before anything is poisoned or trained, the shape is checked: against explicit `arch_kwargs` (in_channels, image_size)
     and by one forward pass of a blank image, so a shape the architecture cannot take is a one-line UserError
     naming both."""
-    kwargs = {**data_kwargs(dataset), **(arch_kwargs or {})}
+    kwargs = with_defaults(arch, {**data_kwargs(dataset), **(arch_kwargs or {})})  # the card's: complete
     check_image_shape(kwargs, dataset.image_shape, what=f"architecture {arch!r} with these arguments")
     model = init_model(arch, kwargs, seed)  # poisoning draws from its own generators: the order does not matter
     check_input_fits(model, arch, dataset.input_shape, dataset.x_train.dtype)

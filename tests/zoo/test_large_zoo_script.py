@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from trojanbench.zoo.executors import cpu_count
 
 SCRIPT = Path(__file__).parents[2] / "benchmarks" / "large_zoo.py"
@@ -67,4 +69,9 @@ def test_zoo_throughput_reads_each_trainer_against_the_peak_at_its_own_thread_co
     assert data["machine_gemm_peak"]["threads"] == cpu_count()
     for trainer in ("serial", "batched"):
         r = data[trainer]
-        assert r["models"] == 2 and 0 < r["fraction_of_machine_gemm_peak"] <= r["fraction_of_gemm_peak"] * 1.05
+        # each fraction is the trainer's measured FLOP rate over its own peak (not a comparison of the two peaks,
+        # which measure alike on a loaded machine)
+        achieved = r["achieved_gflops_per_second"] * 1e9
+        assert r["models"] == 2 and achieved > 0
+        for key, peak in (("fraction_of_gemm_peak", "gemm_peak"), ("fraction_of_machine_gemm_peak", "machine_gemm_peak")):
+            assert r[key] == pytest.approx(achieved / data[peak]["flops_per_second"], rel=0.01, abs=1e-4)

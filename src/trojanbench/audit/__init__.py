@@ -105,15 +105,13 @@ def check_fits(model: torch.nn.Module, ds, where: str, expected: tuple[int, int,
     """The model takes the data's images and gives one logit per class, or a one-line error (naming the `expected`
     image shape where the audit knows it)."""
     from ..data import shape_text
+    from ..utils import evaluating
 
     x = ds.x_test[:2]
     device = next(iter(model.parameters()), torch.empty(0)).device
     try:
-        with torch.no_grad():
-            was = model.training
-            model.eval()
+        with torch.no_grad(), evaluating(model):  # the caller's modes come back even when the forward fails
             out = model(x.to(device))
-            model.train(was)
     except Exception as e:  # noqa: BLE001 - whatever the forward raises, the user gets one line
         wants = f", expected {shape_text(expected)}" if expected is not None else ""
         raise UserError(f"{where} does not take the data's images {tuple(x.shape[1:])} (C, H, W){wants}: "

@@ -11,6 +11,7 @@ training (`check_input_fits`), so a shape an architecture cannot take is a one-l
 
 from __future__ import annotations
 
+import inspect
 import operator
 from typing import Callable
 
@@ -40,6 +41,19 @@ def build_model(arch: str, **kwargs) -> nn.Module:
         return factory(**kwargs)
     except (TypeError, ValueError, RuntimeError) as e:  # a missing or unknown argument, a width of -3, ...
         raise UserError(f"bad arguments for architecture {arch!r}: {first_error(e)}") from None
+
+
+def with_defaults(arch: str, kwargs: dict) -> dict:
+    """`kwargs` with every argument the architecture takes by default written out (width, depth, ...): what a model
+    card stores, so that it rebuilds its model exactly even after a default in the code changes. What `kwargs`
+    gives wins; a factory whose signature cannot be read keeps `kwargs` as they are."""
+    try:
+        params = inspect.signature(MODELS.get(arch)).parameters.values()
+    except (TypeError, ValueError):
+        return dict(kwargs)
+    defaults = {p.name: list(p.default) if isinstance(p.default, tuple) else p.default for p in params
+                if p.default is not inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {**defaults, **kwargs}
 
 
 def image_hw(image_size) -> tuple[int, int]:

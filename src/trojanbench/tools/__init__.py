@@ -15,6 +15,7 @@ A tool never changes the caller's model: one that runs the model without trainin
 
 from __future__ import annotations
 
+import functools
 import operator
 from typing import ClassVar
 
@@ -42,6 +43,23 @@ def check_target(target, num_classes: int, who: str) -> None:
         label = None
     if label is None or not 0 <= label < num_classes:
         raise UserError(f"{who}: target {target!r} is not a class label of this model (0 to {num_classes - 1})")
+
+
+def check_verb(cls: type, verb: str, checked) -> None:
+    """Wrap `cls`'s own `verb` (when the class defines one) in `checked(self, method, *args, **kw)`, once: how a
+    tool family checks what its verb is given and what it returns whichever subclass implements it (called from
+    the family's `__init_subclass__`), so a plug-in's bad output is a one-line error naming it, not a wrong
+    number or a traceback deep in the scoring."""
+    method = cls.__dict__.get(verb)
+    if method is None or getattr(method, "checked", False):
+        return
+
+    @functools.wraps(method)
+    def verb_checked(self, *args, **kw):
+        return checked(self, method, *args, **kw)
+
+    verb_checked.checked = True
+    setattr(cls, verb, verb_checked)
 
 
 def tool_registries() -> dict[str, object]:

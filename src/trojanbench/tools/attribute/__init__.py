@@ -38,10 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...data import unit_range_images
 from ...errors import UserError
 from ...registry import Registry
 from ...utils import private_rng
-from .. import ToolInfo
+from .. import ToolInfo, check_verb
 
 
 class Attributor(ToolInfo, ABC):
@@ -74,6 +75,33 @@ class Attributor(ToolInfo, ABC):
     @abstractmethod
     def attribute(self, model: nn.Module, x: torch.Tensor, target: int | torch.Tensor) -> torch.Tensor:
         """Relevance maps [N, H, W], non-negative and finite, for `x` [N, C, H, W] and class `target`."""
+
+    def __init_subclass__(cls, **kwargs):
+        """Every attributor's `attribute` checks what it is given and what it returns (`_checked_attribute`)."""
+        super().__init_subclass__(**kwargs)
+        check_verb(cls, "attribute", _checked_attribute)
+
+
+def _checked_attribute(self, method, model, x, target, *args, **kw) -> torch.Tensor:
+    """An attributor's maps, or a one-line error naming it. In: images [N, C, H, W] in [0, 1] (`unit_range_images`;
+    token ids [N, T] pass as they are) and one target, or one per sample. Out: maps [N, H, W] (sentences: [N, T]),
+    finite and non-negative."""
+    who = f"attributor {type(self).__name__}"
+    if not torch.is_tensor(x):
+        raise UserError(f"{who}: x must be a tensor, got {type(x).__name__}")
+    if x.dim() == 4:  # images
+        x = unit_range_images(x, f"{who}: images")
+    if torch.is_tensor(target) and target.dim() and tuple(target.shape) != (len(x),):
+        raise UserError(f"{who}: {tuple(target.shape)} targets for {len(x)} samples; give one target, or one per sample")
+    maps = method(self, model, x, target, *args, **kw)
+    want = (len(x), *x.shape[2:]) if x.dim() == 4 else tuple(x.shape[:2])
+    if not torch.is_tensor(maps) or tuple(maps.shape) != want:
+        got = tuple(maps.shape) if torch.is_tensor(maps) else type(maps).__name__
+        raise UserError(f"{who} returned maps {got}; it must return {list(want)}, one map per sample")
+    if maps.numel() and not (torch.isfinite(maps).all() and float(maps.min()) >= 0):
+        raise UserError(f"{who} returned maps with values in [{float(maps.min()):g}, {float(maps.max()):g}]; "
+                        "relevance is finite and non-negative (use reduce_channels)")
+    return maps
 
 
 ATTRIBUTORS: Registry[type[Attributor]] = Registry("attributor")

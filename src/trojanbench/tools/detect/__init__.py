@@ -17,10 +17,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ...data import unit_range_images
+from ...errors import UserError
 from ...models.hooks import hooked
 from ...registry import Registry
 from ...utils import evaluating
-from .. import ToolInfo
+from .. import ToolInfo, check_target, check_verb
 
 
 @dataclass
@@ -37,6 +39,21 @@ class DetectContext:
     # the zoo's trigger prior (TriggerSpecs, one per kind x variant of its config), for baselines that draw from
     # it (the `random-prior` synthesizer); None where the zoo's config is unknown
     prior: list | None = None
+
+    def __post_init__(self):
+        """Checks the clean sample where it enters (a context built from Python as much as by a task): one label
+        per sample, each a class of the model, and images [N, C, H, W] in [0, 1] (`unit_range_images`: 8-bit
+        values are rescaled with a warning, anything else is a one-line error). Token ids [N, T] (or feature
+        vectors [N, D]) are left as they are."""
+        if not (torch.is_tensor(self.x_clean) and torch.is_tensor(self.y_clean)):
+            raise UserError("DetectContext: x_clean and y_clean must be tensors")
+        if len(self.x_clean) != len(self.y_clean):
+            raise UserError(f"DetectContext: {len(self.x_clean)} clean samples but {len(self.y_clean)} labels")
+        if self.x_clean.dim() == 4:  # images
+            self.x_clean = unit_range_images(self.x_clean, "DetectContext x_clean")
+        if len(self.y_clean) and not (0 <= int(self.y_clean.min()) and int(self.y_clean.max()) < self.num_classes):
+            raise UserError(f"DetectContext: y_clean holds labels {int(self.y_clean.min())} to "
+                            f"{int(self.y_clean.max())}, but the model has classes 0 to {self.num_classes - 1}")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -62,11 +79,71 @@ class Detector(ToolInfo, ABC):
     @abstractmethod
     def detect(self, model: nn.Module, ctx: DetectContext) -> Detection: ...
 
+    def __init_subclass__(cls, **kwargs):
+        """Every detector's `detect` answer is checked (`_checked_detect`)."""
+        super().__init_subclass__(**kwargs)
+        check_verb(cls, "detect", _checked_detect)
+
+
+def _checked_detect(self, method, model, ctx, *args, **kw) -> Detection:
+    """A detector's answer, or a one-line error naming it: a `Detection` whose score is a number (NaN is refused;
+    ±inf ranks a model first or last), whose target label, if any, is a class of the model, and whose mask, if any,
+    is [H, W] with finite values."""
+    who = f"detector {type(self).__name__}"
+    d = method(self, model, ctx, *args, **kw)
+    if not isinstance(d, Detection):
+        raise UserError(f"{who} returned {type(d).__name__}, not a Detection")
+    try:
+        d.score = float(d.score)
+    except (TypeError, ValueError):
+        raise UserError(f"{who} returned the score {d.score!r}, not a number") from None
+    if d.score != d.score:
+        raise UserError(f"{who} returned the score NaN; a detector's score must be a number (higher = more suspicious)")
+    if d.target_label is not None:
+        check_target(d.target_label, ctx.num_classes, who)
+        d.target_label = int(d.target_label)
+    if d.mask is not None:
+        shape = tuple(ctx.image_shape[1:])
+        if not torch.is_tensor(d.mask) or tuple(d.mask.shape) != shape or not torch.isfinite(d.mask).all():
+            got = tuple(d.mask.shape) if torch.is_tensor(d.mask) else type(d.mask).__name__
+            raise UserError(f"{who} returned a mask {got}; a trigger footprint is [H, W] = {shape} with finite values")
+    return d
+
 
 class SampleDetector(ToolInfo, ABC):
 
     @abstractmethod
     def suspicion(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: DetectContext) -> torch.Tensor: ...
+
+    def __init_subclass__(cls, **kwargs):
+        """Every sample detector's `suspicion` checks what it is given and what it returns (`_checked_suspicion`)."""
+        super().__init_subclass__(**kwargs)
+        check_verb(cls, "suspicion", _checked_suspicion)
+
+
+def _checked_suspicion(self, method, model, x, y, ctx, *args, **kw) -> torch.Tensor:
+    """A sample detector's scores, or a one-line error naming it. In: one label per sample, and images in [0, 1]
+    (`unit_range_images`; token ids [N, T] pass as they are). Out: one score per sample, a tensor [N] (an array is
+    converted) with no NaN (±inf ranks a sample first or last)."""
+    who = f"sample detector {type(self).__name__}"
+    if not (torch.is_tensor(x) and torch.is_tensor(y)) or len(x) != len(y):
+        raise UserError(f"{who}: needs samples x and labels y as tensors of one length, got "
+                        f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__} and "
+                        f"{tuple(y.shape) if torch.is_tensor(y) else type(y).__name__}")
+    if x.dim() == 4:  # images
+        x = unit_range_images(x, f"{who}: images")
+    s = method(self, model, x, y, ctx, *args, **kw)
+    try:
+        s = torch.as_tensor(s)
+    except (TypeError, ValueError, RuntimeError):
+        raise UserError(f"{who} returned {type(s).__name__}, not one score per sample") from None
+    if tuple(s.shape) != (len(x),):
+        raise UserError(f"{who} returned scores of shape {tuple(s.shape)} for {len(x)} samples; it must return one "
+                        f"per sample, [N] = [{len(x)}]")
+    nan = int(torch.isnan(s).sum()) if s.is_floating_point() else 0
+    if nan:
+        raise UserError(f"{who} returned NaN for {nan} of {len(x)} samples; every sample needs a score")
+    return s
 
 
 DETECTORS: Registry[type[Detector]] = Registry("detector")

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...models import with_defaults
 from ...models.hooks import hooked
 from . import STRONG_LR, STRONG_STEPS, RepairContext, Repairer, fit, fresh_model, register, steps_for, strong_views, working_copy
 from .finetune import FineTune
@@ -55,7 +56,9 @@ class _Distill(Repairer):
     def student(self, ctx: RepairContext) -> nn.Module:
         if self.width_factor == 1.0:
             return fresh_model(ctx, ctx.seed)
-        width = ctx.arch_kwargs.get("width", None) or _default_width(ctx.arch)
+        width = with_defaults(ctx.arch, ctx.arch_kwargs).get("width")  # a card from before cards held defaults too
+        if width is None:
+            raise ValueError(f"architecture {ctx.arch!r} has no width to shrink for a smaller student")
         width = max(1, int(width * self.width_factor)) if isinstance(width, int) else width * self.width_factor
         return fresh_model(ctx, ctx.seed, width=width)
 
@@ -66,17 +69,6 @@ class _Distill(Repairer):
             s.init_from_data(x_clean)
         return distill_into(s, teacher, x_clean, y_clean, ctx, steps=self.steps, lr=self.lr, temperature=self.t,
                             hard_weight=self.hard, mixup=self.mixup)
-
-
-def _default_width(arch: str):
-    import inspect
-
-    from ...models import MODELS
-
-    p = inspect.signature(MODELS.get(arch)).parameters.get("width")
-    if p is None or p.default is inspect.Parameter.empty:
-        raise ValueError(f"architecture {arch!r} has no width to halve for a smaller student")
-    return p.default
 
 
 @register("self-distill")

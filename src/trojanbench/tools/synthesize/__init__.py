@@ -34,7 +34,6 @@ Each class says how closely it follows its paper in `paper` and `fidelity` (see 
 
 from __future__ import annotations
 
-import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -45,7 +44,7 @@ from torch import nn
 from ...errors import UserError
 from ...registry import Registry
 from ...trojans.triggers import Trigger
-from .. import ToolInfo, check_target
+from .. import ToolInfo, check_target, check_verb
 from ..detect import DetectContext
 
 
@@ -102,18 +101,13 @@ class Synthesizer(ToolInfo, ABC):
         """Every synthesizer's `synthesize` checks its target label first (a one-line error, not an IndexError deep
         in the method), and the stamp it returns (`Stamp.check`)."""
         super().__init_subclass__(**kwargs)
-        method = cls.__dict__.get("synthesize")
-        if method is None or getattr(method, "checks_target", False):
-            return
+        check_verb(cls, "synthesize", _checked_synthesize)
 
-        @functools.wraps(method)
-        def synthesize(self, model, target, ctx, *args, **kw):
-            check_target(target, ctx.num_classes, type(self).__name__)
-            found = method(self, model, target, ctx, *args, **kw)
-            return found.check(ctx.image_shape, type(self).__name__) if isinstance(found, Stamp) else found
 
-        synthesize.checks_target = True
-        cls.synthesize = synthesize
+def _checked_synthesize(self, method, model, target, ctx, *args, **kw):
+    check_target(target, ctx.num_classes, type(self).__name__)
+    found = method(self, model, target, ctx, *args, **kw)
+    return found.check(ctx.image_shape, type(self).__name__) if isinstance(found, Stamp) else found
 
 
 SYNTHESIZERS: Registry[type[Synthesizer]] = Registry("synthesizer")
