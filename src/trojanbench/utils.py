@@ -125,6 +125,22 @@ def evaluating(model):
 
 
 @contextmanager
+def frozen(model):
+    """`evaluating(model)` with every parameter's `requires_grad` off for the block (gradients flow to the inputs,
+    a mask or a trigger, never into the model's weights), each parameter's flag given back after. Yields the
+    model. For tools that optimise something through a caller's model without training it."""
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    with evaluating(model):
+        for p, _ in grads:
+            p.requires_grad_(False)
+        try:
+            yield model
+        finally:
+            for p, flag in grads:
+                p.requires_grad_(flag)
+
+
+@contextmanager
 def torch_threads(n: int | None):
     """Torch on `n` threads for the block (None: leave the setting alone), restored after."""
     previous = torch.get_num_threads()

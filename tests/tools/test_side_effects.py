@@ -1,6 +1,6 @@
 """Tools never change the caller's model. For every registered tool of every family (detectors, sample
-detectors, attribution methods, synthesizers, repairers, editors): a small model left in training mode goes in,
-and after the call every submodule's mode, every parameter (values, layout, requires_grad) and every buffer
+detectors, attribution methods, synthesizers, repairers, editors): a small model in the middle of fine-tuning goes
+in (training mode, its first layer in eval mode with frozen parameters), and after the call every submodule's mode, every parameter (values, layout, requires_grad) and every buffer
 (BatchNorm statistics included) is what it was. Repairers and editors return a new model; the one they were
 given stays as it was. Each tool runs with the smallest budget it accepts, so the whole file takes seconds. A tool
 that works on images runs on a tiny CNN; one that works on text only, on a tiny text transformer."""
@@ -156,6 +156,18 @@ def call(family: str, name: str, model: torch.nn.Module, env: dict):
     raise AssertionError(f"no call written for tool family {family!r}: add it to this test")
 
 
+def mid_training(model: torch.nn.Module) -> torch.nn.Module:
+    """A caller in the middle of fine-tuning: the model in training mode except its first layer with parameters
+    (kept in eval mode, as one keeps BatchNorm statistics fixed), whose parameters are also frozen. A tool that
+    restores one mode for the whole model, or sets every requires_grad back alike, changes it."""
+    model.train()
+    first = next(m for m in model.modules() if not list(m.children()) and list(m.parameters()))
+    first.eval()
+    for p in first.parameters():
+        p.requires_grad_(False)
+    return model
+
+
 @pytest.mark.parametrize("family, name", TOOLS)
 def test_a_tool_leaves_the_callers_model_as_it_was(family, name, env):
     from trojanbench.models import build_model
@@ -163,7 +175,7 @@ def test_a_tool_leaves_the_callers_model_as_it_was(family, name, env):
     env = env_for(family, name, env)
     model = build_model(env["card"].arch, **env["card"].arch_kwargs)
     model.load_state_dict(env["state"])
-    model.train()  # a caller in the middle of training: the tool must not leave it in eval mode
+    mid_training(model)  # the tool must leave neither the whole model nor the eval-mode layer otherwise
     before = snapshot(model)
     call(family, name, model, env)
     after = snapshot(model)
@@ -224,7 +236,7 @@ def test_an_exception_mid_forward_leaves_no_hook_and_the_mode(family, name, env)
         new = Tripwire(old.in_features, old.out_features, bias=old.bias is not None)
         new.load_state_dict(old.state_dict())
         setattr(parent, name_last.rpartition(".")[2], new)
-        return m.train()
+        return mid_training(m)
 
     CALLS[0], TRIP[0] = 0, -1
     call(family, name, wired(), env)  # count the forwards of a whole call

@@ -113,22 +113,16 @@ def check_input_fits(model: nn.Module, arch: str, image_shape, dtype: torch.dtyp
     restored, no statistics change, no random numbers drawn): a shape the architecture cannot take is a
     one-line UserError naming the shape and the architecture, before any training starts."""
     from ..data import shape_text
+    from ..utils import evaluating
 
-    was_training = model.training
+    device = next(iter(model.parameters()), torch.empty(0)).device
     try:
-        device = next(iter(model.parameters())).device
-    except StopIteration:
-        device = torch.device("cpu")
-    model.eval()
-    try:
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
             model(torch.zeros(1, *image_shape, device=device, dtype=dtype))
     except Exception as e:  # noqa: BLE001 - whatever the forward pass raises, the user gets one line
         first = (str(e).splitlines() or [""])[0][:160]
         what = f"{shape_text(image_shape)} images" if dtype.is_floating_point else f"token ids of shape {shape_text(image_shape)}"
         raise UserError(f"architecture {arch!r} cannot take {what} ({first})") from None
-    finally:
-        model.train(was_training)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -61,7 +61,7 @@ from ..results import ResultRow
 from ..results.stats import Estimate, bootstrap, mean
 from ..train import predict
 from ..train.loop import epoch_batches, run_steps, steps_per_epoch
-from ..utils import one_thread, private_rng
+from ..utils import evaluating, one_thread, private_rng
 from ..zoo.build import Zoo, build_zoo, cache_folder
 from ..zoo.store import load_model
 from . import Progress, StudySummary, record_study, register_study
@@ -157,13 +157,9 @@ def edge_popup(model: nn.Module, x: torch.Tensor, y: torch.Tensor, density: floa
         masked = {f"{name}.weight": weights[name] * _TopK.apply(scores[name].abs(), density) for name in layers}
         return F.cross_entropy(functional_call(model, masked, (x[idx],)), y[idx])
 
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         run_steps(opt, epoch_batches(len(x), batch_size, epochs, g), loss_of, lr=lr, warmup=0.1,
                   total=epochs * steps_per_epoch(len(x), batch_size))
-    finally:
-        model.train(was_training)
     return {name: top_fraction(s.detach().abs(), density) for name, s in scores.items()}
 
 
@@ -247,13 +243,9 @@ def finetune_masked(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.T
     params = {n: p.detach().clone().requires_grad_(True) for n, p in model.named_parameters()}
     pruned = lambda: {n: p * keep[n] if n in keep else p for n, p in params.items()}
     opt = torch.optim.SGD(list(params.values()), lr=lr, momentum=0.9)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         run_steps(opt, epoch_batches(len(x), batch_size, epochs, g),
                   lambda idx: F.cross_entropy(functional_call(model, pruned(), (x[idx],)), y[idx]))
-    finally:
-        model.train(was_training)
     return {n: p.detach() for n, p in pruned().items()}
 
 

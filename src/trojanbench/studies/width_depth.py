@@ -57,6 +57,7 @@ from ..train import predict
 from ..train.adversarial import robust_correct
 from ..trojans import make_trigger
 from ..trojans.poison import attack_mask
+from ..utils import evaluating
 from ..zoo.build import Zoo
 from ..zoo.store import load_model
 from . import Progress, StudySummary, record_study, register_study
@@ -198,15 +199,10 @@ def hidden_activations(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """The output of every ReLU module (the hidden layers of the mlp and cnn families), on `x`, in eval mode;
     the hooks are removed and the train/eval state restored whatever happens."""
     acts: list[torch.Tensor] = []
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
-    try:
-        with torch.no_grad(), hooked([m for m in model.modules() if isinstance(m, nn.ReLU)],
-                                     lambda mod, inp, out: acts.append(out.detach().cpu())):
-            model(x.to(device))
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.no_grad(), hooked([m for m in model.modules() if isinstance(m, nn.ReLU)],
+                                                    lambda mod, inp, out: acts.append(out.detach().cpu())):
+        model(x.to(device))
     return acts
 
 

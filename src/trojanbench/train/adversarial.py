@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..utils import evaluating, frozen
+
 
 def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor, *, steps: int = 10,
                rel_step: float = 0.25, random_start: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -22,11 +24,7 @@ def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | 
     device = x.device
     eps_t = torch.as_tensor(eps, dtype=x.dtype, device=device).reshape(-1, *([1] * (x.dim() - 1)))
     step = rel_step * eps_t
-    was_training, grads = model.training, [p.requires_grad for p in model.parameters()]
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
+    with frozen(model):
         if random_start:
             noise = torch.rand(x.shape, generator=generator).to(device) * 2 - 1
             x_adv = (x + noise * eps_t).clamp(0, 1)
@@ -39,10 +37,6 @@ def pgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | 
             (grad,) = torch.autograd.grad(loss, x_adv)
             x_adv = x_adv.detach() + step * grad.sign()
             x_adv = torch.minimum(torch.maximum(x_adv, x - eps_t), x + eps_t).clamp(0, 1)
-    finally:
-        for p, r in zip(model.parameters(), grads):
-            p.requires_grad_(r)
-        model.train(was_training)
     return x_adv.detach()
 
 
@@ -58,13 +52,8 @@ def robust_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid:
     per = max(1, batch_size // max(1, len(budgets)))
     for i in range(0, len(x), per):
         xb, yb = x[i:i + per].to(device), y[i:i + per].to(device)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                clean = (model(xb).argmax(1) == yb).float().cpu().numpy()
-        finally:
-            model.train(was_training)
+        with evaluating(model), torch.no_grad():
+            clean = (model(xb).argmax(1) == yb).float().cpu().numpy()
         for e in eps_grid:
             if e <= 0:
                 out[float(e)].append(clean)
@@ -72,12 +61,8 @@ def robust_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps_grid:
             eps = torch.tensor(budgets, dtype=xb.dtype, device=device).repeat_interleave(len(xb))
             xs, ys = xb.repeat(len(budgets), *([1] * (xb.dim() - 1))), yb.repeat(len(budgets))
             adv = pgd_attack(model, xs, ys, eps, steps=steps, rel_step=rel_step, generator=g)
-            with torch.no_grad():
-                model.eval()
-                try:
-                    hit = (model(adv).argmax(1) == ys).float().cpu().numpy().reshape(len(budgets), len(xb))
-                finally:
-                    model.train(was_training)
+            with evaluating(model), torch.no_grad():
+                hit = (model(adv).argmax(1) == ys).float().cpu().numpy().reshape(len(budgets), len(xb))
             for j, e in enumerate(budgets):
                 out[e].append(hit[j] * clean)  # an image the model gets wrong unattacked is not robust
     return {e: np.concatenate(v) if v else np.zeros(0) for e, v in out.items()}

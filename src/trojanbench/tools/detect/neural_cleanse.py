@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import UserError
+from ...utils import frozen
 from . import DetectContext, Detection, Detector, register
 
 TANH_EPSILON = 1e-7  # Keras' K.epsilon(), the original's EPSILON
@@ -207,11 +208,7 @@ class NeuralCleanse(Detector):
         history = []
         labels = torch.tensor(classes, device=ctx.device)
         active = list(range(k))
-        was_training, grads = model.training, [p.requires_grad for p in model.parameters()]
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        try:
+        with frozen(model):
             for _ in range(self.steps):
                 attack_success, regs = self._epoch(model, x_clean, mask_w, pattern_w, opt, labels, active,
                                                    [schedules[i].cost for i in active], g)
@@ -231,10 +228,6 @@ class NeuralCleanse(Detector):
                 active = still
                 if not active:
                     break
-        finally:
-            for p, r in zip(model.parameters(), grads):
-                p.requires_grad_(r)
-            model.train(was_training)
         return Inversion(classes, masks.cpu(), patterns.cpu(), reached, epochs, torch.stack(history))
 
     def _epoch(self, model, x_clean, mask_w, pattern_w, opt, labels, active, costs, g) -> tuple[list, list]:

@@ -31,6 +31,7 @@ from torch import nn
 from ...errors import UserError
 from ...models.hooks import hooked
 from ...registry import Registry
+from ...utils import evaluating
 from .. import ToolInfo
 from ..locate import traceable_layers
 
@@ -143,12 +144,8 @@ def layer_keys(model: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
     """[N, positions, key_dim] keys of `layer` on inputs `x` (the model is run in eval mode; its mode is restored)."""
     module = dict(model.named_modules())[layer]
     got = {}
-    was_training = model.training
-    try:
-        with hooked(module, lambda m, i, o: got.__setitem__("k", _keys(m, i[0].detach()))):
-            model.eval()(x)
-    finally:
-        model.train(was_training)
+    with evaluating(model), hooked(module, lambda m, i, o: got.__setitem__("k", _keys(m, i[0].detach()))):
+        model(x)
     return got["k"]
 
 

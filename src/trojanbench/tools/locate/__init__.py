@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ...models.hooks import hooked
+from ...utils import evaluating
 
 
 def traceable_layers(model: nn.Module) -> list[str]:
@@ -32,14 +33,10 @@ def called_in_order(model: nn.Module, x: torch.Tensor, candidates, keep=None) ->
     """The `candidates` that one probe forward of `x[:2]` calls (those whose output `keep(out)` accepts), in call
     order, each once. Eval mode, no gradients; the model's mode is restored and every hook removed."""
     seen: list[nn.Module] = []
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         with torch.no_grad(), hooked(candidates, lambda mod, inp, out: seen.append(mod) if keep is None or keep(out)
                                      else None):
             model(x[:2])
-    finally:
-        model.train(was_training)
     return list(dict.fromkeys(seen))
 
 
@@ -98,11 +95,9 @@ def causal_trace(model: nn.Module, x_triggered: torch.Tensor, x_clean: torch.Ten
     """Trace every layer in `layers` (default: `traceable_layers`). `x_triggered[i]` is `x_clean[i]` with the
     trigger. Each step restores a `window` x `window` block of a conv map (or `window` consecutive tokens)
     anchored at the position: after a few 3x3 convolutions a small trigger spans neighbouring positions."""
-    was_training = model.training
-    model.eval()
     modules = dict(model.named_modules())
     layers = layers or traceable_layers(model)
-    try:
+    with evaluating(model):
         p_trig = torch.softmax(model(x_triggered), 1)[:, target]
         p_clean = torch.softmax(model(x_clean), 1)[:, target]
         denom = (p_trig - p_clean).mean().clamp_min(1e-6)
@@ -120,5 +115,3 @@ def causal_trace(model: nn.Module, x_triggered: torch.Tensor, x_clean: torch.Ten
                 eff[p] = float((p_trig - p_rest).mean() / denom)
             effects[name] = eff.view(clean.shape[2], clean.shape[3]) if clean.dim() == 4 else eff
         return Trace(effects, float(p_trig.mean()), float(p_clean.mean()))
-    finally:
-        model.train(was_training)

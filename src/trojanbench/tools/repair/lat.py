@@ -15,6 +15,7 @@ from torch import nn
 
 from ...errors import UserError
 from ...models.hooks import hooked
+from ...utils import evaluating
 from . import STRONG_LR, STRONG_STEPS, Repairer, fit, register, strong_views, working_copy
 
 _ACTIVATIONS = (nn.ReLU, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.ELU, nn.Tanh)
@@ -64,10 +65,8 @@ def latent_pgd(model: nn.Module, site: nn.Module, xb: torch.Tensor, yb: torch.Te
     clamping of the perturbed activations to the batch's activation range (as the authors' code). Run in eval mode
     (as the authors' code: no BatchNorm statistics move while the adversary searches); the caller's mode and every
     hook are restored."""
-    was_training = model.training
-    model.eval()
     captured: list[torch.Tensor] = []
-    try:
+    with evaluating(model):
         with torch.no_grad(), hooked(site, lambda mod, inp, out: captured.append(out)):
             model(xb)
         a = captured[0]
@@ -90,8 +89,6 @@ def latent_pgd(model: nn.Module, site: nn.Module, xb: torch.Tensor, yb: torch.Te
             with torch.no_grad():
                 delta = project(delta + step * _per_sample_norm(a) * grad / (_per_sample_norm(grad) + 1e-12))
         return delta.detach()
-    finally:
-        model.train(was_training)
 
 
 @register("lat")

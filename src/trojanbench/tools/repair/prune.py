@@ -10,6 +10,7 @@ from torch import nn
 
 from ...models.hooks import hooked
 from ...train.evaluate import predict
+from ...utils import evaluating
 from . import Repairer, fit, register, steps_for, working_copy
 
 
@@ -31,13 +32,9 @@ def last_conv_block(model: nn.Module) -> tuple[nn.Conv2d, nn.BatchNorm2d | None,
 def channel_activity(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Mean activation per channel of `layer`'s output on `x` (eval mode; the hook is always removed)."""
     acts: list[torch.Tensor] = []
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         with hooked(layer, lambda mod, inp, out: acts.append(out.detach().mean((0, 2, 3)))):
             model(x)
-    finally:
-        model.train(was_training)
     return acts[0]
 
 

@@ -44,6 +44,7 @@ from torch import nn
 from ...errors import UserError
 from ...registry import Registry
 from ...trojans.triggers import Trigger
+from ...utils import evaluating, frozen
 from .. import ToolInfo, check_target, check_verb
 from ..detect import DetectContext
 
@@ -122,20 +123,6 @@ def _patch_mask(ctx: DetectContext, size: int, g: torch.Generator) -> torch.Tens
     return mask
 
 
-def _frozen(model: nn.Module):
-    saved = (model.training, [p.requires_grad for p in model.parameters()])
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return saved
-
-
-def _restore(model: nn.Module, saved) -> None:
-    model.train(saved[0])
-    for p, r in zip(model.parameters(), saved[1]):
-        p.requires_grad_(r)
-
-
 @register("trigger-inversion")
 class TriggerInversion(Synthesizer):
     paper = "Wang et al., Neural Cleanse: Identifying and Mitigating Backdoor Attacks in Neural Networks, IEEE S&P 2019"
@@ -168,9 +155,8 @@ class AdversarialPatch(Synthesizer):
     def synthesize(self, model, target, ctx):
         g = torch.Generator().manual_seed(ctx.seed)
         c, h, _ = ctx.image_shape
-        saved = _frozen(model)
         best = None
-        try:
+        with frozen(model):
             for _ in range(self.starts):
                 mask = _patch_mask(ctx, self.size or max(3, h // 8), g)
                 logit = (torch.randn(c, *mask.shape, generator=g) * 0.1).requires_grad_(True)
@@ -188,8 +174,6 @@ class AdversarialPatch(Synthesizer):
                                                   torch.full((len(x),), target, device=ctx.device)))
                 if best is None or final < best[0]:
                     best = (final, Stamp(torch.sigmoid(logit).detach(), mask))
-        finally:
-            _restore(model, saved)
         return best[1]
 
 
@@ -203,12 +187,8 @@ class Exemplar(Synthesizer):
         self.alpha = alpha
 
     def synthesize(self, model, target, ctx):
-        was_training = model.training
-        try:
-            with torch.no_grad():
-                logits = model.eval()(ctx.x_clean.to(ctx.device)).cpu()
-        finally:
-            model.train(was_training)  # the caller's model keeps its mode
+        with evaluating(model), torch.no_grad():  # the caller's model keeps its modes
+            logits = model(ctx.x_clean.to(ctx.device)).cpu()
         best = int(logits[:, target].argmax())
         return Stamp(ctx.x_clean[best].clone(), torch.full(ctx.image_shape[1:], self.alpha))
 

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import Stamp, Synthesizer, _frozen, _restore, register
+from ...utils import frozen
+from . import Stamp, Synthesizer, register
 
 
 class _AutoEncoder(nn.Module):
@@ -95,8 +96,7 @@ class FeatureAdversary(Synthesizer):
 
         targets = torch.full((self.batch_size,), target, device=ctx.device)
         opt = torch.optim.Adam([latent], lr=self.lr)
-        saved = _frozen(model)
-        try:
+        with frozen(model):
             for _ in range(self.steps):
                 patch = patch_of(latent, float(torch.empty(1).uniform_(0.9, 1.1, generator=g)))
                 side = patch.shape[-1]
@@ -119,6 +119,4 @@ class FeatureAdversary(Synthesizer):
                     hit = float((model((1 - mask) * x_all + mask * pattern).argmax(1) == target).float().mean())
                     if best is None or hit > best[0]:
                         best = (hit, Stamp(pattern.cpu(), mask.cpu()))
-        finally:
-            _restore(model, saved)
         return best[1]

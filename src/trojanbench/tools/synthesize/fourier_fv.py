@@ -29,8 +29,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ...utils import frozen
 from ..detect import DetectContext
-from . import Stamp, Synthesizer, _frozen, _restore, register
+from . import Stamp, Synthesizer, register
 
 # lucid's colour_correlation_svd_sqrt (ImageNet RGB), normalised by its largest column norm
 _COLOUR = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
@@ -69,8 +70,7 @@ class FeatureVisualisation(Synthesizer):
         jitter = max(1, ctx.image_shape[1] // 16)
         targets = torch.full((self.batch_size,), target, device=ctx.device)
         opt = torch.optim.Adam(params, lr=self.lr)
-        saved = _frozen(model)
-        try:
+        with frozen(model):
             for _ in range(self.steps):
                 views = random_views(render(), self.batch_size, g, jitter)
                 if self.objective == "logit":
@@ -83,8 +83,6 @@ class FeatureVisualisation(Synthesizer):
                 opt.step()
             with torch.no_grad():
                 image = render().detach().cpu()
-        finally:
-            _restore(model, saved)
         return Stamp(image, torch.full(ctx.image_shape[1:], self.alpha))
 
 

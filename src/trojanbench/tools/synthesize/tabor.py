@@ -34,7 +34,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import Stamp, Synthesizer, _frozen, _restore, register
+from ...utils import frozen
+from . import Stamp, Synthesizer, register
 
 
 def _tv(img: torch.Tensor) -> torch.Tensor:
@@ -66,8 +67,7 @@ class RegularisedInversion(Synthesizer):
         pattern_logit = (torch.randn(ctx.num_classes, c, h, w, generator=g)[target] * 0.1).to(ctx.device).requires_grad_(True)
         opt = torch.optim.Adam([mask_logit, pattern_logit], lr=self.lr)
         targets = torch.full((self.batch_size,), target, device=ctx.device)
-        saved = _frozen(model)
-        try:
+        with frozen(model):
             for step in range(self.steps):
                 idx = torch.randint(len(ctx.x_clean), (self.batch_size,), generator=g)
                 x, y = ctx.x_clean[idx].to(ctx.device), ctx.y_clean[idx].to(ctx.device)
@@ -81,6 +81,4 @@ class RegularisedInversion(Synthesizer):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-        finally:
-            _restore(model, saved)
         return Stamp(torch.sigmoid(pattern_logit).detach().cpu(), torch.sigmoid(mask_logit).detach().cpu()[0])
