@@ -98,6 +98,30 @@ def test_a_detectors_score_is_made_a_float_and_a_subclass_is_checked_once():
     assert Louder.detect.checked and Says.detect.checked
 
 
+def test_a_verb_inherited_from_a_mixin_is_checked_too():
+    """A plug-in may take its verb from a class outside the family (a mixin); it is checked all the same."""
+
+    class NaNMixin:
+        def detect(self, model, ctx):
+            return Detection(float("nan"))
+
+    class ShortMixin:
+        def suspicion(self, model, x, y, ctx):
+            return torch.zeros(3)
+
+    class MixedDetector(NaNMixin, Detector):
+        pass
+
+    class MixedSamples(ShortMixin, SampleDetector):
+        pass
+
+    with pytest.raises(UserError, match="detector MixedDetector returned the score NaN"):
+        MixedDetector().detect(model(), ctx())
+    with pytest.raises(UserError, match=r"sample detector MixedSamples returned scores of shape \(3,\) for 32"):
+        MixedSamples().suspicion(model(), DS.x_train, DS.y_train, ctx())
+    assert not getattr(NaNMixin.detect, "checked", False)  # the mixin itself is left as it is
+
+
 class Paints(Attributor):
     def __init__(self, make):
         super().__init__()

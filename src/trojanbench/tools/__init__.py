@@ -46,12 +46,12 @@ def check_target(target, num_classes: int, who: str) -> None:
 
 
 def check_verb(cls: type, verb: str, checked) -> None:
-    """Wrap `cls`'s own `verb` (when the class defines one) in `checked(self, method, *args, **kw)`, once: how a
-    tool family checks what its verb is given and what it returns whichever subclass implements it (called from
-    the family's `__init_subclass__`), so a plug-in's bad output is a one-line error naming it, not a wrong
-    number or a traceback deep in the scoring."""
-    method = cls.__dict__.get(verb)
-    if method is None or getattr(method, "checked", False):
+    """Wrap the `verb` that `cls` resolves to (its own, or one it inherits, from a mixin too) in
+    `checked(self, method, *args, **kw)`, once: how a tool family checks what its verb is given and what it returns
+    whichever subclass implements it (called from the family's `__init_subclass__`), so a plug-in's bad output is a
+    one-line error naming it, not a wrong number or a traceback deep in the scoring."""
+    method = next((k.__dict__[verb] for k in cls.__mro__ if verb in k.__dict__), None)
+    if method is None or getattr(method, "checked", False) or getattr(method, "__isabstractmethod__", False):
         return
 
     @functools.wraps(method)
