@@ -5,6 +5,7 @@ Also: the clean context checks its images, and model cards write out the archite
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -18,6 +19,8 @@ from trojanbench.models import build_model, with_defaults
 from trojanbench.testing import tiny_dataset
 from trojanbench.tools.attribute import Attributor
 from trojanbench.tools.detect import DetectContext, Detection, Detector, SampleDetector
+from trojanbench.tools.edit import EditInputs, Editor
+from trojanbench.tools.repair import RepairContext, Repairer
 
 DS = tiny_dataset(n_train=32, n_test=16)
 
@@ -148,6 +151,48 @@ def test_an_attributor_refuses_images_outside_the_unit_range_and_mismatched_targ
     with pytest.raises(UserError, match=r"\(3,\) targets for 16 samples"):
         ok.attribute(model(), DS.x_test, torch.tensor([1, 2, 3]))
     assert ok.attribute(model(), DS.x_test, DS.y_test).shape == (16, 16, 16)
+
+
+def zero_in_place(m: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for p in m.parameters():
+            p.zero_()
+    return m
+
+
+class Fixes(Repairer):
+    def __init__(self, make):
+        self.make = make
+
+    def repair(self, model, x_clean, y_clean, ctx):
+        return self.make(model)
+
+
+class Edits(Editor):
+    def __init__(self, make):
+        self.make = make
+
+    def edit(self, model, inputs):
+        return self.make(model)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda m: None, r"returned NoneType, not a model \(an nn.Module\)"),
+    (lambda m: m, "returned the model it was given"),
+    (lambda m: zero_in_place(m) and copy.deepcopy(m), r"changed the model it was given \('1.weight'\)"),
+    (lambda m: m.eval() and copy.deepcopy(m), r"changed the model it was given \(train/eval modes"),
+])
+def test_a_repairer_or_editor_that_returns_no_new_model_or_changes_the_callers_is_a_one_line_error(make, message):
+    """What a repairer or an editor returns is a new model, and the caller's is left as it was; a plug-in that
+    worked in place was scored on the model it had changed (and the caller's model was lost)."""
+    inputs = EditInputs("1", DS.x_test, DS.y_test, DS.x_test, DS.x_train, DS.y_train)
+    for call, who in ((lambda m: Fixes(make).repair(m, DS.x_train, DS.y_train, RepairContext(DS.num_classes)),
+                       "repairer Fixes"), (lambda m: Edits(make).edit(m, inputs), "editor Edits")):
+        m = model().train()
+        with pytest.raises(UserError, match=f"{who} {message}"):
+            call(m)
+    good = model().train()
+    assert isinstance(Fixes(copy.deepcopy).repair(good, DS.x_train, DS.y_train, RepairContext(DS.num_classes)), nn.Module)
 
 
 def test_the_clean_context_checks_its_images_and_labels():

@@ -19,6 +19,9 @@ import functools
 import operator
 from typing import ClassVar
 
+import torch
+from torch import nn
+
 from ..errors import UserError
 from ..utils import evaluating  # noqa: F401  (for tools: `from trojanbench.tools import evaluating`)
 
@@ -60,6 +63,31 @@ def check_verb(cls: type, verb: str, checked) -> None:
 
     verb_checked.checked = True
     setattr(cls, verb, verb_checked)
+
+
+def checked_copy(family: str):
+    """The `check_verb` check of a verb that returns a new model (`repair`, `edit`): what it returns is a model
+    (an nn.Module), and the model it was given, the first argument, is left as it was (every parameter and buffer,
+    requires_grad, every submodule's mode): a tool that changed it in place, or returned it, is a one-line error
+    naming the tool rather than a board that measured the wrong model."""
+
+    def checked(self, method, model, *args, **kw):
+        who = f"{family} {type(self).__name__}"
+        state = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
+        flags = ([m.training for m in model.modules()], [p.requires_grad for p in model.parameters()])
+        out = method(self, model, *args, **kw)
+        if not isinstance(out, nn.Module):
+            raise UserError(f"{who} returned {type(out).__name__}, not a model (an nn.Module)")
+        if out is model:
+            raise UserError(f"{who} returned the model it was given; it must change a copy and return that")
+        now = model.state_dict(keep_vars=True)
+        changed = [k for k, v in state.items() if k not in now or not torch.equal(now[k].detach(), v)]
+        if changed or flags != ([m.training for m in model.modules()], [p.requires_grad for p in model.parameters()]):
+            what = repr(changed[0]) if changed else "train/eval modes or requires_grad"
+            raise UserError(f"{who} changed the model it was given ({what}); it must change a copy and return that")
+        return out
+
+    return checked
 
 
 def tool_registries() -> dict[str, object]:

@@ -32,7 +32,7 @@ from ...errors import UserError
 from ...models.hooks import hooked
 from ...registry import Registry
 from ...utils import evaluating
-from .. import ToolInfo
+from .. import ToolInfo, check_verb, checked_copy
 from ..locate import traceable_layers
 
 
@@ -81,6 +81,11 @@ class Editor(ToolInfo, ABC):
 
     @abstractmethod
     def edit(self, model: nn.Module, inputs: EditInputs) -> nn.Module: ...
+
+    def __init_subclass__(cls, **kwargs):
+        """Every editor's `edit` returns a model and leaves the one it was given as it was (`checked_copy`)."""
+        super().__init_subclass__(**kwargs)
+        check_verb(cls, "edit", checked_copy("editor"))
 
 
 EDITORS: Registry[type[Editor]] = Registry("editor")
