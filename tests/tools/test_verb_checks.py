@@ -21,6 +21,7 @@ from trojanbench.tools.attribute import Attributor
 from trojanbench.tools.detect import DetectContext, Detection, Detector, SampleDetector
 from trojanbench.tools.edit import EditInputs, Editor
 from trojanbench.tools.repair import RepairContext, Repairer
+from trojanbench.tools.synthesize import Synthesizer
 
 DS = tiny_dataset(n_train=32, n_test=16)
 
@@ -151,6 +152,17 @@ def test_an_attributor_refuses_images_outside_the_unit_range_and_mismatched_targ
     with pytest.raises(UserError, match=r"\(3,\) targets for 16 samples"):
         ok.attribute(model(), DS.x_test, torch.tensor([1, 2, 3]))
     assert ok.attribute(model(), DS.x_test, DS.y_test).shape == (16, 16, 16)
+
+
+def test_a_synthesizer_that_returns_no_stamp_is_a_one_line_error_naming_it():
+    """A pattern tensor where a Stamp belongs was an AttributeError ('apply') deep in the synthesize track."""
+
+    class Draws(Synthesizer):
+        def synthesize(self, model, target, ctx):
+            return torch.rand(1, 16, 16)
+
+    with pytest.raises(UserError, match="synthesizer Draws returned Tensor, not a Stamp or TriggerStamp"):
+        Draws().synthesize(model(), 1, ctx())
 
 
 def zero_in_place(m: nn.Module) -> nn.Module:

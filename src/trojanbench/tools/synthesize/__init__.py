@@ -108,6 +108,9 @@ class Synthesizer(ToolInfo, ABC):
 def _checked_synthesize(self, method, model, target, ctx, *args, **kw):
     check_target(target, ctx.num_classes, type(self).__name__)
     found = method(self, model, target, ctx, *args, **kw)
+    if not callable(getattr(found, "apply", None)):
+        raise UserError(f"synthesizer {type(self).__name__} returned {type(found).__name__}, not a Stamp or TriggerStamp "
+                        "(something with apply(x))")
     return found.check(ctx.image_shape, type(self).__name__) if isinstance(found, Stamp) else found
 
 
