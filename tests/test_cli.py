@@ -92,7 +92,11 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, model_dir):
     one_line_error(cli("zoo", "build", "--config", tmp_path / "empty.toml", "--out", tmp_path / "z"), "is empty")
     one_line_error(cli("report", tmp_path / "binary.toml", "-o", tmp_path / "binary.toml"), "is a file; give a folder")
     for args in (("run", "--jobs", "0"), ("zoo", "build", "--out", tmp_path / "z", "--batch-models", "0"),
-                 ("implant", "--out", tmp_path / "x", "--epochs", "0")):  # typer's own usage errors (exit 2)
+                 ("implant", "--out", tmp_path / "x", "--epochs", "0"),
+                 # a negative seed was an "internal error" from numpy once a track had started
+                 ("run", "--out", tmp_path / "r", "--seed", "-1"), ("implant", "--out", tmp_path / "x", "--seed", "-1"),
+                 ("audit", tmp_path / "m", "--data", "digits", "--seed", "-1"), ("study", "text", "--seed", "-1")):
+        # typer's own usage errors (exit 2)
         r = cli(*args)
         assert r.returncode == 2 and f"Invalid value for '{args[-2]}'" in r.stderr, r.stderr
     assert not (tmp_path / "z").exists() and not (tmp_path / "x").exists() and not (tmp_path / "r").exists()

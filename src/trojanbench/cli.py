@@ -57,7 +57,7 @@ def implant(
     rate: float = typer.Option(0.1, help="poison rate (fraction of the training set)"),
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="trigger parameter key=value (repeatable)"),
     arch_param: Optional[List[str]] = typer.Option(None, "--arch-param", help="architecture argument key=value"),
-    seed: int = typer.Option(0, help="seed for poisoning, initialisation and batches"),
+    seed: int = typer.Option(0, min=0, help="seed for poisoning, initialisation and batches"),
     epochs: Optional[int] = typer.Option(None, min=1, help="training epochs (default: per architecture)"),
     data_root: Optional[Path] = typer.Option(None, help="where cifar10/imagefolder data lives"),
     device: str = typer.Option("auto", help="cpu, cuda, or auto"),
@@ -162,7 +162,7 @@ def audit(
                                                           "adversarial-patch, exemplar; 'none' for none)"),
     attributors: Optional[str] = typer.Option(None, help="comma-separated attribution methods (default: saliency, "
                                                          "integrated-gradients, gradcam; 'none' for none)"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, min=0),
     device: str = typer.Option("auto", help="cpu, cuda, or auto"),
 ):
     """Audit one model you were handed: calibrated P(trojaned), the likely target label, reconstructed triggers with
@@ -242,7 +242,7 @@ def run(
                                                    "named digits-quick, a copy of its TOML or its zoo too, a quick set, "
                                                    "bench.QUICK_TOOLS; for any other config all)"),
     results: Optional[Path] = typer.Option(None, help="results store (default: OUT/results.sqlite)"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, min=0),
     executor: str = typer.Option("pool", help="zoo executor: pool (a process per core), batched (in-process), serial "
                                               "or ray"),
     jobs: int = typer.Option(2, min=1, help="workers for the pool / ray executors"),
@@ -355,7 +355,7 @@ app.add_typer(survey_app, name="survey")
 @app.command()
 def study(name: str = typer.Argument(..., help="the study to run: text, width-depth, subnetworks, continuum"),
           out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder (default: runs/study-NAME)"),
-          seed: int = typer.Option(0, help="first seed; a study with several seeds uses seed, seed+1, ..."),
+          seed: int = typer.Option(0, min=0, help="first seed; a study with several seeds uses seed, seed+1, ..."),
           quick: bool = typer.Option(False, "--quick", help="a tiny configuration (seconds; for tests and smoke runs)")):
     """Run a study: its models, measurements and figures go to OUT/results.sqlite and OUT/report/index.html."""
     from .report.html import render_report
