@@ -83,6 +83,7 @@ class Says(Detector):
     (0.7, "returned float, not a Detection"),
     (Detection(0.5, target_label=9), "target 9 is not a class label of this model"),
     (Detection(0.5, mask=torch.ones(3, 3)), r"returned a mask \(3, 3\); a trigger footprint is \[H, W\] = \(16, 16\)"),
+    (Detection(0.5, mask=torch.full((16, 16), 3.0)), r"returned a mask \(16, 16\); .* with values in \[0, 1\]"),
 ])
 def test_a_detectors_bad_answer_is_a_one_line_error_naming_it(answer, message):
     with pytest.raises(UserError, match=f"detector Says.*{message}"):
@@ -92,6 +93,10 @@ def test_a_detectors_bad_answer_is_a_one_line_error_naming_it(answer, message):
 def test_a_detectors_score_is_made_a_float_and_a_subclass_is_checked_once():
     d = Says(Detection(np.float32(2.5), target_label=np.int64(1))).detect(model(), ctx())
     assert type(d.score) is float and d.score == 2.5 and type(d.target_label) is int
+    w = torch.tensor(0.25, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a score with a gradient is taken without torch's warning
+        assert Says(Detection(w * 2)).detect(model(), ctx()).score == 0.5
 
     class Louder(Says):
         def detect(self, model, ctx):
@@ -151,6 +156,10 @@ def test_an_attributor_refuses_images_outside_the_unit_range_and_mismatched_targ
         ok.attribute(model(), DS.x_test * 2, 1)
     with pytest.raises(UserError, match=r"\(3,\) targets for 16 samples"):
         ok.attribute(model(), DS.x_test, torch.tensor([1, 2, 3]))
+    with pytest.raises(UserError, match=r"attributor Paints: target 99 is not a class label of this model \(0 to 3\)"):
+        ok.attribute(model(), DS.x_test, 99)
+    with pytest.raises(UserError, match="target -1 is not a class label"):
+        ok.attribute(model(), DS.x_test, torch.cat([DS.y_test[:-1], torch.tensor([-1])]))
     assert ok.attribute(model(), DS.x_test, DS.y_test).shape == (16, 16, 16)
 
 
@@ -219,6 +228,12 @@ def test_the_clean_context_checks_its_images_and_labels():
         c = DetectContext((DS.x_test * 255).round().to(torch.uint8), DS.y_test, DS.num_classes)
     assert c.x_clean.dtype == torch.float32 and float(c.x_clean.max()) <= 1
     assert any(issubclass(w.category, DataWarning) for w in seen)
+    with pytest.raises(UserError, match=r"x_clean is \(16, 16, 16\); images are \[N, C, H, W\].*x\[:, None\]"):
+        DetectContext(DS.x_test[:, 0], DS.y_test, DS.num_classes)
+    with pytest.raises(UserError, match="y_clean must be integer class labels"):
+        DetectContext(DS.x_test, DS.y_test + 0.5, DS.num_classes)
+    with pytest.raises(UserError, match="y_clean must be integer class labels"):
+        DetectContext(DS.x_test, DS.y_test[:, None], DS.num_classes)
     tokens = torch.randint(0, 50, (4, 6))  # token ids pass as they are
     assert DetectContext(tokens, torch.zeros(4, dtype=torch.long), 2).x_clean is tokens
 

@@ -41,8 +41,8 @@ from torch import nn
 from ...data import unit_range_images
 from ...errors import UserError
 from ...registry import Registry
-from ...utils import private_rng
-from .. import ToolInfo, check_verb
+from ...utils import evaluating, private_rng
+from .. import ToolInfo, check_target, check_verb
 
 
 class Attributor(ToolInfo, ABC):
@@ -82,6 +82,20 @@ class Attributor(ToolInfo, ABC):
         check_verb(cls, "attribute", _checked_attribute)
 
 
+def _class_count(model: nn.Module, x: torch.Tensor) -> int | None:
+    """The model's class count from one forward pass of one sample (eval mode, no gradient, modes given back), or
+    None where the model does not take `x` (a model-free baseline may still explain it; a method that uses the
+    model reports the mismatch itself)."""
+    if not len(x):
+        return None
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    try:
+        with evaluating(model), torch.no_grad():
+            return int(model(x[:1].to(device)).shape[-1])
+    except Exception:  # noqa: BLE001 - only the target check is skipped
+        return None
+
+
 def _checked_attribute(self, method, model, x, target, *args, **kw) -> torch.Tensor:
     """An attributor's maps, or a one-line error naming it. In: images [N, C, H, W] in [0, 1] (`unit_range_images`;
     token ids [N, T] pass as they are) and one target, or one per sample. Out: maps [N, H, W] (sentences: [N, T]),
@@ -93,6 +107,10 @@ def _checked_attribute(self, method, model, x, target, *args, **kw) -> torch.Ten
         x = unit_range_images(x, f"{who}: images")
     if torch.is_tensor(target) and target.dim() and tuple(target.shape) != (len(x),):
         raise UserError(f"{who}: {tuple(target.shape)} targets for {len(x)} samples; give one target, or one per sample")
+    classes = _class_count(model, x)
+    if classes is not None:
+        for t in (target.flatten().unique().tolist() if torch.is_tensor(target) else [target]):
+            check_target(t, classes, who)
     maps = method(self, model, x, target, *args, **kw)
     want = (len(x), *x.shape[2:]) if x.dim() == 4 else tuple(x.shape[:2])
     if not torch.is_tensor(maps) or tuple(maps.shape) != want:

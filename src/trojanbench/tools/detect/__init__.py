@@ -47,8 +47,14 @@ class DetectContext:
         vectors [N, D]) are left as they are."""
         if not (torch.is_tensor(self.x_clean) and torch.is_tensor(self.y_clean)):
             raise UserError("DetectContext: x_clean and y_clean must be tensors")
+        if self.y_clean.dim() != 1 or self.y_clean.is_floating_point() or self.y_clean.is_complex():
+            raise UserError(f"DetectContext: y_clean must be integer class labels [N], got {self.y_clean.dtype} "
+                            f"{tuple(self.y_clean.shape)}")
         if len(self.x_clean) != len(self.y_clean):
             raise UserError(f"DetectContext: {len(self.x_clean)} clean samples but {len(self.y_clean)} labels")
+        if self.x_clean.is_floating_point() and self.x_clean.dim() not in (2, 4):
+            raise UserError(f"DetectContext: x_clean is {tuple(self.x_clean.shape)}; images are [N, C, H, W] (a "
+                            "grayscale batch [N, H, W] needs its channel axis: x[:, None])")
         if self.x_clean.dim() == 4:  # images
             self.x_clean = unit_range_images(self.x_clean, "DetectContext x_clean")
         if len(self.y_clean) and not (0 <= int(self.y_clean.min()) and int(self.y_clean.max()) < self.num_classes):
@@ -88,14 +94,14 @@ class Detector(ToolInfo, ABC):
 def _checked_detect(self, method, model, ctx, *args, **kw) -> Detection:
     """A detector's answer, or a one-line error naming it: a `Detection` whose score is a number (NaN is refused;
     ±inf ranks a model first or last), whose target label, if any, is a class of the model, and whose mask, if any,
-    is [H, W] with finite values."""
+    is [H, W] with values in [0, 1]."""
     who = f"detector {type(self).__name__}"
     d = method(self, model, ctx, *args, **kw)
     if not isinstance(d, Detection):
         raise UserError(f"{who} returned {type(d).__name__}, not a Detection")
     try:
-        d.score = float(d.score)
-    except (TypeError, ValueError):
+        d.score = float(d.score.detach()) if torch.is_tensor(d.score) else float(d.score)
+    except (TypeError, ValueError, RuntimeError):
         raise UserError(f"{who} returned the score {d.score!r}, not a number") from None
     if d.score != d.score:
         raise UserError(f"{who} returned the score NaN; a detector's score must be a number (higher = more suspicious)")
@@ -104,9 +110,10 @@ def _checked_detect(self, method, model, ctx, *args, **kw) -> Detection:
         d.target_label = int(d.target_label)
     if d.mask is not None:
         shape = tuple(ctx.image_shape[1:])
-        if not torch.is_tensor(d.mask) or tuple(d.mask.shape) != shape or not torch.isfinite(d.mask).all():
+        if not torch.is_tensor(d.mask) or tuple(d.mask.shape) != shape or not (
+                d.mask.numel() and torch.isfinite(d.mask).all() and 0 <= float(d.mask.min()) <= float(d.mask.max()) <= 1):
             got = tuple(d.mask.shape) if torch.is_tensor(d.mask) else type(d.mask).__name__
-            raise UserError(f"{who} returned a mask {got}; a trigger footprint is [H, W] = {shape} with finite values")
+            raise UserError(f"{who} returned a mask {got}; a trigger footprint is [H, W] = {shape} with values in [0, 1]")
     return d
 
 
@@ -140,6 +147,8 @@ def _checked_suspicion(self, method, model, x, y, ctx, *args, **kw) -> torch.Ten
     if tuple(s.shape) != (len(x),):
         raise UserError(f"{who} returned scores of shape {tuple(s.shape)} for {len(x)} samples; it must return one "
                         f"per sample, [N] = [{len(x)}]")
+    if s.is_complex():
+        raise UserError(f"{who} returned complex scores; a suspicion score is a real number per sample")
     nan = int(torch.isnan(s).sum()) if s.is_floating_point() else 0
     if nan:
         raise UserError(f"{who} returned NaN for {nan} of {len(x)} samples; every sample needs a score")
