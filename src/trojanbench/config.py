@@ -129,7 +129,7 @@ class ZooConfig(StableDump):
     model_config = ConfigDict(extra="forbid")
     added: ClassVar[tuple[str, ...]] = ("intensity", "stratify")
     name: str = "zoo"
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     data: DataConfig = Field(default_factory=DataConfig)
     archs: list[ArchConfig] = Field(default_factory=lambda: [ArchConfig()])
     models_per_arch: int = Field(64, ge=2)

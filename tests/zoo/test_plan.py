@@ -38,6 +38,9 @@ def test_builtin_and_bad_configs(tmp_path):
     (tmp_path / "typo.toml").write_text("models_per_ark = 3")
     with pytest.raises(UserError, match="models_per_ark"):
         load_zoo_config(tmp_path / "typo.toml")
+    (tmp_path / "seed.toml").write_text("seed = -1")  # non-negative, as every --seed
+    with pytest.raises(UserError, match="seed"):
+        load_zoo_config(tmp_path / "seed.toml")
     with pytest.raises(UserError, match="unknown trigger"):
         expand(ZooConfig(trojans={"kinds": ["laser"]}))
 
