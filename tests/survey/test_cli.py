@@ -61,6 +61,8 @@ def test_results_prints_and_writes(cli, tiny_bank, tmp_path):
     assert r.exit_code == 0, r.output
     assert "mc_accuracy_human" in r.output and "judge_human_agreement" in r.output and "rows written" in r.output
     assert "0.667" in r.output  # 2 of the 3 answers right
+    # the per-kind and per-group metrics keep their names (rich read `[kind=patch]` as markup and dropped it)
+    assert "mc_accuracy_human[kind=patch]" in r.output and "mc_accuracy_human[crude]" in r.output
 
 
 def test_serve_blocks_until_ctrl_c_and_keeps_answers(tiny_bank, tmp_path):

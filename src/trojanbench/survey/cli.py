@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import UserError
@@ -88,7 +89,7 @@ def results_cmd(bank: Annotated[Path, typer.Option("--bank", help="the question 
     for r in rows:
         est = Estimate(float("nan") if r.value is None else r.value, r.extra["low"], r.extra["high"], r.extra["n"])
         value = f"{int(est.value)}" if r.metric.startswith("human_") else str(est)
-        t.add_row(r.tool, r.metric, value, str(est.n))
+        t.add_row(escape(r.tool), escape(r.metric), value, str(est.n))  # escaped: `[kind=patch]` is not markup
     console.print(t)
     console.print(f"{len(rows)} rows written to {results} as a survey run (`trojanbench report {results}` shows it)",
                   markup=False, highlight=False)
