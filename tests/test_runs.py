@@ -76,3 +76,16 @@ def test_a_run_killed_mid_track_is_interrupted_and_never_reported(tiny_zoo, tmp_
         assert {r.run_id for r in store.rows(done.run_id)} == {done.run_id}
     page = done.report.read_text()
     assert killed_id not in page and "saliency" not in page  # the killed run's diagnose rows are nowhere here
+
+
+def test_runs_lists_a_survey_run_beside_benchmark_runs(tmp_path):
+    """A survey run records its bank's zoo by name (a string, where a benchmark run records the zoo config):
+    `runs` lists it rather than stopping with an internal error."""
+    store_path = tmp_path / "r.sqlite"
+    with ResultsStore(store_path) as store:
+        target = store.start_run("survey", {"bank": "0123456789abcdef", "title": "t", "zoo": "digits-quick",
+                                            "answers": 3, "n_boot": 100}, 0)
+        store.finish_run(target.run_id)
+    result = CliRunner().invoke(app, ["runs", str(store_path)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert target.run_id in result.output and "survey" in result.output and "digits-quick" in result.output

@@ -319,7 +319,8 @@ def runs(results: Path = typer.Argument(..., help="a results store (results.sqli
         started = _time.strftime("%Y-%m-%d %H:%M:%S", _time.gmtime(r.started))
         tracks = r.info.get("tracks") or r.info.get("config", {}).get("track") or ""
         tools = r.info.get("tools") or r.info.get("config", {}).get("tools") or "all"
-        zoo = r.info.get("zoo_name") or r.info.get("config", {}).get("zoo", {}).get("name", "")
+        zoo = r.info.get("zoo_name") or r.info.get("config", {}).get("zoo", "")
+        zoo = zoo.get("name", "") if isinstance(zoo, dict) else zoo  # a survey run records the bank's zoo by name
         t.add_row(r.run_id, r.status, r.kind, started, str(r.seed), str(zoo),
                   ",".join(tracks) if isinstance(tracks, list) else str(tracks),
                   ",".join(tools) if isinstance(tools, list) else str(tools), str(n))
