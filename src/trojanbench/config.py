@@ -68,7 +68,7 @@ class KindPlan(BaseModel):
     samples than a patch to be learned from a small training set)."""
 
     model_config = ConfigDict(extra="forbid")
-    rates: list[Annotated[float, Field(gt=0, le=1)]] | None = None
+    rates: list[Annotated[float, Field(gt=0, le=0.5)]] | None = None  # as PoisonSpec.rate
     mode: PoisonMode | list[PoisonMode] | None = None
 
 
@@ -86,7 +86,7 @@ class TrojanPlanConfig(StableDump):
     variants: dict[str, list[dict[str, Any]]] = Field(
         default_factory=dict, description="per kind, parameter sets to draw from (default: the kind's defaults)")
     targets: list[int] = Field(default_factory=lambda: [0])
-    rates: list[float] = Field(default_factory=lambda: [0.1])
+    rates: list[Annotated[float, Field(gt=0, le=0.5)]] = Field(default_factory=lambda: [0.1])  # as PoisonSpec.rate
     mode: PoisonMode | list[PoisonMode] = Field(
         "all-to-one", description="a poisoning mode, or a list each trojan draws one from (natural-feature trojans "
         "draw among the all-to-one modes only)")

@@ -43,6 +43,13 @@ def test_builtin_and_bad_configs(tmp_path):
         load_zoo_config(tmp_path / "seed.toml")
     with pytest.raises(UserError, match="unknown trigger"):
         expand(ZooConfig(trojans={"kinds": ["laser"]}))
+    # a poison rate outside (0, 0.5], plan-wide or per kind, is a one-line error when the config is read (it was
+    # an internal error, PoisonSpec's ValidationError, once the plan was expanded)
+    for name, body in [("rate", "[trojans]\nrates = [0.7]"), ("zero", "[trojans]\nrates = [0]"),
+                       ("kind", "[trojans.by_kind]\npatch = { rates = [0.8] }")]:
+        (tmp_path / f"{name}.toml").write_text(body)
+        with pytest.raises(UserError, match="rates"):
+            load_zoo_config(tmp_path / f"{name}.toml")
 
 
 @pytest.mark.parametrize("name", ["digits-quick", "digits-bench", "digits-zoo", "digits-dev", "digits-eval2", "cifar10-zoo"])
