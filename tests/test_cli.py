@@ -95,7 +95,8 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, model_dir):
                  ("implant", "--out", tmp_path / "x", "--epochs", "0"),
                  # a negative seed was an "internal error" from numpy once a track had started
                  ("run", "--out", tmp_path / "r", "--seed", "-1"), ("implant", "--out", tmp_path / "x", "--seed", "-1"),
-                 ("audit", tmp_path / "m", "--data", "digits", "--seed", "-1"), ("study", "text", "--seed", "-1")):
+                 ("audit", tmp_path / "m", "--data", "digits", "--seed", "-1"), ("study", "text", "--seed", "-1"),
+                 ("survey", "results", "--bank", tmp_path / "b", "--results", tmp_path / "s.sqlite", "--seed", "-1")):
         # typer's own usage errors (exit 2)
         r = cli(*args)
         assert r.returncode == 2 and f"Invalid value for '{args[-2]}'" in r.stderr, r.stderr
@@ -222,3 +223,22 @@ def test_a_data_warning_prints_as_one_line(capsys):
         warnings.showwarning = saved
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert lines == ["warning: raw images (train and test) have 8-bit values in [200, 200]: divided by 255 to [0, 1]"]
+
+
+def test_tools_list_prints_a_plugins_brackets_as_text(monkeypatch):
+    """rich reads `[word]` as markup: a plug-in whose paper or fidelity held `[see ...]` lost it in `tools list`."""
+    from typer.testing import CliRunner
+
+    from trojanbench.cli import app
+    from trojanbench.tools.detect import DETECTORS, Detection, Detector
+
+    class Bracketed(Detector):
+        paper = "[see appendix] Someone (2026)"
+        fidelity = "adapted: [bold] is not markup here"
+
+        def detect(self, model, ctx):
+            return Detection(0.0)
+
+    monkeypatch.setitem(DETECTORS._items, "bracketed", Bracketed)
+    out = CliRunner().invoke(app, ["tools", "list", "--family", "detect"], env={"COLUMNS": "400"}).output
+    assert "[see appendix] Someone (2026)" in out and "adapted: [bold] is not markup here" in out

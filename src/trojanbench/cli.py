@@ -225,8 +225,8 @@ def tools_list(family: Optional[str] = typer.Option(None, help="only this family
             t.add_column(col, overflow="fold")
         for name in reg.names():
             cls = reg.get(name)
-            t.add_row(name, "baseline" if cls.is_baseline else "tool", ", ".join(cls.modalities), cls.paper or "-",
-                      cls.fidelity or "(not declared)")
+            t.add_row(*map(escape, (name, "baseline" if cls.is_baseline else "tool", ", ".join(cls.modalities),
+                                    cls.paper or "-", cls.fidelity or "(not declared)")))  # a plug-in's [text] is text
         console.print(t)
 
 

@@ -62,7 +62,7 @@ def serve(bank: Annotated[Path, typer.Option("--bank", help="a question bank fol
 @survey_app.command("results")
 def results_cmd(bank: Annotated[Path, typer.Option("--bank", help="the question bank the answers were given to")],
                 results: Annotated[Path, typer.Option("--results", help="the results store holding the answers")],
-                seed: Annotated[int, typer.Option(help="seed of the bootstrap resampling")] = 0,
+                seed: Annotated[int, typer.Option(min=0, help="seed of the bootstrap resampling")] = 0,
                 n_boot: Annotated[int, typer.Option(help="bootstrap resamples", min=1)] = 1000):
     """Score the stored answers per tool, print them and write them into RESULTS for the report.
 
