@@ -205,9 +205,10 @@ def trigger_gallery(zoo_dir: str | Path, path: str | Path, max_triggers: int = 1
 
 DEFAULT_CONFIG = "digits-quick"  # what `make run` / `trojanbench run` builds and scores
 # The quick default's tools: every track, each with tools that cost seconds per model, and every baseline of their
-# boards but the edit board's four controls (rome / finetune-layer @last-layer, @random-layer). Left out for time: MNTD, mntd-oc and output-stats-meta (the shadow models they train on a cold cache:
-# output-stats-meta's alone took the cold run to the 3-minute budget), STRIP, the slower synthesizers and
-# repairers (benchmarks/results/end_to_end.json times the set). `--tools all`, or any other config, runs every
+# boards but the edit board's four controls (rome / finetune-layer @last-layer, @random-layer). Left out for time:
+# MNTD, mntd-oc and output-stats-meta (the shadow models they train on a cold cache: output-stats-meta's alone took
+# the cold run to the 3-minute budget), STRIP, the slower synthesizers and repairers
+# (benchmarks/results/end_to_end.json times the set). `--tools all`, or any other config, runs every
 # registered tool.
 QUICK_TOOLS = [
     # detect: model level, then sample level
