@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import operator
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 from torch import nn
@@ -36,6 +36,14 @@ class ToolInfo:
     paper: ClassVar[str] = ""
     fidelity: ClassVar[str] = ""
     modalities: ClassVar[tuple[str, ...]] = ("image",)
+    # (verb, check): set on each family's base class; applied to the verb of every subclass (`check_verb`), so what
+    # a tool is given and returns is checked whichever class implements it
+    verb_check: ClassVar[tuple[str, Callable] | None] = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.verb_check is not None:
+            check_verb(cls, *cls.verb_check)
 
 
 def check_target(target, num_classes: int, who: str) -> None:
@@ -51,8 +59,8 @@ def check_target(target, num_classes: int, who: str) -> None:
 def check_verb(cls: type, verb: str, checked) -> None:
     """Wrap the `verb` that `cls` resolves to (its own, or one it inherits, from a mixin too) in
     `checked(self, method, *args, **kw)`, once: how a tool family checks what its verb is given and what it returns
-    whichever subclass implements it (called from the family's `__init_subclass__`), so a plug-in's bad output is a
-    one-line error naming it, not a wrong number or a traceback deep in the scoring."""
+    whichever subclass implements it (called from `ToolInfo.__init_subclass__` with the family's `verb_check`), so a
+    plug-in's bad output is a one-line error naming it, not a wrong number or a traceback deep in the scoring."""
     method = next((k.__dict__[verb] for k in cls.__mro__ if verb in k.__dict__), None)
     if method is None or getattr(method, "checked", False) or getattr(method, "__isabstractmethod__", False):
         return

@@ -42,44 +42,7 @@ from ...data import unit_range_images
 from ...errors import UserError
 from ...registry import Registry
 from ...utils import evaluating, private_rng
-from .. import ToolInfo, check_target, check_verb
-
-
-class Attributor(ToolInfo, ABC):
-    uses_model: ClassVar[bool] = True  # False: the map is a function of the image alone
-    needs_reference: ClassVar[bool] = False  # True: `attribute` needs `fit_reference` first
-
-    def __init__(self, seed: int = 0):
-        self.seed = seed
-        self.reference: torch.Tensor | None = None
-
-    def fit_reference(self, x_clean: torch.Tensor) -> Attributor:
-        """Keep the clean reference sample [N, C, H, W] (pixels in [0, 1]) that every attributor of a board gets;
-        returns self."""
-        if not torch.is_tensor(x_clean) or x_clean.dim() != 4 or len(x_clean) == 0:
-            raise UserError(f"{type(self).__name__}.fit_reference needs clean images [N, C, H, W] with N >= 1, "
-                            f"got {tuple(x_clean.shape) if torch.is_tensor(x_clean) else type(x_clean).__name__}")
-        self.reference = x_clean.detach().float().cpu().clone()
-        return self
-
-    def reference_for(self, x: torch.Tensor) -> torch.Tensor:
-        """The clean reference sample, checked against the images `x` to explain (same C, H, W)."""
-        if self.reference is None:
-            raise UserError(f"{type(self).__name__} needs a clean reference sample: call fit_reference(x_clean) "
-                            "before attribute()")
-        if tuple(self.reference.shape[1:]) != tuple(x.shape[1:]):
-            raise UserError(f"{type(self).__name__}: reference images are {tuple(self.reference.shape[1:])}, "
-                            f"the images to explain {tuple(x.shape[1:])}")
-        return self.reference
-
-    @abstractmethod
-    def attribute(self, model: nn.Module, x: torch.Tensor, target: int | torch.Tensor) -> torch.Tensor:
-        """Relevance maps [N, H, W], non-negative and finite, for `x` [N, C, H, W] and class `target`."""
-
-    def __init_subclass__(cls, **kwargs):
-        """Every attributor's `attribute` checks what it is given and what it returns (`_checked_attribute`)."""
-        super().__init_subclass__(**kwargs)
-        check_verb(cls, "attribute", _checked_attribute)
+from .. import ToolInfo, check_target
 
 
 def _class_count(model: nn.Module, x: torch.Tensor) -> int | None:
@@ -120,6 +83,40 @@ def _checked_attribute(self, method, model, x, target, *args, **kw) -> torch.Ten
         raise UserError(f"{who} returned maps with values in [{float(maps.min()):g}, {float(maps.max()):g}]; "
                         "relevance is finite and non-negative (use reduce_channels)")
     return maps
+
+
+class Attributor(ToolInfo, ABC):
+
+    verb_check = ("attribute", _checked_attribute)
+    uses_model: ClassVar[bool] = True  # False: the map is a function of the image alone
+    needs_reference: ClassVar[bool] = False  # True: `attribute` needs `fit_reference` first
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self.reference: torch.Tensor | None = None
+
+    def fit_reference(self, x_clean: torch.Tensor) -> Attributor:
+        """Keep the clean reference sample [N, C, H, W] (pixels in [0, 1]) that every attributor of a board gets;
+        returns self."""
+        if not torch.is_tensor(x_clean) or x_clean.dim() != 4 or len(x_clean) == 0:
+            raise UserError(f"{type(self).__name__}.fit_reference needs clean images [N, C, H, W] with N >= 1, "
+                            f"got {tuple(x_clean.shape) if torch.is_tensor(x_clean) else type(x_clean).__name__}")
+        self.reference = x_clean.detach().float().cpu().clone()
+        return self
+
+    def reference_for(self, x: torch.Tensor) -> torch.Tensor:
+        """The clean reference sample, checked against the images `x` to explain (same C, H, W)."""
+        if self.reference is None:
+            raise UserError(f"{type(self).__name__} needs a clean reference sample: call fit_reference(x_clean) "
+                            "before attribute()")
+        if tuple(self.reference.shape[1:]) != tuple(x.shape[1:]):
+            raise UserError(f"{type(self).__name__}: reference images are {tuple(self.reference.shape[1:])}, "
+                            f"the images to explain {tuple(x.shape[1:])}")
+        return self.reference
+
+    @abstractmethod
+    def attribute(self, model: nn.Module, x: torch.Tensor, target: int | torch.Tensor) -> torch.Tensor:
+        """Relevance maps [N, H, W], non-negative and finite, for `x` [N, C, H, W] and class `target`."""
 
 
 ATTRIBUTORS: Registry[type[Attributor]] = Registry("attributor")

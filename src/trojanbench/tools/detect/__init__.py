@@ -22,7 +22,7 @@ from ...errors import UserError
 from ...models.hooks import hooked
 from ...registry import Registry
 from ...utils import evaluating
-from .. import ToolInfo, check_target, check_verb
+from .. import ToolInfo, check_target
 
 
 @dataclass
@@ -73,24 +73,6 @@ class Detection:
     mask: torch.Tensor | None = None  # a reverse-engineered trigger footprint [H, W] in [0, 1], if any
 
 
-class Detector(ToolInfo, ABC):
-
-    def fit(self, models: list[nn.Module], labels: list[int], ctx: DetectContext) -> None:
-        """Learned detectors train here on the zoo's training split (label 1 = trojaned)."""
-
-    @property
-    def learned(self) -> bool:
-        return type(self).fit is not Detector.fit
-
-    @abstractmethod
-    def detect(self, model: nn.Module, ctx: DetectContext) -> Detection: ...
-
-    def __init_subclass__(cls, **kwargs):
-        """Every detector's `detect` answer is checked (`_checked_detect`)."""
-        super().__init_subclass__(**kwargs)
-        check_verb(cls, "detect", _checked_detect)
-
-
 def _checked_detect(self, method, model, ctx, *args, **kw) -> Detection:
     """A detector's answer, or a one-line error naming it: a `Detection` whose score is a number (NaN is refused;
     ±inf ranks a model first or last), whose target label, if any, is a class of the model, and whose mask, if any,
@@ -117,15 +99,19 @@ def _checked_detect(self, method, model, ctx, *args, **kw) -> Detection:
     return d
 
 
-class SampleDetector(ToolInfo, ABC):
+class Detector(ToolInfo, ABC):
+
+    verb_check = ("detect", _checked_detect)  # the family's check (`ToolInfo.verb_check`)
+
+    def fit(self, models: list[nn.Module], labels: list[int], ctx: DetectContext) -> None:
+        """Learned detectors train here on the zoo's training split (label 1 = trojaned)."""
+
+    @property
+    def learned(self) -> bool:
+        return type(self).fit is not Detector.fit
 
     @abstractmethod
-    def suspicion(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: DetectContext) -> torch.Tensor: ...
-
-    def __init_subclass__(cls, **kwargs):
-        """Every sample detector's `suspicion` checks what it is given and what it returns (`_checked_suspicion`)."""
-        super().__init_subclass__(**kwargs)
-        check_verb(cls, "suspicion", _checked_suspicion)
+    def detect(self, model: nn.Module, ctx: DetectContext) -> Detection: ...
 
 
 def _checked_suspicion(self, method, model, x, y, ctx, *args, **kw) -> torch.Tensor:
@@ -155,6 +141,14 @@ def _checked_suspicion(self, method, model, x, y, ctx, *args, **kw) -> torch.Ten
     return s
 
 
+class SampleDetector(ToolInfo, ABC):
+
+    verb_check = ("suspicion", _checked_suspicion)
+
+    @abstractmethod
+    def suspicion(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: DetectContext) -> torch.Tensor: ...
+
+
 DETECTORS: Registry[type[Detector]] = Registry("detector")
 SAMPLE_DETECTORS: Registry[type[SampleDetector]] = Registry("sample detector")
 register = DETECTORS.register
@@ -172,7 +166,6 @@ def penultimate(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> tor
             for i in range(0, len(x), batch_size):
                 model(x[i:i + batch_size].to(device))
     return torch.cat(feats)
-
 
 
 def spatial_features(model: nn.Module, x: torch.Tensor, batch_size: int = 512, max_dim: int = 4096) -> torch.Tensor:

@@ -32,7 +32,7 @@ from ...errors import UserError
 from ...models.hooks import hooked
 from ...registry import Registry
 from ...utils import evaluating
-from .. import ToolInfo, check_verb, checked_copy
+from .. import ToolInfo, checked_copy
 from ..locate import traceable_layers
 
 
@@ -67,6 +67,8 @@ class EditInputs:
 
 
 class Editor(ToolInfo, ABC):
+
+    verb_check = ("edit", checked_copy("editor"))
     """`edit(model, inputs)` returns an edited copy of `model` in eval mode; `model` itself is never changed
     (parameters, buffers, mode, requires_grad). `uses_trace` is False for the controls that pick their own
     layer (the task then does not charge them the trace's time). Every editor works on a Linear's keys per token
@@ -81,11 +83,6 @@ class Editor(ToolInfo, ABC):
 
     @abstractmethod
     def edit(self, model: nn.Module, inputs: EditInputs) -> nn.Module: ...
-
-    def __init_subclass__(cls, **kwargs):
-        """Every editor's `edit` returns a model and leaves the one it was given as it was (`checked_copy`)."""
-        super().__init_subclass__(**kwargs)
-        check_verb(cls, "edit", checked_copy("editor"))
 
 
 EDITORS: Registry[type[Editor]] = Registry("editor")

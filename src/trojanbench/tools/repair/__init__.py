@@ -27,7 +27,7 @@ from ...registry import Registry
 from ...train.augment import augment_batch
 from ...train.loop import param_groups, run_steps, sampled_batches
 from ...utils import private_rng
-from .. import ToolInfo, check_verb, checked_copy
+from .. import ToolInfo, checked_copy
 
 
 @dataclass
@@ -45,14 +45,11 @@ class RepairContext:
 
 class Repairer(ToolInfo, ABC):
 
+    verb_check = ("repair", checked_copy("repairer"))
+
     @abstractmethod
     def repair(self, model: nn.Module, x_clean: torch.Tensor, y_clean: torch.Tensor, ctx: RepairContext) -> nn.Module:
         """A repaired model in eval mode; `model` itself is left untouched."""
-
-    def __init_subclass__(cls, **kwargs):
-        """Every repairer's `repair` returns a model and leaves the one it was given as it was (`checked_copy`)."""
-        super().__init_subclass__(**kwargs)
-        check_verb(cls, "repair", checked_copy("repairer"))
 
 
 REPAIRERS: Registry[type[Repairer]] = Registry("repairer")

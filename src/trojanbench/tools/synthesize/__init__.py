@@ -45,7 +45,7 @@ from ...errors import UserError
 from ...registry import Registry
 from ...trojans.triggers import Trigger
 from ...utils import evaluating, frozen
-from .. import ToolInfo, check_target, check_verb
+from .. import ToolInfo, check_target
 from ..detect import DetectContext
 
 
@@ -93,18 +93,6 @@ class TriggerStamp:
 Synthesis = Stamp | TriggerStamp
 
 
-class Synthesizer(ToolInfo, ABC):
-
-    @abstractmethod
-    def synthesize(self, model: nn.Module, target: int, ctx: DetectContext) -> Synthesis: ...
-
-    def __init_subclass__(cls, **kwargs):
-        """Every synthesizer's `synthesize` checks its target label first (a one-line error, not an IndexError deep
-        in the method), and the stamp it returns (`Stamp.check`)."""
-        super().__init_subclass__(**kwargs)
-        check_verb(cls, "synthesize", _checked_synthesize)
-
-
 def _checked_synthesize(self, method, model, target, ctx, *args, **kw):
     check_target(target, ctx.num_classes, type(self).__name__)
     found = method(self, model, target, ctx, *args, **kw)
@@ -112,6 +100,14 @@ def _checked_synthesize(self, method, model, target, ctx, *args, **kw):
         raise UserError(f"synthesizer {type(self).__name__} returned {type(found).__name__}, not a Stamp or TriggerStamp "
                         "(something with apply(x))")
     return found.check(ctx.image_shape, type(self).__name__) if isinstance(found, Stamp) else found
+
+
+class Synthesizer(ToolInfo, ABC):
+
+    verb_check = ("synthesize", _checked_synthesize)
+
+    @abstractmethod
+    def synthesize(self, model: nn.Module, target: int, ctx: DetectContext) -> Synthesis: ...
 
 
 SYNTHESIZERS: Registry[type[Synthesizer]] = Registry("synthesizer")
