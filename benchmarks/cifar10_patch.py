@@ -81,5 +81,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from trojanbench.errors import script_main
     os.environ.setdefault("PYTHONHASHSEED", "0")
-    main()
+    script_main(main)

@@ -137,4 +137,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from trojanbench.errors import script_main
+    script_main(main)

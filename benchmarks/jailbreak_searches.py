@@ -119,5 +119,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from trojanbench.errors import script_main
     torch.set_num_threads(2)
-    main()
+    script_main(main)

@@ -195,4 +195,5 @@ def _throughput(cfg, plan, cards, seconds: float, device: str, complete: bool) -
 
 
 if __name__ == "__main__":
-    main()
+    from trojanbench.errors import script_main
+    script_main(main)

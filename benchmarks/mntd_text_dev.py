@@ -141,5 +141,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from trojanbench.errors import script_main
     torch.set_num_threads(1)  # MNTD builds on one thread anyway; one core left to the other jobs
-    main()
+    script_main(main)

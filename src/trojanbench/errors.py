@@ -23,3 +23,15 @@ def unknown_name(kind: str, name: str, known) -> UserError:
 class DataWarning(UserWarning):
     """Input data that was accepted after a change the user should know of (e.g. 8-bit pixel values rescaled to
     [0, 1]). Its message is one line; the CLI prints it as `warning: <message>`."""
+
+
+def script_main(main) -> None:
+    """Run a script's `main()` the way the CLI runs a command: a UserError (no zoo at the path, a damaged file, a
+    bad name) is one line on stderr, `error: <message>`, and exit status 2 instead of a traceback."""
+    import sys
+
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -265,6 +266,29 @@ def test_status_cli_and_errors(built, tmp_path):
     r = subprocess.run([sys.executable, "-m", "trojanbench.cli", "zoo", "build", "--config", "nope", "--out",
                         str(tmp_path / "z")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "not found" in r.stderr and "digits-zoo" in r.stderr
+
+
+def test_a_missing_zoo_or_zoo_json_is_one_line(built, tmp_path):
+    """Reading a zoo's config where none was built was a FileNotFoundError traceback (zoo.json)."""
+    import shutil
+
+    with pytest.raises(UserError, match="is not a zoo .*trojanbench zoo build"):
+        Zoo(tmp_path / "none").config()
+    copy = tmp_path / "copy"
+    shutil.copytree(built[0], copy)
+    (copy / "zoo.json").unlink()
+    with pytest.raises(UserError, match="zoo.json is missing; rebuild"):
+        Zoo(copy).config()
+
+
+@pytest.mark.parametrize("script,args", [("detect_dev.py", ["--zoo"]), ("pixel_anomaly_dev.py", []),
+                                         ("lat_sweep.py", []), ("retune_dev.py", ["--zoo"])])
+def test_the_dev_scripts_say_in_one_line_that_the_dev_zoo_is_not_built(tmp_path, script, args):
+    script = Path(__file__).parents[2] / "benchmarks" / script
+    r = subprocess.run([sys.executable, str(script), *args, str(tmp_path / "none")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and "not a zoo" in r.stderr, r.stderr[-2000:]
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_a_zoo_with_difficulty_axes_records_every_models_levels(tmp_path):

@@ -80,10 +80,18 @@ class Zoo:
     def exists(self) -> bool:
         return (self.root / "plan.json").is_file()
 
+    def _not_a_zoo(self) -> UserError:
+        return UserError(f"{self.root} is not a zoo (no plan.json); build one with `trojanbench zoo build`")
+
     def _read(self, path: Path, parse):
-        """`parse(json)` of one of the zoo's bookkeeping files; a damaged one is a one-line error naming it."""
+        """`parse(json)` of one of the zoo's bookkeeping files; a missing or damaged one is a one-line error naming
+        it."""
+        if not self.exists:
+            raise self._not_a_zoo()
         try:
             return parse(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise UserError(f"zoo {self.root}: {path.name} is missing; rebuild the zoo into a new folder") from None
         except (ValueError, TypeError, KeyError) as e:  # invalid JSON (or UTF-8), or a body of the wrong shape
             fix = ("delete it: `trojanbench zoo build` checks the job against its model folder again"
                    if path.parent.name == "jobs" else "rebuild the zoo into a new folder")
@@ -117,8 +125,6 @@ class Zoo:
         return models
 
     def plan(self) -> list[Job]:
-        if not self.exists:
-            raise UserError(f"{self.root} is not a zoo (no plan.json); build one with `trojanbench zoo build`")
         return self._read(self.root / "plan.json", lambda body: [Job.model_validate(j) for j in body])
 
     def record(self, job_id: str) -> JobRecord:
