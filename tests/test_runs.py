@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from trojanbench.bench import run_benchmark
 from trojanbench.cli import app
-from trojanbench.results import ResultsStore
+from trojanbench.results import ResultRow, ResultsStore
 from trojanbench.results.boards import boards_of_run
 
 TOOLS = ["random", "entropy", "knn-pixels"]
@@ -80,12 +80,21 @@ def test_a_run_killed_mid_track_is_interrupted_and_never_reported(tiny_zoo, tmp_
 
 def test_runs_lists_a_survey_run_beside_benchmark_runs(tmp_path):
     """A survey run records its bank's zoo by name (a string, where a benchmark run records the zoo config):
-    `runs` lists it rather than stopping with an internal error."""
+    `runs` lists it rather than stopping with an internal error, with the tools it has scores of (it said "all")."""
+    from trojanbench.report.html import View, view_row
+
     store_path = tmp_path / "r.sqlite"
     with ResultsStore(store_path) as store:
         target = store.start_run("survey", {"bank": "0123456789abcdef", "title": "t", "zoo": "digits-quick",
                                             "answers": 3, "n_boot": 100}, 0)
+    with ResultsStore(target) as store:
+        store.write([ResultRow(tool, "zoo:digits-quick", "survey-mc", "mc_accuracy_human", 0.5)
+                     for tool in ("noise-patch", "adversarial-patch")]
+                    + [view_row("survey-mc", View("t", "mc_accuracy_human", True, ("mc_accuracy_human",)))])
         store.finish_run(target.run_id)
+        assert store.tools(target.run_id) == ["adversarial-patch", "noise-patch", "trojanbench"]
     result = CliRunner().invoke(app, ["runs", str(store_path)], env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
     assert target.run_id in result.output and "survey" in result.output and "digits-quick" in result.output
+    assert "adversarial-patch,noise-patch" in result.output
+    assert "noise-patch,trojanbench" not in result.output and " all " not in result.output

@@ -307,18 +307,19 @@ def runs(results: Path = typer.Argument(..., help="a results store (results.sqli
     import time as _time
 
     from .results import ResultsStore
+    from .results.export import BOOKKEEPING
 
     if not results.is_file():
         raise UserError(f"no results store at {results}")
-    with ResultsStore(results) as store:
-        listed = [(r, store.count(r.run_id)) for r in store.runs()]
+    with ResultsStore(results) as store:  # a run that names no tools (a study, a survey): those it has scores of
+        listed = [(r, store.count(r.run_id), r.info.get("tools") or store.tools(r.run_id, BOOKKEEPING))
+                  for r in store.runs()]
     t = Table(title=f"runs in {results}")
     for col in ("run", "status", "kind", "started (UTC)", "seed", "zoo", "tracks", "tools", "rows"):
         t.add_column(col, overflow="fold")
-    for r, n in listed:
+    for r, n, tools in listed:
         started = _time.strftime("%Y-%m-%d %H:%M:%S", _time.gmtime(r.started))
         tracks = r.info.get("tracks") or r.info.get("config", {}).get("track") or ""
-        tools = r.info.get("tools") or r.info.get("config", {}).get("tools") or "all"
         zoo = r.info.get("zoo_name") or r.info.get("config", {}).get("zoo", "")
         zoo = zoo.get("name", "") if isinstance(zoo, dict) else zoo  # a survey run records the bank's zoo by name
         t.add_row(r.run_id, r.status, r.kind, started, str(r.seed), str(zoo),

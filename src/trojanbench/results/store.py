@@ -266,6 +266,13 @@ class ResultsStore:
         cur = self._conn.execute(sql + f" WHERE {clauses} ORDER BY tool, task, metric, model_id, seed", tuple(where.values()))
         return [ResultRow(*r[:7], extra=json.loads(r[7] or "{}"), run_id=r[8]) for r in cur.fetchall()]
 
+    def tools(self, run_id: str, skip_metrics: tuple[str, ...] = ()) -> list[str]:
+        """The tools with rows in a run, sorted; rows whose metric is in `skip_metrics` do not count."""
+        sql = "SELECT DISTINCT tool FROM results WHERE run_id = ?"
+        sql += f" AND metric NOT IN ({','.join('?' * len(skip_metrics))})" if skip_metrics else ""
+        cur = self._conn.execute(sql + " ORDER BY tool", (run_id, *skip_metrics))
+        return [r[0] for r in cur.fetchall()]
+
     def count(self, run_id: str | None = None) -> int:
         if run_id is None:
             return self._conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
