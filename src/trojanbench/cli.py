@@ -393,8 +393,7 @@ def _zoo_progress(total: int, done_before: int):
 
     class RateColumn(ProgressColumn):
         def render(self, task):
-            rate = task.speed or 0.0
-            return Text(f"{rate * 60:.1f} models/min")
+            return Text("- models/min" if task.speed is None else f"{task.speed * 60:.1f} models/min")
 
     @contextmanager
     def ctx():

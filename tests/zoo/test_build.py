@@ -80,6 +80,23 @@ def test_insidious_trojan_stays_closer_to_its_twin_than_a_crude_one(built):
     assert max(distance(i) for i in insidious) < min(distance(c) for c in crude)
 
 
+def test_the_progress_bar_counts_each_model_and_a_built_zoo_gets_none(tmp_path):
+    """A fully built zoo showed a bar at 100% reading "0.0 models/min ETA -:--:--"."""
+    from contextlib import contextmanager
+
+    calls, advanced = [], []
+
+    @contextmanager
+    def progress(total, done_before):
+        calls.append((total, done_before))
+        yield advanced.append
+
+    assert build_zoo(tiny_zoo(), tmp_path / "z", batch_models=3, progress=progress) == {"done": 6}
+    assert calls == [(6, 0)] and sum(advanced) == 6
+    assert build_zoo(tiny_zoo(), tmp_path / "z", batch_models=3, progress=progress) == {"done": 6}
+    assert calls == [(6, 0)]
+
+
 def test_another_config_in_the_same_folder_is_refused(built):
     out, _ = built
     with pytest.raises(UserError, match="another config"):

@@ -303,7 +303,8 @@ def _train_pending(zoo: Zoo, cfg: ZooConfig, plan: list[Job], records: dict[str,
 
     total = len(plan)
     done_before = sum(r.state in ("done", "rejected") for r in records.values())
-    bar_ctx = progress(total, done_before) if progress else None
+    pending = any(r.state == "pending" for r in records.values())  # a built zoo gets no bar (it read 0.0 models/min)
+    bar_ctx = progress(total, done_before) if progress and pending else None
     advance = bar_ctx.__enter__() if bar_ctx else (lambda n=1: None)
     try:
         # clean models first: trojaned ones need their twin (gate, insidious start point)
