@@ -133,3 +133,22 @@ def test_cluster_bootstrap_is_wider_than_treating_answers_as_independent():
     assert clustered.value == pytest.approx(naive.value)
     assert clustered.high - clustered.low > naive.high - naive.low
     assert cluster_bootstrap_mean(correct[:20], people[:20], trojans[:20]).n == 2  # two people: no interval
+
+
+def test_paired_mean_p_value_is_the_exact_sign_flip_test():
+    """With 8 models a paired comparison of means can be no surer than 2 of the 2^8 sign patterns (p = 2/256): the
+    p-value is scipy's exact paired permutation test, not a bootstrap share that reaches 0.001 on 8 models."""
+    from scipy.stats import permutation_test
+
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0, 1, 8)
+    always_better = paired_test(base - 0.1 - rng.uniform(0, 0.05, 8), base)
+    assert always_better.p == pytest.approx(2 / 256)
+    for n in (5, 8, 12):
+        a, b = rng.normal(size=n), rng.normal(size=n) + 0.3
+        ref = permutation_test((a, b), lambda x, y, axis: np.mean(x - y, axis=axis), permutation_type="samples",
+                               n_resamples=np.inf).pvalue
+        assert paired_test(a, b).p == pytest.approx(ref)
+    assert paired_test(base, base.copy()).p == 1.0  # all differences zero
+    big = paired_test(base.repeat(5) + rng.normal(0, 0.01, 40), base.repeat(5))  # 40 units: random sign patterns
+    assert 0 < big.p <= 1

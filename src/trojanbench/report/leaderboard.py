@@ -35,7 +35,8 @@ def caption(board: Board) -> str:
                  "95% intervals: Wilson for proportions, bootstrap over models otherwise; n<5: no interval.")
     n_tools = sum(1 for s in board.scores if s.role == "tool" and s.comparison is not None)
     if board.reference and n_tools:
-        parts.append(f"Verdict: paired bootstrap of (tool - {board.reference}, the strongest baseline) on "
+        test = "paired bootstrap" if board.spec.column(board.spec.key).stat == "auroc" else "sign-flip permutation test"
+        parts.append(f"Verdict: {test} of (tool - {board.reference}, the strongest baseline) on "
                      f"{board.spec.key} over the same models, p Holm-corrected over {n_tools} tools; "
                      "beats / ties / worse at 0.05.")
     if board.spec.note:

@@ -10,9 +10,10 @@ way for the terminal board, the HTML report and the benchmark scripts:
   models), `proportion` (0/1 outcomes, Wilson interval), `auroc` (per-model scores against their labels,
   bootstrap stratified by label), or `timing` (a mean, no interval); every column is also computed per group
   (`auroc[kind=patch]`: the clean models and the patch trojans);
-- the verdict: each tool against the strongest baseline (best point estimate of the ranking column), paired —
-  the same resampled models for both — by bootstrap of the difference, two-sided p-values Holm-corrected
-  across the board's tools, printed as beats / ties / worse. Anchors (do-nothing, retrain) get no verdict;
+- the verdict: each tool against the strongest baseline (best point estimate of the ranking column), paired over
+  the same models (`stats.paired_test`: a sign-flip permutation test of the per-model differences of a mean
+  column, a paired bootstrap of an AUROC's), two-sided p-values Holm-corrected across the board's tools, printed
+  as beats / ties / worse. Anchors (do-nothing, retrain) get no verdict;
 - cells with n < 5 print no interval (see `stats.Estimate`).
 """
 
