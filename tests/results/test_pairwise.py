@@ -100,3 +100,18 @@ def test_a_stopped_runs_board_keeps_the_models_every_tool_scored():
     kept = power.common_models(stopped + [spec_row(SPEC)])
     assert {x.model_id for x in kept if "role" in x.extra} == {f"m{i}" for i in range(9)}
     assert any("spec" in x.extra for x in kept)  # the board's spec row stays
+
+
+def test_a_board_refuses_rows_of_two_runs():
+    """Rows of two runs (the same tool on overlapping models) would merge into one cell; a board reads one run."""
+    import dataclasses
+
+    import pytest
+
+    spec = BoardSpec(task="repair@0.05", title="repair", key="asr", higher_is_better=False, main=["asr"],
+                     columns=[Column(name="asr", source="asr", header="ASR after")])
+    r = [dataclasses.replace(model_row("lat", f"m{i + shift}", spec.task, "asr", v, role="tool", groups=[]), run_id=run)
+         for run, v, shift in (("run-a", 0.9, 0), ("run-b", 0.1, 3)) for i in range(6)]
+    with pytest.raises(ValueError, match="one run"):
+        compute_board(r, spec, n_boot=100)
+    assert compute_board(r[:6], spec, n_boot=100).get("lat").metrics["asr"].value == 0.9  # one run is fine

@@ -165,6 +165,9 @@ class _Data:
     """A task's per-model rows, indexed for the statistics: (tool, metric) -> {model_id: (value, extra)}."""
 
     def __init__(self, rows: list[ResultRow]):
+        runs = sorted({r.run_id for r in rows if r.run_id})
+        if len(runs) > 1:  # a board is one run's: rows of two would silently merge (the later one winning per model)
+            raise ValueError(f"a board reads the rows of one run; these come from {len(runs)}: {', '.join(runs)}")
         self.values: dict[tuple[str, str], dict[str, tuple[float, dict]]] = defaultdict(dict)
         self.roles: dict[str, str] = {}
         self.versions: dict[str, str] = {}
