@@ -143,3 +143,12 @@ def test_every_results_file_records_its_provenance():
         if missing:
             bad.append(f"{path.name}: {missing}")
     assert not bad, bad
+
+
+def test_a_renderer_reads_the_machine_from_its_source():
+    """The large zoo's build time is quoted with the cores of the machine that built it, read from the file (a number
+    typed into the renderer would pass the check above whenever the same number occurs anywhere in the file)."""
+    data = render_docs.load("large_zoo.json")
+    other = {**data, "provenance": {**data["provenance"], "cores": 16}}
+    text = render_docs.RENDERERS["large-zoo"][1]({"large_zoo.json": other})
+    assert "wall time on 16 cores" in text

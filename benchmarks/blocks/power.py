@@ -18,8 +18,8 @@ def _large_zoo(d):
     modes = ", ".join(f"{level}: {v['built']} of {v['planned']}" for level, v in data["by_axis"]["mode"].items())
     return ("\n".join(lines) + f"\n\n{data['models_built']} of {data['models_planned']} models built "
             f"({data['held_out_built']} held out; at least {data['min_held_out_trojans_per_kind']} held-out trojans per "
-            f"kind) in {data['build_seconds']:.1f} s of wall time on 2 cores ({data['models_per_minute']:.2f} models "
-            f"per minute, {data['builds']} build); mean clean accuracy {fmt(data['mean_clean_accuracy'], 4)}. Trojans built "
+            f"kind) in {data['build_seconds']:.1f} s of wall time on {data['provenance']['cores']} cores "
+            f"({data['models_per_minute']:.2f} models per minute, {data['builds']} build); mean clean accuracy {fmt(data['mean_clean_accuracy'], 4)}. Trojans built "
             f"per poison rate: {rates}; per mode: {modes}.\n\n" + provenance_line(data, "large_zoo.json"))
 
 
