@@ -115,3 +115,13 @@ def test_a_board_refuses_rows_of_two_runs():
     with pytest.raises(ValueError, match="one run"):
         compute_board(r, spec, n_boot=100)
     assert compute_board(r[:6], spec, n_boot=100).get("lat").metrics["asr"].value == 0.9  # one run is fine
+
+
+def test_a_tool_is_not_credited_with_the_models_it_failed_on():
+    """n_models (the board's "models" column) counts the models a tool has a value for, as its cells do."""
+    spec = BoardSpec(task="repair@0.05", title="repair", key="asr", higher_is_better=False, main=["asr"],
+                     columns=[Column(name="asr", source="asr", header="ASR after")])
+    r = [model_row("lat", f"m{i}", spec.task, "asr", float("nan") if i < 3 else 0.5, role="tool", groups=[])
+         for i in range(8)]
+    s = compute_board(r, spec, n_boot=100).get("lat")
+    assert s.metrics["asr"].n == 5 and s.n_models == 5

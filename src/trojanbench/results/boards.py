@@ -239,8 +239,9 @@ def compute_board(rows: list[ResultRow], spec: BoardSpec, n_boot: int = 2000, se
             if not ids:
                 continue
             s.metrics[column.name] = _estimate(column, vals, labels, n_boot, seed)
-            if column.name == spec.key.split("[")[0]:  # the models the ranking column covers (a pooled
-                s.n_models = len(ids)  # column, like leave-one-kind-out, counts a clean model once per kind)
+            if column.name == spec.key.split("[")[0]:  # the models the ranking column covers (a pooled column,
+                s.n_models = int((~np.isnan(vals)).sum())  # like leave-one-kind-out, counts a clean model once per
+                # kind); a model the tool failed on (a NULL value) is not one it was scored on
             if column.groups:
                 for g in data.groups(column):
                     ids_g, vals_g, labels_g = data.units(tool, column, g)
