@@ -95,7 +95,7 @@ def curves(zoo_dir: str, rows, board, n_boot: int, seed: int) -> dict:
 
 
 def board_power(rows, board, top: int, n_boot: int, seed: int) -> dict:
-    from trojanbench.results.boards import pairwise
+    from trojanbench.results.boards import pairwise, verdict_test
 
     key = board.spec.key
     tools = []
@@ -108,7 +108,8 @@ def board_power(rows, board, top: int, n_boot: int, seed: int) -> dict:
     return {"task": board.spec.task, "title": board.title, "key": key, "tools": tools,
             "key_half_width": {"max": max(halves), "median": round(statistics.median(halves), 4)} if halves else None,
             "vs_strongest_baseline": {v: verdicts.count(v) for v in sorted(set(verdicts))},
-            "reference": board.reference, "top_pairs": pairwise(rows, board, top, n_boot, seed)}
+            "reference": board.reference, "verdict_test": verdict_test(board.spec),
+            "top_pairs": pairwise(rows, board, top, n_boot, seed)}
 
 
 def main() -> None:

@@ -48,16 +48,30 @@ def verdict(tool: dict) -> str:
     return v
 
 
+OLD_TEST = ("are from before commit 25c936e: their p-values are a paired bootstrap's (too small on zoos of 5 to 16 "
+            "models; a sign-flip permutation test since), not re-run yet")
+
+
+def old_test(board: dict) -> bool:
+    """A board stored before the verdicts of mean columns took a sign-flip test (its file has no `verdict_test`)."""
+    return "verdict_test" not in board and board["key"].split("[")[0] != "auroc"
+
+
+def old_verdicts(board: dict) -> str:
+    """A sentence under a board whose verdicts are of the old test (`old_test`), else ""."""
+    return f"\n\nThe verdicts of this board (`{board['key']}`) {OLD_TEST}." if old_test(board) else ""
+
+
 def board_table(board: dict, columns: list[tuple[str, str]], models: bool = False) -> str:
     """A markdown table of one stored board: rank, tool, the given cells, (with `models`) the models each tool was
-    scored on, verdict."""
+    scored on, verdict (and a sentence under it if the verdicts are of the old test, `old_verdicts`)."""
     head = ["rank", "tool", *[h for _, h in columns], *(["models"] if models else []),
             f"vs {board['reference']}" if board.get("reference") else "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rank, t in enumerate(board["tools"], 1):
         cells = [cell(t["metrics"].get(m)) for m, _ in columns] + ([str(t["n_models"])] if models else [])
         lines.append("| " + " | ".join([str(rank), t["tool"], *cells, verdict(t)]) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) + old_verdicts(board)
 
 
 def provenance_line(data: dict, source: str) -> str:
@@ -101,13 +115,17 @@ def boards_summary(data: dict) -> str:
         best = next((t for t in tools if t["verdict"] != "disqualified"), None)  # a disqualified tool is never best
         counts = [sum(t["verdict"] == v for t in tools) for v in ("beats", "ties", "worse")]
         out = sum(t["verdict"] == "disqualified" for t in tools)
+        few = sum(t["verdict"].startswith("too few models") for t in tools)
         models = b.get("population", "").partition("split: ")[2].partition(" models")[0] or "-"
         lines.append(f"| {b['title'].split(' (')[0]} | `{b['key']}` | {models} | "
                      + (f"{best['tool']} {cell(best['metrics'].get(b['key']))}" if best else "-") + " | "
                      + (f"{ref['tool']} {cell(ref['metrics'].get(b['key']))}" if ref else "-") + " | "
-                     + " / ".join(map(str, counts)) + (f" ({out} disqualified)" if out else "") + " |")
+                     + " / ".join(map(str, counts)) + (f" ({out} disqualified)" if out else "")
+                     + (f" ({few}: too few models to tell)" if few else "") + " |")
     winners = [f"{t['tool']} ({b['task']})" for b in data["boards"] for t in b["tools"] if t["verdict"] == "beats"]
     lines += ["", "Tools that beat the strongest baseline of their board: " + (", ".join(winners) or "none") + "."]
+    if old := [b["task"] for b in data["boards"] if old_test(b)]:
+        lines[-1] += f" The verdicts of {', '.join(old)} {OLD_TEST}."
     return "\n".join(lines)
 
 

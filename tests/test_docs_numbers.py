@@ -152,3 +152,19 @@ def test_a_renderer_reads_the_machine_from_its_source():
     other = {**data, "provenance": {**data["provenance"], "cores": 16}}
     text = render_docs.RENDERERS["large-zoo"][1]({"large_zoo.json": other})
     assert "wall time on 16 cores" in text
+
+
+def test_a_board_whose_verdicts_are_of_the_old_test_says_so_under_its_table():
+    """Boards stored before the sign-flip test (no `verdict_test` in the file) keep their verdicts, which were a
+    paired bootstrap's; each table of one, and the README's summary, says so until it is re-run."""
+    from trojanbench.results.boards import BoardSpec, Column, verdict_test
+
+    tool = {"tool": "t", "role": "tool", "verdict": "beats", "n_models": 8, "metrics": {"asr": {"value": 0.1, "n": 8}}}
+    old = {"task": "repair@0.05", "key": "asr", "reference": None, "tools": [tool]}
+    spec = BoardSpec(task="repair@0.05", title="t", key="asr", higher_is_better=False, main=["asr"],
+                     columns=[Column(name="asr", source="asr", stat="mean")])
+    new = {**old, "verdict_test": verdict_test(spec)}
+    assert "before commit" in render_docs.board_table(old, [("asr", "asr")])
+    assert "before commit" not in render_docs.board_table(new, [("asr", "asr")])
+    assert "before commit" not in render_docs.board_table({**old, "key": "auroc"}, [("asr", "asr")])  # AUROC: same test
+    assert "The verdicts of repair@0.05 are from before" in render_docs.boards_summary({"boards": [{**old, "title": "t"}]})

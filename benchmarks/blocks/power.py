@@ -111,6 +111,8 @@ def _power(d):
         for p in b["top_pairs"]:
             ci = f"{p['diff']:+.3f} [{p['low']:+.3f}, {p['high']:+.3f}]"
             pairs.append(f"| {b['task']} | {p['a']} | {p['b']} | {ci} | {fmt(p['p_holm'])} | {p['verdict']} |")
+    if old := [f"{c.removesuffix('-repair')} {b['task']}" for c in configs for b in data[c]["boards"] if old_test(b)]:
+        pairs += ["", f"The verdicts of {', '.join(old)} {OLD_TEST}."]
     big = data["large_model_detection"]
     runs = " ".join(f"{c}: run `{data[c]['run_id']}` ({data[c]['source']}){_carried(data[c])}." for c in configs)
     return ("\n".join(lines + pairs) + f"\n\nSections: {runs} On the large zoo the widest model-detection AUROC "

@@ -21,7 +21,7 @@ def _repair_kind_table(board: dict) -> str:
         kind_cells = [fmt((m.get(f"asr[kind={k}]") or {}).get("value")) for k in kinds]
         lines.append("| " + " | ".join([f"`{t['tool']}`", cell(m.get("asr")), *kind_cells, cell(m.get("clean_cost")),
                                         cell(m.get("robust_acc")), verdict(t)]) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) + old_verdicts(board)
 
 
 @block("repair-matched-dev", "repair_matched_dev.json")
@@ -52,7 +52,7 @@ def _repair_holds(d):
     for metric, c in q["comparisons"].items():
         answer.append(f"{metric}: {c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] (n={c['n']}, Holm p={c['p_holm']:.2g}): "
                       f"{c['verdict']}")
-    return ("\n".join(lines) + f"\n\n{board['population']} Clean budget {data['budget']:.0%}. "
+    return ("\n".join(lines) + old_verdicts(board) + f"\n\n{board['population']} Clean budget {data['budget']:.0%}. "
             f"**{q['a']} against {q['b']}** ({q['what']}; negative is better for {q['a']}): " + "; ".join(answer) + ". "
             f"Removed: ASR below {data['removed_below']:.0%}; came back: P-ASR above {data['came_back_above']:.0%}. "
             f"{provenance_line(data, 'repair_holds.json')}\n")

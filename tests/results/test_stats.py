@@ -152,3 +152,20 @@ def test_paired_mean_p_value_is_the_exact_sign_flip_test():
     assert paired_test(base, base.copy()).p == 1.0  # all differences zero
     big = paired_test(base.repeat(5) + rng.normal(0, 0.01, 40), base.repeat(5))  # 40 units: random sign patterns
     assert 0 < big.p <= 1
+
+
+def test_a_verdict_no_data_could_make_significant_says_too_few_models():
+    """8 models, 12 tools: the exact sign-flip test's smallest p (2/256) times 12 is 0.094, so even a tool better on
+    every model could only "tie". That is the zoo's size, not a finding: the verdict says so; 3 tools can beat."""
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.3, 0.7, 8)
+
+    def board(n_tools):
+        return holm([paired_test(base + 0.2 + rng.uniform(0, 0.05, 8), base) for _ in range(n_tools)])
+
+    twelve = board(12)
+    assert all(c.p_floor == 2 / 256 and c.p_holm == pytest.approx(12 * 2 / 256) for c in twelve)
+    assert {c.verdict for c in twelve} == {"too few models (n=8 for 12 comparisons)"}
+    assert {c.verdict for c in board(3)} == {"beats"}
+    auroc_cmp = paired_test(rng.uniform(size=16), rng.uniform(size=16), "auroc", labels=np.repeat([0, 1], 8), n_boot=200)
+    assert auroc_cmp.p_floor == 2 / 201

@@ -231,7 +231,7 @@ def render_report(results: str | Path, out: str | Path, title: str | None = None
              f"models otherwise; fewer than {MIN_N_FOR_INTERVAL} models: the value and n only). The verdict column "
              "compares each tool with the strongest baseline of its board on the ranking metric, paired over the same "
              "models (a sign-flip permutation test; for AUROC a paired bootstrap), with p-values Holm-corrected over "
-             "the board's tools.</p>",
+             "the board's tools; \"too few models\" where no data could reach p &lt; 0.05 after the correction.</p>",
              "<nav>" + " &middot; ".join(f"<a href='#{html.escape(t)}'>{html.escape(boards[t].title if t in boards else views[t].title if t in views else t)}</a>"
                                           for t in order) + " &middot; <a href='#tools'>tools</a></nav>"]
     for task in order:

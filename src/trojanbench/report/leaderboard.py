@@ -9,7 +9,7 @@ import math
 from rich.markup import escape
 from rich.table import Table
 
-from ..results.boards import Board, ToolScores, shown_columns
+from ..results.boards import Board, ToolScores, shown_columns, verdict_test
 
 
 def header(board: Board, aggregate: str) -> str:
@@ -35,10 +35,9 @@ def caption(board: Board) -> str:
                  "95% intervals: Wilson for proportions, bootstrap over models otherwise; n<5: no interval.")
     n_tools = sum(1 for s in board.scores if s.role == "tool" and s.comparison is not None)
     if board.reference and n_tools:
-        test = "paired bootstrap" if board.spec.column(board.spec.key).stat == "auroc" else "sign-flip permutation test"
-        parts.append(f"Verdict: {test} of (tool - {board.reference}, the strongest baseline) on "
+        parts.append(f"Verdict: {verdict_test(board.spec)} of (tool - {board.reference}, the strongest baseline) on "
                      f"{board.spec.key} over the same models, p Holm-corrected over {n_tools} tools; "
-                     "beats / ties / worse at 0.05.")
+                     "beats / ties / worse at 0.05; too few models where no data could reach 0.05 after the correction.")
     if board.spec.note:
         parts.append(board.spec.note)
     return " ".join(parts)

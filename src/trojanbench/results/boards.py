@@ -352,4 +352,9 @@ def board_json(board: Board) -> dict:
     return {"task": board.spec.task, "title": board.spec.title, "key": board.spec.key,
             "higher_is_better": board.spec.higher_is_better, "population": board.spec.population,
             "main": [[a, board.spec.header(a)] for a in board.spec.main], "note": board.spec.note,
-            "reference": board.reference, "n_boot": board.n_boot, "tools": tools}
+            "reference": board.reference, "n_boot": board.n_boot, "verdict_test": verdict_test(board.spec), "tools": tools}
+
+
+def verdict_test(spec: BoardSpec) -> str:
+    """The paired test behind a board's verdicts (`stats.paired_test`), by its ranking column."""
+    return "paired bootstrap" if spec.column(spec.key).stat == "auroc" else "sign-flip permutation test"
