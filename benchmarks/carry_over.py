@@ -15,6 +15,7 @@ from pathlib import Path
 
 from scipy.stats import kendalltau
 
+from trojanbench.errors import UserError
 from trojanbench.results.provenance import write_benchmark
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -33,6 +34,10 @@ def main() -> None:
         if board_b is None:
             continue
         key = board_a["key"]
+        tests = {board_a.get("verdict_test"), board_b.get("verdict_test")}  # None: a file from before it was recorded
+        if len(tests) > 1:
+            raise UserError(f"{board_a['task']}: the two files' verdicts come from different tests ({args.a}: "
+                            f"{board_a.get('verdict_test')}, {args.b}: {board_b.get('verdict_test')}); re-run the older")
         value = lambda board: {t["tool"]: t["metrics"].get(key, {}).get("value") for t in board["tools"]}
         va, vb = value(board_a), value(board_b)
         tools = sorted(t for t in va if t in vb and va[t] is not None and vb[t] is not None)
@@ -40,7 +45,7 @@ def main() -> None:
         verdict = lambda board: {t["tool"]: t["verdict"] for t in board["tools"]}
         da, db = verdict(board_a), verdict(board_b)
         changed = [{"tool": t, "default": da[t], "eval2": db[t]} for t in tools if da.get(t) != db.get(t)]
-        out.append({"task": board_a["task"], "key": key, "n_tools": len(tools),
+        out.append({"task": board_a["task"], "key": key, "n_tools": len(tools), "verdict_test": tests.pop(),
                     "kendall_tau": None if tau is None else round(float(tau.statistic), 4),
                     "p_value": None if tau is None else round(float(tau.pvalue), 4),
                     "values": {t: [va[t], vb[t]] for t in tools}, "verdict_changes": changed})

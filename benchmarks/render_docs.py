@@ -183,6 +183,8 @@ def _carry_over(d):
     for b in data["boards"]:
         changes = ", ".join(f"{c['tool']} {c['default']} -> {c['eval2']}" for c in b["verdict_changes"]) or "none"
         lines.append(f"| {b['task']} | {b['n_tools']} | {fmt(b['kendall_tau'], 2)} | {fmt(b['p_value'], 3)} | {changes} |")
+    if old := [b["task"] for b in data["boards"] if old_test(b)]:
+        lines += ["", f"The verdicts of {', '.join(old)} in both files {OLD_TEST}."]
     return "\n".join(lines) + "\n\n" + provenance_line(data, "carry_over.json")
 
 

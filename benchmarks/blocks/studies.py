@@ -115,7 +115,9 @@ def _study_join(data: dict, source: str, parts: list[tuple[str, str]]) -> str:
 def _study_text(d):
     """The findings the study printed, then every board of its run (the repair, edit and diagnose tracks)."""
     data = d["study_text.json"]
-    return _study_join(data, "study_text.json", []) + "\n\n" + boards_full(data)
+    old = any(old_test(b) for b in data["boards"])  # the findings' paired verdicts are the boards' tests
+    return (_study_join(data, "study_text.json", []) + (f"\n\nThe paired verdicts above {OLD_TEST}." if old else "")
+            + "\n\n" + boards_full(data))
 
 
 # --- subnetworks -------------------------------------------------------------------------------------------------
