@@ -21,7 +21,7 @@ from trojanbench.tools.attribute import Attributor
 from trojanbench.tools.detect import DetectContext, Detection, Detector, SampleDetector
 from trojanbench.tools.edit import EditInputs, Editor
 from trojanbench.tools.repair import RepairContext, Repairer
-from trojanbench.tools.synthesize import Synthesizer
+from trojanbench.tools.synthesize import Stamp, Synthesizer
 
 DS = tiny_dataset(n_train=32, n_test=16)
 
@@ -214,6 +214,62 @@ def test_a_repairer_or_editor_that_returns_no_new_model_or_changes_the_callers_i
             call(m)
     good = model().train()
     assert isinstance(Fixes(copy.deepcopy).repair(good, DS.x_train, DS.y_train, RepairContext(DS.num_classes)), nn.Module)
+
+
+class CarelessDetector(Detector):
+    """A plug-in that does `change` to the model it was given (forgot `evaluating`, pruned in place, ...)."""
+
+    def __init__(self, change):
+        self.change = change
+
+    def detect(self, model, ctx):
+        self.change(model)
+        return Detection(0.5)
+
+
+class CarelessSamples(SampleDetector):
+    def __init__(self, change):
+        self.change = change
+
+    def suspicion(self, model, x, y, ctx):
+        self.change(model)
+        return torch.zeros(len(x))
+
+
+class CarelessSynthesizer(Synthesizer):
+    def __init__(self, change):
+        self.change = change
+
+    def synthesize(self, model, target, ctx):
+        self.change(model)
+        return Stamp(torch.zeros(1, 16, 16), torch.zeros(16, 16))
+
+
+def run_forward_in_train_mode(m: nn.Module) -> None:
+    with torch.no_grad():
+        m.train()(DS.x_test)  # BatchNorm's running statistics move, and the model stays in train mode
+
+
+@pytest.mark.parametrize("change, message", [
+    (run_forward_in_train_mode, r"'.*running_mean'"),
+    (lambda m: m.train(), "train/eval modes or requires_grad"),
+    (lambda m: zero_in_place(m), "'1.weight'"),
+    (lambda m: [p.requires_grad_(False) for p in m.parameters()], "train/eval modes or requires_grad"),
+])
+def test_a_detector_or_synthesizer_that_changes_the_callers_model_is_a_one_line_error(change, message):
+    """The audit runs every detector, then the synthesizers, on one model: a plug-in that left it in train mode or
+    changed a weight had every tool after it score another model (entropy's score of one audited model moved
+    eightfold after such a detector), with nothing said."""
+    calls = (("detector CarelessDetector", lambda m, c: CarelessDetector(c).detect(m, ctx())),
+             ("sample detector CarelessSamples", lambda m, c: CarelessSamples(c).suspicion(m, DS.x_train, DS.y_train, ctx())),
+             ("synthesizer CarelessSynthesizer", lambda m, c: CarelessSynthesizer(c).synthesize(m, 1, ctx())))
+    for who, call in calls:
+        with pytest.raises(UserError, match=fr"{who} changed the model it was given \({message}\); run the model inside"):
+            call(model().eval(), change)
+        m = model().eval()
+        before = {k: v.clone() for k, v in m.state_dict().items()}
+        call(m, lambda m: None)  # a tool that only reads the model passes, and the model is as it was
+        assert not m.training and all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
 
 
 def test_the_clean_context_checks_its_images_and_labels():

@@ -22,7 +22,7 @@ from ...errors import UserError
 from ...models.hooks import hooked
 from ...registry import Registry
 from ...utils import evaluating
-from .. import ToolInfo, check_target
+from .. import READ_ONLY, ToolInfo, check_target, left_as_it_was
 
 
 @dataclass
@@ -76,9 +76,10 @@ class Detection:
 def _checked_detect(self, method, model, ctx, *args, **kw) -> Detection:
     """A detector's answer, or a one-line error naming it: a `Detection` whose score is a number (NaN is refused;
     ±inf ranks a model first or last), whose target label, if any, is a class of the model, and whose mask, if any,
-    is [H, W] with values in [0, 1]."""
+    is [H, W] with values in [0, 1]. The model it was given is left as it was (`left_as_it_was`)."""
     who = f"detector {type(self).__name__}"
-    d = method(self, model, ctx, *args, **kw)
+    with left_as_it_was(model, who, READ_ONLY):
+        d = method(self, model, ctx, *args, **kw)
     if not isinstance(d, Detection):
         raise UserError(f"{who} returned {type(d).__name__}, not a Detection")
     try:
@@ -117,7 +118,7 @@ class Detector(ToolInfo, ABC):
 def _checked_suspicion(self, method, model, x, y, ctx, *args, **kw) -> torch.Tensor:
     """A sample detector's scores, or a one-line error naming it. In: one label per sample, and images in [0, 1]
     (`unit_range_images`; token ids [N, T] pass as they are). Out: one score per sample, a tensor [N] (an array is
-    converted) with no NaN (±inf ranks a sample first or last)."""
+    converted) with no NaN (±inf ranks a sample first or last). The model is left as it was (`left_as_it_was`)."""
     who = f"sample detector {type(self).__name__}"
     if not (torch.is_tensor(x) and torch.is_tensor(y)) or len(x) != len(y):
         raise UserError(f"{who}: needs samples x and labels y as tensors of one length, got "
@@ -125,7 +126,8 @@ def _checked_suspicion(self, method, model, x, y, ctx, *args, **kw) -> torch.Ten
                         f"{tuple(y.shape) if torch.is_tensor(y) else type(y).__name__}")
     if x.dim() == 4:  # images
         x = unit_range_images(x, f"{who}: images")
-    s = method(self, model, x, y, ctx, *args, **kw)
+    with left_as_it_was(model, who, READ_ONLY):
+        s = method(self, model, x, y, ctx, *args, **kw)
     try:
         s = torch.as_tensor(s)
     except (TypeError, ValueError, RuntimeError):

@@ -45,7 +45,7 @@ from ...errors import UserError
 from ...registry import Registry
 from ...trojans.triggers import Trigger
 from ...utils import evaluating, frozen
-from .. import ToolInfo, check_target
+from .. import READ_ONLY, ToolInfo, check_target, left_as_it_was
 from ..detect import DetectContext
 
 
@@ -95,7 +95,8 @@ Synthesis = Stamp | TriggerStamp
 
 def _checked_synthesize(self, method, model, target, ctx, *args, **kw):
     check_target(target, ctx.num_classes, type(self).__name__)
-    found = method(self, model, target, ctx, *args, **kw)
+    with left_as_it_was(model, f"synthesizer {type(self).__name__}", READ_ONLY):
+        found = method(self, model, target, ctx, *args, **kw)
     if not callable(getattr(found, "apply", None)):
         raise UserError(f"synthesizer {type(self).__name__} returned {type(found).__name__}, not a Stamp or TriggerStamp "
                         "(something with apply(x))")
