@@ -41,6 +41,16 @@ def test_bad_folders_are_user_errors(tmp_path):
         load_dataset("imagefolder", data_root=str(tmp_path))
 
 
+@pytest.mark.parametrize("content", [b"not an image", b"\x89PNG\r\n\x1a\n" + b"\0" * 20])
+def test_a_file_that_is_no_image_or_a_damaged_one_is_a_user_error_naming_it(tmp_path, content):
+    """A stray or truncated file under an image suffix was an "internal error: UnidentifiedImageError" in `audit
+    --data <folder>` and `implant --dataset imagefolder`."""
+    _write(tmp_path, ["a", "b"], 2, size=(8, 8))
+    (tmp_path / "b" / "broken.png").write_bytes(content)
+    with pytest.raises(UserError, match=r"b/broken.png is not a readable image \("):
+        load_dataset("imagefolder", data_root=str(tmp_path))
+
+
 def test_pixel_values_are_checked_where_images_enter(tmp_path):
     """[0, 1] passes untouched; 8-bit values (uint8, or whole numbers 0-255 as floats) are rescaled with one
     warning; NaN, negative, above-255 and fractional out-of-range values are refused in one line."""

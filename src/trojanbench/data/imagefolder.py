@@ -17,12 +17,15 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 def _read(path: Path, size: int | tuple[int, int] | None, mode: str) -> np.ndarray:
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = im.convert(mode)
-        wh = None if size is None else (size, size) if isinstance(size, int) else (size[1], size[0])  # size: H or (H, W)
-        if wh is not None and im.size != wh:
-            im = im.resize(wh, Image.BILINEAR)
-        return np.asarray(im, dtype=np.uint8)
+    try:
+        with Image.open(path) as im:
+            im = im.convert(mode)
+            wh = None if size is None else (size, size) if isinstance(size, int) else (size[1], size[0])  # H or (H, W)
+            if wh is not None and im.size != wh:
+                im = im.resize(wh, Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except (OSError, ValueError) as e:  # not an image, or a damaged one (PIL's UnidentifiedImageError is an OSError)
+        raise UserError(f"{path} is not a readable image ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
 
 
 def read_class_folders(root: Path, size: int | tuple[int, int] | None = None, mode: str = "RGB",
