@@ -96,6 +96,18 @@ def test_missing_and_unfinished_folders(tmp_path):
         load_card(tmp_path / "half")
 
 
+
+def test_a_card_without_weights_or_a_file_for_a_folder_is_named_as_such(stored, tmp_path):
+    """A folder whose weights file is missing was "model.safetensors is truncated or empty (0 bytes)", and a file
+    given where a model folder belongs "does not exist" (`inspect weights.safetensors`)."""
+    d = copy_of(stored, tmp_path)
+    (d / "model.safetensors").unlink()
+    with pytest.raises(UserError, match=r"copy has no model.safetensors: its card has no weights beside it"):
+        load_model(d)
+    with pytest.raises(UserError, match=r"card.json is a file, not a model folder"):
+        load_card(d / "card.json")
+
+
 class TiedNet(torch.nn.Module):
     """An autoencoder-like classifier whose decoder is its encoder, transposed: one tensor under two names."""
 

@@ -198,6 +198,8 @@ def save_model_bytes(out_dir: str | Path, card: ModelCard, weights: bytes, poiso
 
 def load_card(model_dir: str | Path, verify: bool = True) -> ModelCard:
     d = Path(model_dir)
+    if d.is_file():
+        raise UserError(f"{d} is a file, not a model folder (<model>/card.json + {WEIGHTS})")
     if not d.is_dir():
         raise UserError(f"model folder {d} does not exist")
     if not (d / CARD).is_file():
@@ -257,7 +259,9 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu",
     card = load_card(d)
     if image_shape is not None:
         check_image_shape(card.arch_kwargs, image_shape, what=f"model {d}")
-    data = (d / WEIGHTS).read_bytes() if (d / WEIGHTS).is_file() else b""
+    if not (d / WEIGHTS).is_file():
+        raise UserError(f"{d} has no {WEIGHTS}: its card has no weights beside it")
+    data = (d / WEIGHTS).read_bytes()
     _check_safetensors_bytes(data, d / WEIGHTS)
     if sha256_bytes(data) != card.weights_sha256:
         raise UserError(f"{d / WEIGHTS} does not match its card (sha256 differs): the weights were changed or damaged")
