@@ -103,6 +103,16 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, model_dir):
     assert not (tmp_path / "z").exists() and not (tmp_path / "x").exists() and not (tmp_path / "r").exists()
 
 
+
+def test_a_key_value_option_names_itself_in_its_error(tmp_path):
+    """`--arch-param width` said "--param 'width' must look like key=value", naming another option."""
+    one_line_error(cli("implant", "--arch-param", "width", "--epochs", "1", "--out", tmp_path / "x"),
+                   "--arch-param 'width' must look like key=value")
+    one_line_error(cli("audit", tmp_path / "w.safetensors", "--data", "digits", "--arch", "cnn", "--arch-param", "width"),
+                   "--arch-param 'width' must look like key=value")
+    one_line_error(cli("implant", "--param", "size", "--out", tmp_path / "x"), "--param 'size' must look like key=value")
+    assert not (tmp_path / "x").exists()
+
 TINY_ZOO = """
 name = "tiny-bench"
 models_per_arch = 8

@@ -25,12 +25,12 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 
-def parse_params(items: list[str] | None) -> dict:
-    """`key=value` pairs; values are read as JSON where they parse (numbers, lists), else as strings."""
+def parse_params(items: list[str] | None, option: str = "--param") -> dict:
+    """`key=value` pairs of `option`; values are read as JSON where they parse (numbers, lists), else as strings."""
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise UserError(f"--param {item!r} must look like key=value")
+            raise UserError(f"{option} {item!r} must look like key=value")
         key, value = item.split("=", 1)
         try:
             out[key] = json.loads(value)
@@ -74,6 +74,7 @@ def implant(
         raise UserError(f"--out {out} is a file; give a folder")
     if (out / "card.json").is_file():  # a model trained before: never overwritten unasked
         raise UserError(f"{out} already holds a model; give another --out, or delete it first")
+    arch_params = parse_params(arch_param, "--arch-param")
     trojan = None
     if trigger != "none":
         from .trojans import TRIGGERS
@@ -91,7 +92,7 @@ def implant(
         cfg = cfg.model_copy(update={"epochs": epochs})
     with _progress() as bar:
         task = bar.add_task(f"training {arch} on {dataset}", total=cfg.epochs)
-        result = run_implant(ds, arch, parse_params(arch_param), trojan, cfg, seed=seed, device=resolve_device(device),
+        result = run_implant(ds, arch, arch_params, trojan, cfg, seed=seed, device=resolve_device(device),
                              progress=lambda epoch, loss: bar.update(task, advance=1, description=f"loss {loss:.3f}"))
     card = save_model(out, result.model, result.card, result.poisoned_indices)
     m = card.metrics
@@ -175,9 +176,9 @@ def audit(
 
     with _progress() as bar:
         task = bar.add_task("auditing", total=None)
-        res = run_audit(model, data, out, arch=arch, arch_params=parse_params(arch_param), zoo=zoo, reference=reference,
-                        detectors=_names(tools, "--tools"), synthesizers=names(synthesizers, "--synthesizers"),
-                        attributors=names(attributors, "--attributors"),
+        res = run_audit(model, data, out, arch=arch, arch_params=parse_params(arch_param, "--arch-param"), zoo=zoo,
+                        reference=reference, detectors=_names(tools, "--tools"),
+                        synthesizers=names(synthesizers, "--synthesizers"), attributors=names(attributors, "--attributors"),
                         seed=seed, device=str(resolve_device(device)), progress=lambda: bar.update(task, advance=1))
     t = res.target
     console.print(f"P(trojaned) = {res.p_trojaned:.3f} ({res.headline}, Platt-calibrated on zoo {res.zoo_name}): "
