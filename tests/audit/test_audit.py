@@ -140,6 +140,53 @@ def test_audit_names_a_target_and_reconstructs_a_trigger_for_it(audits, pair):
     assert "no repair track" in res.repairs_note  # the computed reference holds the detect track only
 
 
+def test_a_model_unlike_the_zoos_is_warned_about_and_a_zoo_model_is_not(audits, pair, tiny_zoo, tmp_path):
+    """An implanted CNN twice the zoo's width, trained longer, read P(trojaned) 0.009 from a curve fitted on other
+    models, without a word. A model unlike every zoo model (architecture by its parameter shapes, however named;
+    training per its card) is said to be, with how; a zoo model is not, in whatever layout it arrives."""
+    from trojanbench.models import build_model
+    from trojanbench.zoo.store import save_model
+
+    for fmt in ("store", "twin", "state-dict", "backdoorbench"):
+        assert not any("unlike" in w for w in audits[fmt].warnings), (fmt, audits[fmt].warnings)
+    (_, folder, card), _ = pair
+    kw = dict(detectors=CHEAP, synthesizers=[], attributors=[], zoo=tiny_zoo, n_boot=200,
+              reference=audits["base"] / "store" / "reference.sqlite")
+    wide = {**card.arch_kwargs, "width": 2 * card.arch_kwargs["width"]}
+    sd = tmp_path / "wide.safetensors"
+    save_file({k: v.contiguous() for k, v in build_model(card.arch, **wide).state_dict().items()}, sd)
+    res = audit(sd, "digits", tmp_path / "wide", arch="cnn", arch_params={"width": wide["width"], "depth": wide["depth"]},
+                **kw)
+    (warning,) = [w for w in res.warnings if "unlike" in w]
+    assert "architecture (cnn: parameter shapes) is none of the zoo's" in warning and "epochs" not in warning
+    (_, twin_folder, twin_card) = pair[1]  # a zoo model's weights under a card that says it trained for 99 epochs
+    model, _ = load_model(twin_folder)
+    save_model(tmp_path / "longer", model, twin_card.model_copy(update={"id": "", "train": {**twin_card.train, "epochs": 99}}))
+    res = audit(tmp_path / "longer", "digits", tmp_path / "longer-out", **kw)
+    (warning,) = [w for w in res.warnings if "unlike" in w]
+    assert f"epochs 99 (the zoo's: {card.train['epochs']})" in warning and "architecture" not in warning
+
+
+def test_a_headline_outside_the_reference_or_no_better_than_chance_is_warned_about():
+    """`audit --tools random` read "P(trojaned) = 0.506: trojaned" with nothing saying it was chance."""
+    from trojanbench.audit import DetectorResult, headline_warnings
+    from trojanbench.results import ResultRow
+    from trojanbench.results.stats import Estimate
+
+    rows = [ResultRow("random", f"m{i}", "detect-model", "score", v) for i, v in enumerate([0.1, 0.5, 0.9])]
+
+    def head(score, ce):
+        return DetectorResult("random", "baseline", score, 0.5, None, 3, 0.5, {"cross_entropy": Estimate(ce)}, None)
+
+    assert headline_warnings(head(0.5, 0.4), rows, []) == []
+    assert headline_warnings(head(0.5, float("nan")), rows, []) == []  # a reference too small to say
+    (chance,) = headline_warnings(head(0.5, 0.75), rows, [])
+    assert "no better than" not in chance and "constant 0.5" in chance and "says nothing" in chance
+    (outside,) = headline_warnings(head(0.95, 0.4), rows, [])
+    assert "outside the reference models' range [0.1, 0.9]" in outside
+    assert headline_warnings(head(0.95, 0.4), rows, ["m2"])[0].endswith("range [0.1, 0.5]: the probability extrapolates the curve")
+
+
 def test_audit_reference_is_reused_and_member_of_matches_by_weights(audits, tiny_zoo, pair):
     from trojanbench.results import ResultsStore
 

@@ -237,6 +237,53 @@ def _repairs(rows, seed: int, n_boot: int) -> tuple[list[dict], str]:
     return out, f"repair board {task} of the reference run ({board.spec.population})"
 
 
+TRAINING = ("epochs", "lr", "batch_size", "optimizer")  # the card's training settings compared with the zoo's
+
+
+def unlike_the_zoo(loaded: LoadedModel, zoo) -> list[str]:
+    """How the audited model differs from every model of the reference zoo: its architecture (the names and shapes
+    of its parameters and buffers, however the architecture was named) and, where its card says, its training
+    (`TRAINING`). Empty when some zoo model is like it. A model unlike the zoo's is scored by curves fitted on
+    models that are not like it: an implanted CNN twice the zoo's width read P(trojaned) 0.009."""
+    from ..models import build_model
+
+    def shapes(model) -> tuple:
+        return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
+
+    cards = [c for _, _, c in zoo.models()]
+    kinds = {(c.arch, repr(sorted(c.arch_kwargs.items()))): c for c in cards}
+    zoo_shapes = {shapes(build_model(c.arch, **c.arch_kwargs)) for c in kinds.values()}
+    out = []
+    if shapes(loaded.model) not in zoo_shapes:
+        zoo_archs = sorted({f"{c.arch} " + ", ".join(f"{k}={v}" for k, v in sorted(c.arch_kwargs.items())
+                                                     if k not in ("in_channels", "num_classes", "image_size", "mean", "std"))
+                            for c in kinds.values()})
+        out.append(f"its architecture ({loaded.arch}: parameter shapes) is none of the zoo's ({'; '.join(zoo_archs)})")
+    train = loaded.card.train if loaded.card else {}
+    for key in TRAINING:
+        seen = sorted({str(c.train[key]) for c in cards if key in c.train})
+        if key in train and seen and str(train[key]) not in seen:
+            out.append(f"{key} {train[key]} (the zoo's: {', '.join(seen)})")
+    return out
+
+
+def headline_warnings(head: DetectorResult, rows: list, left_out: list[str]) -> list[str]:
+    """What the headline probability cannot say: the audited model's score lies outside the reference models'
+    scores (the Platt curve is extrapolated), or even the best detector predicts the reference models no better
+    than a constant 0.5 (out-of-fold cross-entropy not below ln 2: `audit --tools random` read "trojaned")."""
+    out = []
+    ref = [r.value for r in rows if r.task == "detect-model" and r.metric == "score" and r.tool == head.tool
+           and r.model_id not in left_out and r.value is not None]
+    if ref and not min(ref) <= head.score <= max(ref):
+        out.append(f"its {head.tool} score, {head.score:.4g}, lies outside the reference models' range "
+                   f"[{min(ref):.4g}, {max(ref):.4g}]: the probability extrapolates the curve")
+    ce = head.calibration["cross_entropy"].value
+    if ce >= np.log(2):  # (NaN: a reference too small to say)
+        out.append(f"no detector predicts the reference models better than a constant 0.5 (the best out-of-fold "
+                   f"cross-entropy, {head.tool}'s, is {ce:.3f}, not below ln 2 = 0.693): the verdict says nothing")
+    return out
+
+
 def audit(model_path: str | Path, data: str, out: str | Path, arch: str | None = None, arch_params: dict | None = None,
           zoo: str | Path | None = None, reference: str | Path | None = None, detectors: list[str] | None = None,
           synthesizers: list[str] | None = None, attributors: list[str] | None = None, seed: int = 0,
@@ -277,6 +324,10 @@ def audit(model_path: str | Path, data: str, out: str | Path, arch: str | None =
     if zds.name != ds.name:
         warnings.append(f"the reference zoo was trained on {zds.name}, the audit's data is {ds.name}: its calibration may "
                         "not transfer")
+    if unlike := unlike_the_zoo(loaded, zoo):
+        warnings.append(f"this model is unlike every model of the reference zoo: {'; '.join(unlike)}. Its probabilities "
+                        "come from curves fitted on the zoo's models and may not carry over; a reference zoo of models "
+                        "like it (`trojanbench zoo build`, then --zoo) would")
     names = [n for n in DETECTORS.names() if detectors is None or n in detectors]
     out.mkdir(parents=True, exist_ok=True)
     rows, ref_where = reference_rows(zoo, names, Path(reference) if reference else None, out, seed, device, progress)
@@ -312,6 +363,7 @@ def audit(model_path: str | Path, data: str, out: str | Path, arch: str | None =
             progress()
     head = min(results, key=lambda r: (r.calibration["cross_entropy"].value, r.tool))
     p = head.probability
+    warnings += headline_warnings(head, rows, left_out)
     target = _target(results)
     res = AuditResult(model={"format": loaded.format, "arch": loaded.arch, "file": str(model_path),
                              "id": own_id, "arch_kwargs": {k: v for k, v in loaded.arch_kwargs.items()
