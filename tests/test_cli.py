@@ -68,6 +68,7 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, model_dir):
     one_line_error(cli("implant", "--trigger", "laser", "--out", tmp_path / "x"), "unknown trigger 'laser'", "patch")
     one_line_error(cli("implant", "--arch", "vgg", "--epochs", "1", "--out", tmp_path / "x"), "unknown architecture")
     one_line_error(cli("implant", "--dataset", "mnist", "--out", tmp_path / "x"), "unknown dataset")
+    one_line_error(cli("implant", "--rate", "nan", "--out", tmp_path / "x"), "--rate must be a fraction", "got nan")
     one_line_error(cli("implant", "--param", "alpha=3", "--trigger", "blended", "--out", tmp_path / "x"), "alpha")
     one_line_error(cli("implant", "--rate", "0.9", "--out", tmp_path / "x"), "rate")
     one_line_error(cli("implant", "--dataset", "cifar10", "--data-root", tmp_path / "void", "--out", tmp_path / "x"),

@@ -53,7 +53,9 @@ def implant(
     arch: str = typer.Option("cnn", help="architecture (see `trojanbench list`)"),
     trigger: str = typer.Option("patch", help="trigger kind, or 'none' for a clean model"),
     target: int = typer.Option(0, help="target label"),
-    mode: str = typer.Option("all-to-one", help="all-to-one, all-to-all or clean-label"),
+    mode: str = typer.Option("all-to-one", help="poisoning: all-to-one, all-to-all, clean-label, override (text refusal "
+                                               "datasets), graded (natural triggers), relabel (a control); see "
+                                               "trojanbench.trojans.poison"),
     rate: float = typer.Option(0.1, help="poison rate (fraction of the training set)"),
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="trigger parameter key=value (repeatable)"),
     arch_param: Optional[List[str]] = typer.Option(None, "--arch-param", help="architecture argument key=value"),
@@ -74,6 +76,8 @@ def implant(
         raise UserError(f"--out {out} is a file; give a folder")
     if (out / "card.json").is_file():  # a model trained before: never overwritten unasked
         raise UserError(f"{out} already holds a model; give another --out, or delete it first")
+    if not 0 < rate <= 0.5:  # NaN too: pydantic said "less than or equal to 0.5" of a NaN
+        raise UserError(f"--rate must be a fraction of the training set in (0, 0.5], got {rate}")
     arch_params = parse_params(arch_param, "--arch-param")
     trojan = None
     if trigger != "none":
