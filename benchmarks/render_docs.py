@@ -116,12 +116,12 @@ def boards_summary(data: dict) -> str:
         counts = [sum(t["verdict"] == v for t in tools) for v in ("beats", "ties", "worse")]
         out = sum(t["verdict"] == "disqualified" for t in tools)
         few = sum(t["verdict"].startswith("too few models") for t in tools)
+        extra = ([f"{out} disqualified"] if out else []) + ([f"{few} too few models to tell"] if few else [])
         models = b.get("population", "").partition("split: ")[2].partition(" models")[0] or "-"
         lines.append(f"| {b['title'].split(' (')[0]} | `{b['key']}` | {models} | "
                      + (f"{best['tool']} {cell(best['metrics'].get(b['key']))}" if best else "-") + " | "
                      + (f"{ref['tool']} {cell(ref['metrics'].get(b['key']))}" if ref else "-") + " | "
-                     + " / ".join(map(str, counts)) + (f" ({out} disqualified)" if out else "")
-                     + (f" ({few}: too few models to tell)" if few else "") + " |")
+                     + " / ".join(map(str, counts)) + (f" ({'; '.join(extra)})" if extra else "") + " |")
     winners = [f"{t['tool']} ({b['task']})" for b in data["boards"] for t in b["tools"] if t["verdict"] == "beats"]
     lines += ["", "Tools that beat the strongest baseline of their board: " + (", ".join(winners) or "none") + "."]
     if old := [b["task"] for b in data["boards"] if old_test(b)]:
