@@ -42,7 +42,8 @@ def main() -> None:
         va, vb = value(board_a), value(board_b)
         tools = sorted(t for t in va if t in vb and va[t] is not None and vb[t] is not None)
         tau = kendalltau([va[t] for t in tools], [vb[t] for t in tools]) if len(tools) >= 3 else None
-        verdict = lambda board: {t["tool"]: t["verdict"] for t in board["tools"]}
+        # the verdict itself, not its detail: "too few models (n=7 for 12 comparisons)" and "(n=6 ...)" are one verdict
+        verdict = lambda board: {t["tool"]: t["verdict"].split(" (")[0] for t in board["tools"]}
         da, db = verdict(board_a), verdict(board_b)
         changed = [{"tool": t, "default": da[t], "eval2": db[t]} for t in tools if da.get(t) != db.get(t)]
         out.append({"task": board_a["task"], "key": key, "n_tools": len(tools), "verdict_test": tests.pop(),
