@@ -166,5 +166,9 @@ def test_a_board_whose_verdicts_are_of_the_old_test_says_so_under_its_table():
     new = {**old, "verdict_test": verdict_test(spec)}
     assert "before commit" in render_docs.board_table(old, [("asr", "asr")])
     assert "before commit" not in render_docs.board_table(new, [("asr", "asr")])
-    assert "before commit" not in render_docs.board_table({**old, "key": "auroc"}, [("asr", "asr")])  # AUROC: same test
+    model_auroc = {**old, "key": "auroc", "tools": [{**tool, "metrics": {"auroc": {"value": 0.9, "n": 8, "low": 0.8,
+                                                                                "high": 1.0, "method": "stratified bootstrap"}}}]}
+    assert "before commit" not in render_docs.board_table(model_auroc, [("auroc", "auroc")])  # a model-level AUROC: same test
+    sample_auroc = {**old, "key": "auroc", "tools": [{**tool, "metrics": {"auroc": {"value": 0.9, "n": 8, "method": "bootstrap"}}}]}
+    assert "before commit" in render_docs.board_table(sample_auroc, [("auroc", "auroc")])  # a mean of per-model AUROCs
     assert "The verdicts of repair@0.05 are from before" in render_docs.boards_summary({"boards": [{**old, "title": "t"}]})
