@@ -9,8 +9,8 @@ benchmarks/results/repair_holds.json:
 - the board: per repairer ASR, P-ASR, probe AUROC, robust accuracy, DER, clean cost, target-class cost, with
   intervals, by trigger kind and crude vs insidious, the clean-accuracy gate, and the clean twins' control row;
 - the question the project started with: does self-distillation scrub trojans better than fine-tuning of equal
-  budget (`finetune-matched`)? A paired bootstrap over the same trojans on ASR, on P-ASR and on probe AUROC,
-  Holm-corrected over the three;
+  budget (`finetune-matched`)? A paired test (sign-flip, `stats.paired_test`) over the same trojans on ASR, on
+  P-ASR and on probe AUROC, Holm-corrected over the three;
 - per method, how many trojans counted as removed (ASR < 5%) come back above 50% under the retuning attack.
 """
 
