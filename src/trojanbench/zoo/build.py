@@ -80,14 +80,11 @@ class Zoo:
     def exists(self) -> bool:
         return (self.root / "plan.json").is_file()
 
-    def _not_a_zoo(self) -> UserError:
-        return UserError(f"{self.root} is not a zoo (no plan.json); build one with `trojanbench zoo build`")
-
     def _read(self, path: Path, parse):
         """`parse(json)` of one of the zoo's bookkeeping files; a missing or damaged one is a one-line error naming
         it."""
         if not self.exists:
-            raise self._not_a_zoo()
+            raise UserError(f"{self.root} is not a zoo (no plan.json); build one with `trojanbench zoo build`")
         try:
             return parse(json.loads(path.read_text()))
         except FileNotFoundError:
