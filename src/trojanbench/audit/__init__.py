@@ -240,12 +240,13 @@ def _repairs(rows, seed: int, n_boot: int) -> tuple[list[dict], str]:
 TRAINING = ("epochs", "lr", "batch_size", "optimizer")  # the card's training settings compared with the zoo's
 
 
-def unlike_the_zoo(loaded: LoadedModel, zoo) -> list[str]:
+def unlike_the_zoo(loaded: LoadedModel, zoo, zoo_data) -> list[str]:
     """How the audited model differs from every model of the reference zoo: its architecture (the names and shapes
     of its parameters and buffers, however the architecture was named) and, where its card says, its training
     (`TRAINING`). Empty when some zoo model is like it. A model unlike the zoo's is scored by curves fitted on
-    models that are not like it: an implanted CNN twice the zoo's width read P(trojaned) 0.009."""
-    from ..models import build_model
+    models that are not like it: an implanted CNN twice the zoo's width read P(trojaned) 0.009. `zoo_data`: the
+    zoo's dataset, whose arguments (`models.data_kwargs`) the warning leaves out of the zoo's architectures."""
+    from ..models import build_model, data_kwargs
 
     def shapes(model) -> tuple:
         return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
@@ -255,8 +256,9 @@ def unlike_the_zoo(loaded: LoadedModel, zoo) -> list[str]:
     zoo_shapes = {shapes(build_model(c.arch, **c.arch_kwargs)) for c in kinds.values()}
     out = []
     if shapes(loaded.model) not in zoo_shapes:
+        data_args = set(data_kwargs(zoo_data))  # what the data sets, not the architecture (in_channels, mean, ...)
         zoo_archs = sorted({f"{c.arch} " + ", ".join(f"{k}={v}" for k, v in sorted(c.arch_kwargs.items())
-                                                     if k not in ("in_channels", "num_classes", "image_size", "mean", "std"))
+                                                     if k not in data_args)
                             for c in kinds.values()})
         out.append(f"its architecture ({loaded.arch}: parameter shapes) is none of the zoo's ({'; '.join(zoo_archs)})")
     train = loaded.card.train if loaded.card else {}
@@ -324,7 +326,7 @@ def audit(model_path: str | Path, data: str, out: str | Path, arch: str | None =
     if zds.name != ds.name:
         warnings.append(f"the reference zoo was trained on {zds.name}, the audit's data is {ds.name}: its calibration may "
                         "not transfer")
-    if unlike := unlike_the_zoo(loaded, zoo):
+    if unlike := unlike_the_zoo(loaded, zoo, zds):
         warnings.append(f"this model is unlike every model of the reference zoo: {'; '.join(unlike)}. Its probabilities "
                         "come from curves fitted on the zoo's models and may not carry over; a reference zoo of models "
                         "like it (`trojanbench zoo build`, then --zoo) would")
