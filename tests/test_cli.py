@@ -85,6 +85,11 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, model_dir):
     # found by a newcomer's review: each was an "internal error" (exit 1) or silently did something else
     one_line_error(cli("implant", "--arch-param", "width=-3", "--epochs", "1", "--out", tmp_path / "x"),
                    "bad arguments for architecture 'cnn'", "negative dimension")
+    one_line_error(cli("implant", "--data-param", "sise=8", "--epochs", "1", "--out", tmp_path / "x"),
+                   "--data-param: dataset 'digits' takes no option 'sise'")
+    # a width of 0 printed one torch warning per layer before a shape error that did not name the option
+    one_line_error(cli("implant", "--arch-param", "width=0", "--epochs", "1", "--out", tmp_path / "x"),
+                   "bad arguments for architecture 'cnn'", "width=0", "no weights")
     one_line_error(cli("run", "--tools", "", "--out", tmp_path / "r"), "--tools '' names nothing")
     one_line_error(cli("run", "--track", " , ", "--out", tmp_path / "r"), "--track ' , ' names nothing")
     (tmp_path / "binary.toml").write_bytes(b"\xff\xfe\x00junk")

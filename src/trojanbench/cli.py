@@ -62,11 +62,14 @@ def implant(
     seed: int = typer.Option(0, min=0, help="seed for poisoning, initialisation and batches"),
     epochs: Optional[int] = typer.Option(None, min=1, help="training epochs (default: per architecture)"),
     data_root: Optional[Path] = typer.Option(None, help="where cifar10/imagefolder data lives"),
+    data_param: Optional[List[str]] = typer.Option(None, "--data-param", help="dataset option key=value (repeatable; "
+                                                   "as a zoo config's [data] options, e.g. size=32 or grayscale=true "
+                                                   "for imagefolder)"),
     device: str = typer.Option("auto", help="cpu, cuda, or auto"),
 ):
     """Train one model with a planted trojan (or a clean one), store it, print clean accuracy and ASR."""
     from .config import default_train_config
-    from .data import load_dataset
+    from .data import check_options, load_dataset
     from .implant import implant as run_implant
     from .trojans import PoisonSpec, TriggerSpec, TrojanSpec
     from .utils import resolve_device
@@ -89,7 +92,9 @@ def implant(
                                 poison=PoisonSpec(mode=mode, rate=rate, target=target))
         except Exception as e:
             raise UserError(f"bad trojan settings: {first_error(e)}") from None
-    ds_opts = {"data_root": str(data_root)} if data_root else {}
+    data_params = parse_params(data_param, "--data-param")
+    check_options(dataset, data_params, "--data-param")
+    ds_opts = {**({"data_root": str(data_root)} if data_root else {}), **data_params}
     ds = load_dataset(dataset, **ds_opts)
     cfg = default_train_config(arch, dataset)
     if epochs is not None:
@@ -97,6 +102,7 @@ def implant(
     with _progress() as bar:
         task = bar.add_task(f"training {arch} on {dataset}", total=cfg.epochs)
         result = run_implant(ds, arch, arch_params, trojan, cfg, seed=seed, device=resolve_device(device),
+                             dataset_options=ds_opts,
                              progress=lambda epoch, loss: bar.update(task, advance=1, description=f"loss {loss:.3f}"))
     card = save_model(out, result.model, result.card, result.poisoned_indices)
     m = card.metrics

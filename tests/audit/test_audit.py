@@ -260,6 +260,13 @@ def test_backdoorbench_file_that_needs_a_full_unpickle_is_refused(tmp_path):
     torch.save({"model": {"w": torch.zeros(2)}, "bd_train": {"original_index": np.arange(3)}}, path)
     with pytest.raises(UserError, match="never unpickles"):
         read_backdoorbench(path)
+    # a plain torch.save(model.state_dict()) is read safely but is no attack result: say how to audit it
+    torch.save({"w": torch.zeros(2)}, path)
+    with pytest.raises(UserError, match="bare torch.save state dict: re-save it with safetensors"):
+        read_backdoorbench(path)
+    torch.save({"weights": [1, 2]}, path)
+    with pytest.raises(UserError, match="not a BackdoorBench attack result.*safetensors.torch.save_file"):
+        read_backdoorbench(path)
 
 
 def test_audit_cli_errors_are_one_line(tmp_path, pair, tiny_zoo):

@@ -37,7 +37,7 @@ def test_bad_folders_are_user_errors(tmp_path):
         load_dataset("imagefolder", data_root=str(tmp_path))
     _write(tmp_path, ["a"], 2, size=(8, 8))
     _write(tmp_path, ["b"], 2, size=(9, 9))
-    with pytest.raises(UserError, match="differ in size"):
+    with pytest.raises(UserError, match=r"differ in size .*\(implant --data-param size=32; size = 32 in a zoo"):
         load_dataset("imagefolder", data_root=str(tmp_path))
 
 
@@ -89,3 +89,19 @@ def test_pixel_values_are_checked_where_images_enter(tmp_path):
     _write(tmp_path, ["a", "b"], 3, size=(8, 8))  # an image folder is read as 8-bit and lands in [0, 1]
     folder = load_dataset("imagefolder", data_root=str(tmp_path))
     assert folder.x_train.dtype == torch.float32 and float(folder.x_train.max()) <= 1 and float(folder.x_train.max()) > 0.5
+
+
+def test_implant_resizes_a_folder_of_mixed_sizes_with_data_param_and_its_card_records_it(tmp_path):
+    """The size error told users to "pass size=", which `implant` had no option for."""
+    import json
+    import subprocess
+    import sys
+
+    _write(tmp_path / "data", ["a"], 6, size=(8, 8))
+    _write(tmp_path / "data", ["b"], 6, size=(9, 9))
+    r = subprocess.run([sys.executable, "-m", "trojanbench.cli", "implant", "--dataset", "imagefolder", "--data-root",
+                        str(tmp_path / "data"), "--data-param", "size=8", "--trigger", "none", "--epochs", "1",
+                        "--out", str(tmp_path / "m")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    assert card["dataset"]["options"]["size"] == 8 and card["arch_kwargs"]["image_size"] == 8

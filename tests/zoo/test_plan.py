@@ -227,7 +227,9 @@ def test_a_config_naming_what_does_not_exist_is_refused_before_any_folder_is_mad
                            "trojans.variants.warp: bogus: Extra inputs are not permitted"),
                           ({"trojans": {"targets": [0, 10]}}, r"trojans.targets holds 10, not a label of digits \(labels 0 to 9\)"),
                           ({"data": {"name": "sst2"}, "archs": [{"arch": "text-transformer"}],
-                            "trojans": {"kinds": ["rare-token"], "targets": [2]}}, "not a label of sst2 \\(labels 0 to 1\\)")):
+                            "trojans": {"kinds": ["rare-token"], "targets": [2]}}, "not a label of sst2 \\(labels 0 to 1\\)"),
+                          ({"data": {"name": "digits", "options": {"sise": 8}}},  # was dropped without a word
+                           "data.options: dataset 'digits' takes no option 'sise' \\(it takes size, ")):
         with pytest.raises(UserError, match=message):
             build_zoo(ZooConfig(models_per_arch=2, **body), tmp_path / "z")
         assert not (tmp_path / "z").exists()

@@ -107,8 +107,12 @@ def read_backdoorbench(path: Path) -> dict:
                         "and audit that file") from None
     except Exception as e:  # noqa: BLE001 - truncated zip, not a torch file: one line
         raise UserError(f"{path} is not a readable torch.save file ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path} is a bare torch.save state dict: re-save it with safetensors.torch.save_file "
+                        "and audit that .safetensors file with --arch")
     if not isinstance(obj, dict) or "model" not in obj:
-        raise UserError(f"{path} is not a BackdoorBench attack result (a dict with a 'model' state dict)")
+        raise UserError(f"{path} is not a BackdoorBench attack result (a dict with a 'model' state dict); save the "
+                        "model's state dict with safetensors.torch.save_file and audit that file with --arch")
     return obj
 
 

@@ -9,6 +9,7 @@ Loaders are registered by name (`load_dataset("digits")`); an unknown name fails
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -135,6 +136,16 @@ register = DATASETS.register
 
 def load_dataset(name: str, **kwargs) -> ImageDataset:
     return DATASETS.get(name)(**kwargs)
+
+
+def check_options(name: str, options: dict, where: str) -> None:
+    """A one-line UserError for an option the dataset's loader does not take: loaders swallow unknown keyword
+    arguments (`**_`), so a misspelt `size` would otherwise be dropped without a word."""
+    params = inspect.signature(DATASETS.get(name)).parameters.values()
+    known = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if bad := [k for k in options if k not in known]:
+        raise UserError(f"{where}: dataset {name!r} takes no option {', '.join(map(repr, bad))} "
+                        f"(it takes {', '.join(known)})")
 
 
 def class_count(name: str, **kwargs) -> int | None:

@@ -49,7 +49,8 @@ def read_class_folders(root: Path, size: int | tuple[int, int] | None = None, mo
         arrays = list(pool.map(lambda p: _read(p, size, mode), files, chunksize=256))
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
-        raise UserError(f"images in {root} differ in size ({sorted(shapes)[:3]}...); pass size= to resize them")
+        raise UserError(f"images in {root} differ in size ({sorted(shapes)[:3]}...); give the dataset a size to "
+                        "resize them to (implant --data-param size=32; size = 32 in a zoo config's [data] options)")
     x = torch.from_numpy(np.stack(arrays))
     x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
     return x.contiguous(), torch.tensor(labels, dtype=torch.long), classes

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import operator
+import warnings
 from typing import Callable
 
 import torch
@@ -38,9 +39,22 @@ class Normalize(nn.Module):
 def build_model(arch: str, **kwargs) -> nn.Module:
     factory = MODELS.get(arch)
     try:
-        return factory(**kwargs)
+        with warnings.catch_warnings():  # a width of 0: torch warns per layer; the check below says it in one line
+            warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+            model = factory(**kwargs)
     except (TypeError, ValueError, RuntimeError) as e:  # a missing or unknown argument, a width of -3, ...
         raise UserError(f"bad arguments for architecture {arch!r}: {first_error(e)}") from None
+    empty = next((name for name, p in model.named_parameters() if p.numel() == 0), None)
+    if empty is not None:
+        raise UserError(f"bad arguments for architecture {arch!r}: {kwargs_text(kwargs)} leave layer {empty} "
+                        "with no weights")
+    return model
+
+
+def kwargs_text(kwargs: dict) -> str:
+    """The architecture arguments a user chose, as key=value (the data's own ones left out)."""
+    data = {"in_channels", "num_classes", "image_size", "mean", "std"}
+    return " ".join(f"{k}={v}" for k, v in kwargs.items() if k not in data) or "its arguments"
 
 
 def with_defaults(arch: str, kwargs: dict) -> dict:

@@ -120,8 +120,9 @@ def _job_id(body: dict, cfg: ZooConfig) -> str:
 def _check_targets(cfg: ZooConfig) -> None:
     """`trojans.targets` must be labels of the data (where its loader can count them without loading): a target
     outside them would fail every job drawn with it, one at a time, once the build has started."""
-    from ..data import class_count
+    from ..data import check_options, class_count
 
+    check_options(cfg.data.name, cfg.data.options, "data.options")
     n = class_count(cfg.data.name, **({"data_root": cfg.data.data_root} if cfg.data.data_root else {}),
                     **cfg.data.options)
     if n is not None and (bad := [t for t in cfg.trojans.targets if not 0 <= t < n]):
@@ -143,7 +144,7 @@ def expand(cfg: ZooConfig) -> list[Job]:
                 params(**v)
             except ValidationError as e:
                 raise UserError(f"trojans.variants.{kind}: {first_error(e)}") from None
-    if len(modalities := {TRIGGERS.get(k).modality for k in cfg.trojans.kinds}) > 1:
+    if len({TRIGGERS.get(k).modality for k in cfg.trojans.kinds}) > 1:
         raise UserError(f"trojans.kinds mixes image and text triggers ({', '.join(cfg.trojans.kinds)}); a zoo has one "
                         "kind of data")
     for kind in cfg.trojans.kinds:
