@@ -153,6 +153,33 @@ def bootstrap_auroc(labels, scores, n_boot: int = N_BOOT, seed: int = 0) -> Esti
     return Estimate(value, *_percentile(boot), n, "stratified bootstrap")
 
 
+def newcombe_variance(theta, m: int, n: int):
+    """Var(AUROC) at true value `theta` for m positives and n negatives: Hanley and McNeil's (1982) exponential
+    model with m − 1 and n − 1 both replaced by N − 1, N = (m + n) / 2 (Newcombe 2006, Stat Med 25:559, Part 2):
+    θ(1 − θ) / (mn) · [(2N − 1) − (3N − 3) / ((2 − θ)(1 + θ))]. Symmetric about ½ and zero at 0 and 1."""
+    theta = np.asarray(theta, dtype=np.float64)
+    big_n = (m + n) / 2
+    return theta * (1 - theta) / (m * n) * ((2 * big_n - 1) - (3 * big_n - 3) / ((2 - theta) * (1 + theta)))
+
+
+def score_auroc_interval(value: float, m: int, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """A score-type (Wilson-like) interval for an AUROC of m positives and n negatives: every θ with
+    |value − θ| ≤ z·√V(θ), V Newcombe's variance (`newcombe_variance`). Unlike a percentile bootstrap it is not
+    [1, 1] at perfect separation: 8 + 8 models at AUROC 1 give about [0.76, 1]."""
+    from scipy.optimize import brentq
+    from scipy.stats import norm
+
+    z = float(norm.ppf(1 - (1 - level) / 2))
+
+    def lower(v: float) -> float:  # the root below v of (v − θ) − z√V(θ): positive at θ = 0, negative at v
+        if v <= 0:
+            return 0.0
+        return float(brentq(lambda t: (v - t) - z * math.sqrt(newcombe_variance(t, m, n)), 0.0, min(v, 1 - 1e-12),
+                            xtol=1e-10))
+
+    return lower(value), 1 - lower(1 - value)  # V is symmetric about ½: the upper bound mirrors the lower
+
+
 EXACT_SIGN_FLIPS = 16  # up to this many units, every one of the 2^n sign patterns is enumerated
 
 
