@@ -125,3 +125,29 @@ def test_a_tool_is_not_credited_with_the_models_it_failed_on():
          for i in range(8)]
     s = compute_board(r, spec, n_boot=100).get("lat")
     assert s.metrics["asr"].n == 5 and s.n_models == 5
+
+
+def test_board_auroc_cells_use_the_score_interval_and_count_a_model_scored_per_kind_once():
+    """A perfect detector's cell is not [1, 1]; a pooled leave-one-kind-out column, where each clean model is
+    scored once per left-out kind (`<id>@without-<kind>`), counts each clean model once."""
+    from trojanbench.results.stats import SCORE_METHOD, score_auroc_interval
+
+    spec = BoardSpec(task="detect-model", title="t", key="auroc", main=["auroc"],
+                     columns=[Column(name="auroc", source="score", stat="auroc", header="AUROC"),
+                              Column(name="auroc_unseen_kind", source="score_unseen_kind", stat="auroc", header="u")])
+    r = []
+    for i in range(12):  # 6 trojans (3 patch, 3 blend), 6 clean models
+        label = int(i < 6)
+        r.append(model_row("sharp", f"m{i}", spec.task, "score", label + 0.01 * i, role="tool", label=label,
+                           groups=[]))
+        if label:
+            r.append(model_row("sharp", f"m{i}", spec.task, "score_unseen_kind", 1 + 0.01 * i, role="tool", label=1,
+                               groups=[]))
+        else:
+            for kind in ("patch", "blend"):
+                r.append(model_row("sharp", f"m{i}@without-{kind}", spec.task, "score_unseen_kind", 0.01 * i,
+                                   role="tool", label=0, groups=[]))
+    cells = compute_board(r, spec).scores[0].metrics
+    assert cells["auroc"].method == SCORE_METHOD and cells["auroc"].value == 1.0 and cells["auroc"].low < 0.9
+    assert (cells["auroc"].low, cells["auroc"].high) == score_auroc_interval(1.0, 6, 6)
+    assert (cells["auroc_unseen_kind"].low, cells["auroc_unseen_kind"].high) == score_auroc_interval(1.0, 6, 6)

@@ -169,3 +169,58 @@ def test_a_verdict_no_data_could_make_significant_says_too_few_models():
     assert {c.verdict for c in board(3)} == {"beats"}
     auroc_cmp = paired_test(rng.uniform(size=16), rng.uniform(size=16), "auroc", labels=np.repeat([0, 1], 8), n_boot=200)
     assert auroc_cmp.p_floor == 2 / 201
+
+
+def test_score_auroc_interval_solves_its_defining_inequality():
+    """Every θ on a fine grid with |θ̂ − θ| ≤ z√V(θ) (V Newcombe's variance, written out here from Newcombe 2006)
+    lies inside the interval, and the grid's extremes are its bounds; the interval is the mirror image at 1 − θ̂."""
+    from scipy.stats import norm
+
+    from trojanbench.results.stats import score_auroc_interval
+
+    def variance(t, m, n):  # θ(1 − θ)/(mn) · [(2N − 1) − (3N − 3)/((2 − θ)(1 + θ))], N = (m + n)/2
+        big = (m + n) / 2
+        return t * (1 - t) / (m * n) * ((2 * big - 1) - (3 * big - 3) / ((2 - t) * (1 + t)))
+
+    grid = np.linspace(0, 1, 200001)
+    z = norm.ppf(0.975)
+    for value, m, n in ((1.0, 8, 8), (0.9, 7, 8), (0.5, 5, 5), (0.73, 16, 11), (0.0, 6, 9)):
+        inside = grid[np.abs(value - grid) <= z * np.sqrt(variance(grid, m, n))]
+        low, high = score_auroc_interval(value, m, n)
+        assert low == pytest.approx(inside.min(), abs=1e-5) and high == pytest.approx(inside.max(), abs=1e-5)
+        mirror = score_auroc_interval(1 - value, m, n)
+        assert mirror == pytest.approx((1 - high, 1 - low), abs=1e-9)
+    low, high = score_auroc_interval(1.0, 8, 8)
+    assert high == 1.0 and 0.6 < low < 0.9  # perfect separation of 8 + 8 models is not certainty
+
+
+def test_auroc_estimate_covers_a_true_auroc_near_one_where_the_bootstrap_does_not():
+    """The reason boards use it: at 8 models per class and a true AUROC of 0.95 the percentile bootstrap misses
+    far more often than 5% (it is [1, 1] whenever the draw separates perfectly)."""
+    from scipy.stats import norm
+
+    from trojanbench.results.stats import SCORE_METHOD, auroc_estimate
+
+    rng = np.random.default_rng(0)
+    delta = np.sqrt(2) * norm.ppf(0.95)
+    labels = np.r_[np.ones(8), np.zeros(8)]
+    hits = {"score": 0, "bootstrap": 0}
+    for i in range(200):
+        scores = np.r_[rng.normal(delta, 1, 8), rng.normal(0, 1, 8)]
+        est, boot = auroc_estimate(labels, scores), bootstrap_auroc(labels, scores, n_boot=500, seed=i)
+        assert est.method == SCORE_METHOD and est.value == boot.value and est.n == 8
+        hits["score"] += est.low <= 0.95 <= est.high
+        hits["bootstrap"] += boot.low <= 0.95 <= boot.high
+    assert hits["score"] / 200 > 0.9 and hits["bootstrap"] / 200 < 0.85
+
+
+def test_auroc_estimate_counts_a_unit_scored_twice_once():
+    from trojanbench.results.stats import auroc_estimate
+
+    labels = np.r_[np.ones(6), np.zeros(12)]
+    scores = np.r_[np.linspace(0.5, 1, 6), np.linspace(0, 0.6, 12)]
+    units = [f"t{i}" for i in range(6)] + [f"c{i % 6}" for i in range(12)]  # 6 clean models, each scored twice
+    once, twice = auroc_estimate(labels, scores, units), auroc_estimate(labels, scores)
+    assert once.value == twice.value and once.n == twice.n == 6
+    assert once.high - once.low > twice.high - twice.low  # 6 clean models, not 12, stand behind it
+    assert not auroc_estimate(labels[:10], scores[:10], units[:10]).has_interval  # 4 clean models: n=4

@@ -86,7 +86,7 @@ def axis_curves(rows: list[ResultRow], spec: BoardSpec, levels: dict[str, Any], 
             if n_trojaned == 0:
                 continue
             values = np.asarray([cell[m][0] for m in ids], dtype=np.float64)
-            estimate = _estimate(column, values, labels if column.stat == "auroc" else None, n_boot, seed)
+            estimate = _estimate(column, values, labels if column.stat == "auroc" else None, n_boot, seed, ids)
             points.append(AxisPoint(level, estimate, n_trojaned, len(ids) - n_trojaned))
         if points:
             curves[tool] = points

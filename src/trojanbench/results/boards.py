@@ -8,7 +8,7 @@ way for the terminal board, the HTML report and the benchmark scripts:
 
 - a column is a statistic of one per-model metric over the board's models: `mean` (percentile bootstrap over
   models), `proportion` (0/1 outcomes, Wilson interval), `auroc` (per-model scores against their labels,
-  bootstrap stratified by label), or `timing` (a mean, no interval); every column is also computed per group
+  a score-type interval: `stats.auroc_estimate`), or `timing` (a mean, no interval); every column is also computed per group
   (`auroc[kind=patch]`: the clean models and the patch trojans);
 - the verdict: each tool against the strongest baseline (best point estimate of the ranking column), paired over
   the same models (`stats.paired_test`: a sign-flip permutation test of the per-model differences of a mean
@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from .stats import Comparison, Estimate, bootstrap_auroc, bootstrap_mean, holm, paired_test, proportion
+from .stats import Comparison, Estimate, auroc_estimate, bootstrap_mean, holm, paired_test, proportion
 from .store import ResultRow
 
 SPEC_TOOL, SPEC_MODEL, SPEC_METRIC = "trojanbench", "board", "spec"
@@ -209,10 +209,17 @@ class _Data:
         return sorted(found)
 
 
-def _estimate(column: Column, values: np.ndarray, labels: np.ndarray | None, n_boot: int, seed: int) -> Estimate:
+def _unit(model_id: str) -> str:
+    """The model behind a row's id: `<id>@without-<kind>` (a clean model scored once per left-out trigger kind,
+    `tasks.detect`) is model `<id>`."""
+    return model_id.split("@", 1)[0]
+
+
+def _estimate(column: Column, values: np.ndarray, labels: np.ndarray | None, n_boot: int, seed: int,
+              ids: list[str]) -> Estimate:
     if column.stat == "auroc":
         keep = ~np.isnan(values)
-        return bootstrap_auroc(labels[keep], values[keep], n_boot, seed)
+        return auroc_estimate(labels[keep], values[keep], [_unit(i) for i, k in zip(ids, keep) if k])
     if column.stat == "proportion":
         return proportion(values)
     if column.stat == "timing":
@@ -238,7 +245,7 @@ def compute_board(rows: list[ResultRow], spec: BoardSpec, n_boot: int = 2000, se
             ids, vals, labels = data.units(tool, column, None)
             if not ids:
                 continue
-            s.metrics[column.name] = _estimate(column, vals, labels, n_boot, seed)
+            s.metrics[column.name] = _estimate(column, vals, labels, n_boot, seed, ids)
             if column.name == spec.key.split("[")[0]:  # the models the ranking column covers (a pooled column,
                 s.n_models = int((~np.isnan(vals)).sum())  # like leave-one-kind-out, counts a clean model once per
                 # kind); a model the tool failed on (a NULL value) is not one it was scored on
@@ -246,7 +253,7 @@ def compute_board(rows: list[ResultRow], spec: BoardSpec, n_boot: int = 2000, se
                 for g in data.groups(column):
                     ids_g, vals_g, labels_g = data.units(tool, column, g)
                     if ids_g:
-                        s.metrics[f"{column.name}[{g}]"] = _estimate(column, vals_g, labels_g, n_boot, seed)
+                        s.metrics[f"{column.name}[{g}]"] = _estimate(column, vals_g, labels_g, n_boot, seed, ids_g)
         if spec.gate is not None:
             value = s.metrics.get(spec.gate[0], Estimate(math.nan)).value
             s.disqualified = not math.isnan(value) and value > spec.gate[1]
