@@ -64,8 +64,22 @@ def old_test(board: dict) -> bool:
 
 
 def old_verdicts(board: dict) -> str:
-    """A sentence under a board whose verdicts are of the old test (`old_test`), else ""."""
-    return f"\n\nThe verdicts of this board (`{board['key']}`) {OLD_TEST}." if old_test(board) else ""
+    """Sentences under a board whose verdicts are of the old test (`old_test`) or whose AUROC intervals are the old
+    percentile bootstrap's (`old_interval`), else ""."""
+    return ((f"\n\nThe verdicts of this board (`{board['key']}`) {OLD_TEST}." if old_test(board) else "")
+            + (f"\n\nThe AUROC intervals of this board {OLD_INTERVAL}." if old_interval(board) else ""))
+
+
+OLD_INTERVAL = ("are from before commit 26e8f86: a percentile bootstrap's, which misses a true AUROC near 1 far more "
+                "often than 5% of the time on a few models per class (see docs/leaderboards.md, \"AUROC intervals\"; "
+                "a score interval since), not re-run yet")
+
+
+def old_interval(board: dict) -> bool:
+    """A board whose model-level AUROC cells were given a percentile bootstrap interval (method "stratified
+    bootstrap"), as every board stored before the score interval (`stats.auroc_estimate`)."""
+    full = board.get("board", board)
+    return any(m.get("method") == "stratified bootstrap" for t in full["tools"] for m in (t.get("metrics") or {}).values())
 
 
 def board_table(board: dict, columns: list[tuple[str, str]], models: bool = False) -> str:
@@ -132,6 +146,8 @@ def boards_summary(data: dict) -> str:
     lines += ["", "Tools that beat the strongest baseline of their board: " + (", ".join(winners) or "none") + "."]
     if old := [b["task"] for b in data["boards"] if old_test(b)]:
         lines[-1] += f" The verdicts of {', '.join(old)} {OLD_TEST}."
+    if old := [b["task"] for b in data["boards"] if old_interval(b)]:
+        lines[-1] += f" The AUROC intervals of {', '.join(old)} {OLD_INTERVAL}."
     return "\n".join(lines)
 
 
@@ -168,6 +184,33 @@ def boards_full(data: dict) -> str:
 def _boards(d):
     data = d["board_digits-bench.json"]
     return boards_summary(data) + "\n\n" + provenance_line(data, "board_digits-bench.json")
+
+
+@block("auroc-coverage", "auroc_interval_coverage.json")
+def _auroc_coverage(d):
+    """Coverage of the two AUROC intervals by class size (rows) and true AUROC (columns), both score shapes."""
+    data = d["auroc_interval_coverage.json"]
+    cells = data["cells"]
+    thetas = sorted({c["theta"] for c in cells})
+    sizes = sorted({(c["m"], c["n"]) for c in cells})
+    shapes = sorted({c["shape"] for c in cells})
+    lines = ["| models per class | score shape | " + " | ".join(f"AUROC {t:g}" for t in thetas) + " |",
+             "|---|---|" + "---|" * len(thetas)]
+    for m, n in sizes:
+        for shape in shapes:
+            row = {c["theta"]: c for c in cells if (c["m"], c["n"], c["shape"]) == (m, n, shape)}
+            lines.append(f"| {m} + {n} | {shape} | " + " | ".join(
+                f"{fmt(row[t]['stratified bootstrap']['coverage'], 2)} / {fmt(row[t]['score']['coverage'], 2)}"
+                for t in thetas) + " |")
+    s = data["summary"]
+    lines += ["", f"Each cell: the share of {data['sims_per_cell']} draws whose 95% interval held the true AUROC, "
+              "percentile bootstrap / score interval. Over all "
+              f"{s['score']['cells']} cells the score interval's lowest coverage is {fmt(s['score']['min_coverage'], 3)} "
+              f"(mean {fmt(s['score']['mean_coverage'], 3)}; {s['score']['cells_below_0.93']} cells below 0.93), the "
+              f"bootstrap's {fmt(s['stratified bootstrap']['min_coverage'], 3)} (mean "
+              f"{fmt(s['stratified bootstrap']['mean_coverage'], 3)}; {s['stratified bootstrap']['cells_below_0.93']} "
+              "cells below 0.93)."]
+    return "\n".join(lines) + "\n\n" + provenance_line(data, "auroc_interval_coverage.json")
 
 
 @block("leaderboards", "board_digits-bench.json")
