@@ -168,7 +168,12 @@ def test_a_board_whose_verdicts_are_of_the_old_test_says_so_under_its_table():
     assert "before commit" not in render_docs.board_table(new, [("asr", "asr")])
     model_auroc = {**old, "key": "auroc", "tools": [{**tool, "metrics": {"auroc": {"value": 0.9, "n": 8, "low": 0.8,
                                                                                 "high": 1.0, "method": "stratified bootstrap"}}}]}
-    assert "before commit" not in render_docs.board_table(model_auroc, [("auroc", "auroc")])  # a model-level AUROC: same test
+    table = render_docs.board_table(model_auroc, [("auroc", "auroc")])
+    assert "The verdicts of this board" not in table  # a model-level AUROC: the same test
+    assert "The AUROC intervals of this board are from before commit" in table  # but the old interval
+    score = {**model_auroc, "verdict_test": "paired bootstrap", "tools": [{**tool, "metrics": {"auroc": {**model_auroc["tools"][0]["metrics"]["auroc"],
+                                                                   "method": "score (Newcombe variance)"}}}]}
+    assert "before commit" not in render_docs.board_table(score, [("auroc", "auroc")])
     sample_auroc = {**old, "key": "auroc", "tools": [{**tool, "metrics": {"auroc": {"value": 0.9, "n": 8, "method": "bootstrap"}}}]}
     assert "before commit" in render_docs.board_table(sample_auroc, [("auroc", "auroc")])  # a mean of per-model AUROCs
     assert "The verdicts of repair@0.05 are from before" in render_docs.boards_summary({"boards": [{**old, "title": "t"}]})
