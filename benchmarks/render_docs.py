@@ -64,22 +64,23 @@ def old_test(board: dict) -> bool:
 
 
 def old_verdicts(board: dict) -> str:
-    """Sentences under a board whose verdicts are of the old test (`old_test`) or whose AUROC intervals are the old
-    percentile bootstrap's (`old_interval`), else ""."""
+    """Sentences under a board whose verdicts are of the old test (`old_test`) or whose intervals are the old
+    percentile bootstraps' (`old_interval`), else ""."""
     return ((f"\n\nThe verdicts of this board (`{board['key']}`) {OLD_TEST}." if old_test(board) else "")
-            + (f"\n\nThe AUROC intervals of this board {OLD_INTERVAL}." if old_interval(board) else ""))
+            + (f"\n\nThe intervals of this board {OLD_INTERVAL}." if old_interval(board) else ""))
 
 
-OLD_INTERVAL = ("are from before commit 26e8f86: a percentile bootstrap's, which misses a true AUROC near 1 far more "
-                "often than 5% of the time on a few models per class (see docs/leaderboards.md, \"AUROC intervals\"; "
-                "a score interval since), not re-run yet")
+OLD_INTERVAL = ("are from before commit COMMIT: percentile bootstraps, which fall short of 95% coverage on a few "
+                "models, far short for an AUROC near 1 (docs/leaderboards.md, \"Intervals\": a score interval for "
+                "AUROC and an expanded percentile bootstrap for means since), not re-run yet")
+OLD_METHODS = ("stratified bootstrap", "bootstrap")  # a model-level AUROC's and a mean's, before COMMIT
 
 
 def old_interval(board: dict) -> bool:
-    """A board whose model-level AUROC cells were given a percentile bootstrap interval (method "stratified
-    bootstrap"), as every board stored before the score interval (`stats.auroc_estimate`)."""
+    """A board whose cells were given the old percentile bootstrap intervals (`OLD_METHODS`), as every board
+    stored before the score interval for AUROC (`stats.auroc_estimate`) and the expanded one for means."""
     full = board.get("board", board)
-    return any(m.get("method") == "stratified bootstrap" for t in full["tools"] for m in (t.get("metrics") or {}).values())
+    return any(m.get("method") in OLD_METHODS for t in full["tools"] for m in (t.get("metrics") or {}).values())
 
 
 def board_table(board: dict, columns: list[tuple[str, str]], models: bool = False) -> str:
@@ -147,7 +148,7 @@ def boards_summary(data: dict) -> str:
     if old := [b["task"] for b in data["boards"] if old_test(b)]:
         lines[-1] += f" The verdicts of {', '.join(old)} {OLD_TEST}."
     if old := [b["task"] for b in data["boards"] if old_interval(b)]:
-        lines[-1] += f" The AUROC intervals of {', '.join(old)} {OLD_INTERVAL}."
+        lines[-1] += f" The intervals of {', '.join(old)} {OLD_INTERVAL}."
     return "\n".join(lines)
 
 
@@ -186,31 +187,42 @@ def _boards(d):
     return boards_summary(data) + "\n\n" + provenance_line(data, "board_digits-bench.json")
 
 
-@block("auroc-coverage", "auroc_interval_coverage.json")
-def _auroc_coverage(d):
-    """Coverage of the two AUROC intervals by class size (rows) and true AUROC (columns), both score shapes."""
-    data = d["auroc_interval_coverage.json"]
-    cells = data["cells"]
-    thetas = sorted({c["theta"] for c in cells})
-    sizes = sorted({(c["m"], c["n"]) for c in cells})
-    shapes = sorted({c["shape"] for c in cells})
-    lines = ["| models per class | score shape | " + " | ".join(f"AUROC {t:g}" for t in thetas) + " |",
-             "|---|---|" + "---|" * len(thetas)]
-    for m, n in sizes:
-        for shape in shapes:
-            row = {c["theta"]: c for c in cells if (c["m"], c["n"], c["shape"]) == (m, n, shape)}
-            lines.append(f"| {m} + {n} | {shape} | " + " | ".join(
-                f"{fmt(row[t]['stratified bootstrap']['coverage'], 2)} / {fmt(row[t]['score']['coverage'], 2)}"
-                for t in thetas) + " |")
-    s = data["summary"]
-    lines += ["", f"Each cell: the share of {data['sims_per_cell']} draws whose 95% interval held the true AUROC, "
-              "percentile bootstrap / score interval. Over all "
-              f"{s['score']['cells']} cells the score interval's lowest coverage is {fmt(s['score']['min_coverage'], 3)} "
-              f"(mean {fmt(s['score']['mean_coverage'], 3)}; {s['score']['cells_below_0.93']} cells below 0.93), the "
-              f"bootstrap's {fmt(s['stratified bootstrap']['min_coverage'], 3)} (mean "
-              f"{fmt(s['stratified bootstrap']['mean_coverage'], 3)}; {s['stratified bootstrap']['cells_below_0.93']} "
-              "cells below 0.93)."]
-    return "\n".join(lines) + "\n\n" + provenance_line(data, "auroc_interval_coverage.json")
+def _coverage_table(part: dict, rows: list[tuple], label: Callable[[dict], tuple], columns: list, column_of,
+                    methods: tuple[str, str], heads: list[str], column_head: Callable) -> list[str]:
+    lines = ["| " + " | ".join(heads) + " | " + " | ".join(column_head(c) for c in columns) + " |",
+             "|" + "---|" * (len(heads) + len(columns))]
+    for row in rows:
+        found = {column_of(c): c for c in part["cells"] if label(c) == row}
+        lines.append("| " + " | ".join(map(str, row)) + " | " + " | ".join(
+            f"{fmt(found[c][methods[0]]['coverage'], 2)} / {fmt(found[c][methods[1]]['coverage'], 2)}"
+            for c in columns) + " |")
+    s = part["summary"]
+    lines += ["", f"Over all {s[methods[1]]['cells']} cells the lowest coverage is "
+              f"{fmt(s[methods[0]]['min_coverage'], 3)} / {fmt(s[methods[1]]['min_coverage'], 3)}, the mean "
+              f"{fmt(s[methods[0]]['mean_coverage'], 3)} / {fmt(s[methods[1]]['mean_coverage'], 3)}, and "
+              f"{s[methods[0]]['cells_below_0.93']} / {s[methods[1]]['cells_below_0.93']} cells fall below 0.93."]
+    return lines
+
+
+@block("interval-coverage", "interval_coverage.json")
+def _interval_coverage(d):
+    """Coverage of the boards' old and new intervals: AUROC by class sizes and true AUROC, means by models and
+    distribution."""
+    data = d["interval_coverage.json"]
+    a, m = data["auroc"], data["mean"]
+    thetas = sorted({c["theta"] for c in a["cells"]})
+    rows = sorted({(f"{c['m']} + {c['n']}", c["shape"]) for c in a["cells"]}, key=lambda r: (int(r[0].split()[0]), r[1]))
+    lines = [f"**AUROC**: each cell the share of {data['sims_per_cell']} draws whose 95% interval held the true "
+             "AUROC, percentile bootstrap (before) / score interval (now).", ""]
+    lines += _coverage_table(a, rows, lambda c: (f"{c['m']} + {c['n']}", c["shape"]), thetas, lambda c: c["theta"],
+                             ("stratified bootstrap", "score"), ["models per class", "scores"], lambda t: f"AUROC {t:g}")
+    sizes = sorted({c["n"] for c in m["cells"]})
+    shapes = sorted({c["shape"] for c in m["cells"]})
+    lines += ["", f"**Mean**: each cell the share of {data['sims_per_cell']} draws whose 95% interval held the true "
+              "mean, percentile bootstrap (before) / expanded percentile bootstrap (now).", ""]
+    lines += _coverage_table(m, [(s,) for s in shapes], lambda c: (c["shape"],), sizes, lambda c: c["n"],
+                             ("percentile", "expanded"), ["values"], lambda n: f"{n} models")
+    return "\n".join(lines) + "\n\n" + provenance_line(data, "interval_coverage.json")
 
 
 @block("leaderboards", "board_digits-bench.json")

@@ -224,3 +224,39 @@ def test_auroc_estimate_counts_a_unit_scored_twice_once():
     assert once.value == twice.value and once.n == twice.n == 6
     assert once.high - once.low > twice.high - twice.low  # 6 clean models, not 12, stand behind it
     assert not auroc_estimate(labels[:10], scores[:10], units[:10]).has_interval  # 4 clean models: n=4
+
+
+def test_mean_interval_is_the_expanded_percentile_interval():
+    """Hesterberg's expanded percentiles: at n units the levels Φ(t_{0.025, n−1} √(n/(n−1))) and their mirror (the
+    `resample` package's ExpandProbs), here recomputed; wider than the plain percentile interval on few models,
+    the same as it on many."""
+    from scipy.stats import norm, t
+
+    from trojanbench.results.stats import EXPANDED_METHOD, bootstrap_indices
+
+    v = np.array([0.0, 0.1, 0.05, 0.3, 0.0, 0.2, 0.15, 0.02])
+    est = bootstrap_mean(v, n_boot=2000, seed=3)
+    boot = v[bootstrap_indices(8, 2000, 3)].mean(1)
+    level = norm.cdf(t.ppf(0.025, 7) * np.sqrt(8 / 7))
+    assert 0.005 < level < 0.007
+    assert (est.low, est.high) == pytest.approx(tuple(np.quantile(boot, [level, 1 - level])), abs=1e-12)
+    assert est.method == EXPANDED_METHOD and est.high - est.low > np.diff(np.quantile(boot, [0.025, 0.975]))[0]
+    comparison = paired_test(v + 0.1, v[::-1])
+    diffs = (v + 0.1 - v[::-1])[bootstrap_indices(8, 2000, 0)].mean(1)
+    assert (comparison.diff.low, comparison.diff.high) == pytest.approx(tuple(np.quantile(diffs, [level, 1 - level])), abs=1e-12)
+
+
+def test_expanded_mean_interval_covers_better_on_eight_models():
+    from trojanbench.results.stats import _percentile, bootstrap_indices
+
+    rng = np.random.default_rng(0)
+    idx = bootstrap_indices(8, 1000, 0)
+    plain = expanded = 0
+    for _ in range(400):
+        v = rng.normal(0, 1, 8)
+        boot = v[idx].mean(1)
+        low, high = _percentile(boot)
+        plain += low <= 0 <= high
+        low, high = _percentile(boot, 8)
+        expanded += low <= 0 <= high
+    assert plain / 400 < expanded / 400 and expanded / 400 > 0.92

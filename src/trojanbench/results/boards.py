@@ -6,8 +6,8 @@ tool's `role` ("tool", "baseline" or "anchor"), and it writes its `BoardSpec` on
 else — means, proportions, AUROCs, per-group cells, the verdict against baselines — is computed here, the same
 way for the terminal board, the HTML report and the benchmark scripts:
 
-- a column is a statistic of one per-model metric over the board's models: `mean` (percentile bootstrap over
-  models), `proportion` (0/1 outcomes, Wilson interval), `auroc` (per-model scores against their labels,
+- a column is a statistic of one per-model metric over the board's models: `mean` (expanded percentile
+  bootstrap over models: `stats.bootstrap_mean`), `proportion` (0/1 outcomes, Wilson interval), `auroc` (per-model scores against their labels,
   a score-type interval: `stats.auroc_estimate`), or `timing` (a mean, no interval); every column is also computed per group
   (`auroc[kind=patch]`: the clean models and the patch trojans);
 - the verdict: each tool against the strongest baseline (best point estimate of the ranking column), paired over
