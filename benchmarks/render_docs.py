@@ -70,10 +70,10 @@ def old_verdicts(board: dict) -> str:
             + (f"\n\nThe intervals of this board {OLD_INTERVAL}." if old_interval(board) else ""))
 
 
-OLD_INTERVAL = ("are from before commit COMMIT: percentile bootstraps, which fall short of 95% coverage on a few "
+OLD_INTERVAL = ("are from before commit ef882c0: percentile bootstraps, which fall short of 95% coverage on a few "
                 "models, far short for an AUROC near 1 (docs/leaderboards.md, \"Intervals\": a score interval for "
                 "AUROC and an expanded percentile bootstrap for means since), not re-run yet")
-OLD_METHODS = ("stratified bootstrap", "bootstrap")  # a model-level AUROC's and a mean's, before COMMIT
+OLD_METHODS = ("stratified bootstrap", "bootstrap")  # a model-level AUROC's and a mean's, before ef882c0
 
 
 def old_interval(board: dict) -> bool:

@@ -170,7 +170,13 @@ def test_a_board_whose_verdicts_are_of_the_old_test_says_so_under_its_table():
                                                                                 "high": 1.0, "method": "stratified bootstrap"}}}]}
     table = render_docs.board_table(model_auroc, [("auroc", "auroc")])
     assert "The verdicts of this board" not in table  # a model-level AUROC: the same test
-    assert "The AUROC intervals of this board are from before commit" in table  # but the old interval
+    assert "The intervals of this board are from before commit" in table  # but the old interval
+    mean_new = {**new, "tools": [{**tool, "metrics": {"asr": {"value": 0.1, "n": 8, "low": 0.0, "high": 0.3,
+                                                             "method": "expanded bootstrap"}}}]}
+    assert "before commit" not in render_docs.board_table(mean_new, [("asr", "asr")])
+    mean_old = {**new, "tools": [{**tool, "metrics": {"asr": {**mean_new["tools"][0]["metrics"]["asr"],
+                                                             "method": "bootstrap"}}}]}
+    assert "The intervals of this board are from before" in render_docs.board_table(mean_old, [("asr", "asr")])
     score = {**model_auroc, "verdict_test": "paired bootstrap", "tools": [{**tool, "metrics": {"auroc": {**model_auroc["tools"][0]["metrics"]["auroc"],
                                                                    "method": "score (Newcombe variance)"}}}]}
     assert "before commit" not in render_docs.board_table(score, [("auroc", "auroc")])
