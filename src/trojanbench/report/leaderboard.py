@@ -32,8 +32,8 @@ def caption(board: Board) -> str:
     if board.spec.population:
         parts.append(board.spec.population)
     parts.append(f"Ranked by {board.spec.key} ({'higher' if board.spec.higher_is_better else 'lower'} is better). "
-                 "95% intervals: Wilson for proportions, a score interval for AUROC, an expanded percentile bootstrap over models "
-                 "for means; n<5: no interval.")
+                 "95% intervals: Wilson for proportions, a score interval for AUROC, an expanded percentile "
+                 "bootstrap over models for means; n<5: no interval.")
     n_tools = sum(1 for s in board.scores if s.role == "tool" and s.comparison is not None)
     if board.reference and n_tools:
         parts.append(f"Verdict: {verdict_test(board.spec)} of (tool - {board.reference}, the strongest baseline) on "

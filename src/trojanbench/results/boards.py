@@ -7,9 +7,10 @@ else — means, proportions, AUROCs, per-group cells, the verdict against baseli
 way for the terminal board, the HTML report and the benchmark scripts:
 
 - a column is a statistic of one per-model metric over the board's models: `mean` (expanded percentile
-  bootstrap over models: `stats.bootstrap_mean`), `proportion` (0/1 outcomes, Wilson interval), `auroc` (per-model scores against their labels,
-  a score-type interval: `stats.auroc_estimate`), or `timing` (a mean, no interval); every column is also computed per group
-  (`auroc[kind=patch]`: the clean models and the patch trojans);
+  bootstrap over models: `stats.bootstrap_mean`), `proportion` (0/1 outcomes, Wilson interval), `auroc`
+  (per-model scores against their labels, a score-type interval: `stats.auroc_estimate`), or `timing` (a mean,
+  no interval); every column is also computed per group (`auroc[kind=patch]`: the clean models and the patch
+  trojans);
 - the verdict: each tool against the strongest baseline (best point estimate of the ranking column), paired over
   the same models (`stats.paired_test`: a sign-flip permutation test of the per-model differences of a mean
   column, a paired bootstrap of an AUROC's), two-sided p-values Holm-corrected across the board's tools, printed

@@ -118,8 +118,9 @@ def _job_id(body: dict, cfg: ZooConfig) -> str:
 
 
 def _check_targets(cfg: ZooConfig) -> None:
-    """`trojans.targets` must be labels of the data (where its loader can count them without loading): a target
-    outside them would fail every job drawn with it, one at a time, once the build has started."""
+    """`data.options` must be options its loader takes (a misspelt one was dropped without a word), and
+    `trojans.targets` labels of the data (where its loader can count them without loading): a target outside them
+    would fail every job drawn with it, one at a time, once the build has started."""
     from ..data import check_options, class_count
 
     check_options(cfg.data.name, cfg.data.options, "data.options")
