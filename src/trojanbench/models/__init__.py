@@ -45,16 +45,11 @@ def build_model(arch: str, **kwargs) -> nn.Module:
     except (TypeError, ValueError, RuntimeError) as e:  # a missing or unknown argument, a width of -3, ...
         raise UserError(f"bad arguments for architecture {arch!r}: {first_error(e)}") from None
     empty = next((name for name, p in model.named_parameters() if p.numel() == 0), None)
-    if empty is not None:
-        raise UserError(f"bad arguments for architecture {arch!r}: {kwargs_text(kwargs)} leave layer {empty} "
-                        "with no weights")
+    if empty is not None:  # name the arguments that are 0, the likely cause (a width of 0.01 rounds to 0 too)
+        zeros = " ".join(f"{k}={v}" for k, v in kwargs.items() if type(v) in (int, float) and v == 0)
+        raise UserError(f"bad arguments for architecture {arch!r}: layer {empty} has no weights "
+                        f"({zeros or 'check its sizes'})")
     return model
-
-
-def kwargs_text(kwargs: dict) -> str:
-    """The architecture arguments a user chose, as key=value (the data's own ones left out)."""
-    data = {"in_channels", "num_classes", "image_size", "mean", "std"}
-    return " ".join(f"{k}={v}" for k, v in kwargs.items() if k not in data) or "its arguments"
 
 
 def with_defaults(arch: str, kwargs: dict) -> dict:
