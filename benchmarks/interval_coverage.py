@@ -83,7 +83,7 @@ def main() -> None:
     from tqdm import tqdm
 
     from trojanbench.results.provenance import write_benchmark
-    from trojanbench.results.stats import N_BOOT, _percentile, bootstrap_auroc, bootstrap_indices, score_auroc_interval
+    from trojanbench.results.stats import N_BOOT, bootstrap_auroc, bootstrap_indices, percentile_interval, score_auroc_interval
 
     started = time.time()
     rng = np.random.default_rng(args.seed)
@@ -102,8 +102,8 @@ def main() -> None:
         for i in range(args.sims):
             v = draw_mean(shape, n, rng)
             boot = v[bootstrap_indices(n, N_BOOT, i)].mean(1)  # as stats.bootstrap_mean resamples
-            found["percentile"].append(_percentile(boot))
-            found["expanded"].append(_percentile(boot, n))
+            found["percentile"].append(percentile_interval(boot))
+            found["expanded"].append(percentile_interval(boot, n))
         mean_cells.append({"shape": shape, "n": n, "mean": round(MEAN_SHAPES[shape], 6),
                            **summarise(found, MEAN_SHAPES[shape])})
     payload = {"level": 0.95, "sims_per_cell": args.sims, "n_boot": N_BOOT,

@@ -41,7 +41,8 @@ def main() -> None:
             rows = store.rows(summary.run_id)
             study_config = store.run(summary.run_id).info.get("config")
         tables = [{"task": r.task, "tool": r.tool, "metric": r.metric, "value": _num(r.value),
-                   "low": _num(r.extra.get("low")), "high": _num(r.extra.get("high")), "n": r.extra.get("n")}
+                   "low": _num(r.extra.get("low")), "high": _num(r.extra.get("high")), "n": r.extra.get("n"),
+                   "method": r.extra.get("method")}
                   for r in rows if "low" in r.extra and r.value is not None]
         boards = [board_json(b) for b in boards_of_run(rows, seed=args.seed)]
         path = write_benchmark(f"study_{name}", {"study": name, "seconds": round(summary.seconds, 1),

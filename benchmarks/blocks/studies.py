@@ -1,6 +1,6 @@
 # Measured blocks of docs/studies.md: `study-<name>` renders benchmarks/results/study_<name>.json, written by
 # benchmarks/studies.py: {"provenance", "study", "seconds", "findings": {headline: text}, "study_config": the run's
-# config, "tables": [{"task", "tool", "metric", "value", "low", "high", "n"}, ...]}, one row per aggregate of the
+# config, "tables": [{"task", "tool", "metric", "value", "low", "high", "n", "method"}, ...]}, one row per aggregate of the
 # study's run, and for the text study (whose run is the tracks' per-model rows) "boards": its boards as board_json. Exec'd in render_docs' namespace (block, provenance_line, ...). The renderers only arrange what the
 # file holds: a row or column the file lacks is left out, a missing cell is "-", an undefined value "n/a".
 
@@ -103,9 +103,19 @@ def _study_findings(data: dict) -> str:
     return "Findings, as `trojanbench study` prints them:\n\n" + "\n".join(f"- {k}: {v}" for k, v in f.items())
 
 
+def _study_old(data: dict) -> bool:
+    """Tables stored before the studies' cells carried their interval's method, i.e. before they moved from plain
+    percentile bootstraps to the boards' intervals."""
+    cells = [r for r in data.get("tables") or [] if _study_ok(r.get("low"))]
+    return bool(cells) and not any(r.get("method") for r in cells)
+
+
 def _study_join(data: dict, source: str, parts: list[tuple[str, str]]) -> str:
     out = [provenance_line(data, source), _study_findings(data)]
     out += [f"**{title}**\n\n{table}" for title, table in parts if table]
+    if _study_old(data):
+        out.append("The intervals in this block are plain percentile bootstraps, from before the studies moved to the "
+                   "boards' intervals (a score interval for AUROC, expanded percentiles for means); not re-run yet.")
     return "\n\n".join(p for p in out if p)
 
 

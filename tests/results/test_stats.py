@@ -247,7 +247,7 @@ def test_mean_interval_is_the_expanded_percentile_interval():
 
 
 def test_expanded_mean_interval_covers_better_on_eight_models():
-    from trojanbench.results.stats import _percentile, bootstrap_indices
+    from trojanbench.results.stats import bootstrap_indices, percentile_interval
 
     rng = np.random.default_rng(0)
     idx = bootstrap_indices(8, 1000, 0)
@@ -255,8 +255,23 @@ def test_expanded_mean_interval_covers_better_on_eight_models():
     for _ in range(400):
         v = rng.normal(0, 1, 8)
         boot = v[idx].mean(1)
-        low, high = _percentile(boot)
+        low, high = percentile_interval(boot)
         plain += low <= 0 <= high
-        low, high = _percentile(boot, 8)
+        low, high = percentile_interval(boot, 8)
         expanded += low <= 0 <= high
     assert plain / 400 < expanded / 400 and expanded / 400 > 0.92
+
+
+def test_mover_difference_reproduces_newcombes_worked_example():
+    """Newcombe (1998, Stat Med 17:873), example (a), method 10: 56/70 − 48/80 = 0.2000, 95% CI 0.0524 to 0.3339
+    from the two Wilson intervals. For two AUROCs of 8 + 8 models that both separate perfectly, a difference of
+    percentile bootstraps is [0, 0]; MOVER on their score intervals is not."""
+    from trojanbench.results.stats import MOVER_METHOD, auroc_estimate, mover_difference
+
+    d = mover_difference(wilson(48, 80), wilson(56, 70))
+    assert d.value == pytest.approx(0.2) and d.method == MOVER_METHOD and d.n == 70
+    assert (round(d.low, 4), round(d.high, 4)) == (0.0524, 0.3339)
+    perfect = auroc_estimate([0] * 8 + [1] * 8, np.arange(16))
+    same = mover_difference(perfect, perfect)
+    assert same.value == 0 and same.low < -0.2 and same.high > 0.2
+    assert not mover_difference(perfect, Estimate(0.9, n=4)).has_interval  # a side without an interval: n=4

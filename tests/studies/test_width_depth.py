@@ -110,6 +110,18 @@ def test_a_difference_counts_the_smaller_cell_and_shows_an_interval_only_when_bo
     assert large.n == 6 and large.has_interval and "[" in str(large)
 
 
+def test_auroc_cells_and_their_trend_are_not_degenerate_at_perfect_separation():
+    """8 + 8 models that a detector separates perfectly at both ends of a family: each cell's score interval
+    reaches well below 1, and the trend's MOVER interval is not [0, 0] (resampled AUROCs would be 1 every time)."""
+    from trojanbench.results.stats import MOVER_METHOD, auroc_estimate
+
+    labels = np.r_[np.zeros(8), np.ones(8)]
+    cell = auroc_estimate(labels, np.arange(16.0))
+    assert cell.value == 1 and cell.low < 0.8 and cell.n == 8
+    trend = _diff((cell, np.ones(100)), (cell, np.ones(100)))
+    assert trend.method == MOVER_METHOD and trend.low < -0.2 < 0.2 < trend.high
+
+
 def test_quick_study_writes_rows_figures_and_report(tmp_path):
     assert "width-depth" in STUDIES.names()
     messages = []

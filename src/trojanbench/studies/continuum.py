@@ -30,10 +30,11 @@ not depend on the trigger). The gate is off: a point whose trojans are learned w
 every point:
 - model-level detection AUROC (trojaned at this point vs the clean twins): Neural Cleanse (its anomaly index),
   the cheap output/weight statistics (entropy, accuracy, weight-stats; fitted by 2-fold cross-fitting inside the
-  point: fitted on half the models, scored on the other half), and random; 95% CI by a stratified bootstrap over
-  models;
+  point: fitted on half the models, scored on the other half), and random; 95% score interval (Newcombe's
+  variance, `stats.auroc_estimate`);
 - sample-level detection (which training samples were poisoned): spectral signatures, activation clustering,
-  STRIP, k-NN pixel disagreement and random; per-model AUROC, mean over the trojaned models with a bootstrap CI;
+  STRIP, k-NN pixel disagreement and random; per-model AUROC, mean over the trojaned models with an expanded
+  bootstrap CI (`stats.bootstrap_mean`, as every mean here);
 - attribution (saliency, integrated gradients, and the Sobel-edge baseline) on triggered test images, scored
   against the trigger's footprint as the diagnose track does (correlation; pointing game where the footprint
   covers at most half the image); per-model means, bootstrap CI over models.
@@ -41,7 +42,6 @@ every point:
 
 from __future__ import annotations
 
-import math
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -56,7 +56,7 @@ from ..errors import UserError
 from ..implant import prepare
 from ..report.html import View, figure_row, register_view
 from ..results import ResultRow
-from ..results.stats import Estimate, auroc, bootstrap, mean
+from ..results.stats import Estimate, auroc, auroc_estimate, bootstrap_mean
 from ..tasks.diagnose import footprints, score_maps
 from ..tools.attribute import ATTRIBUTORS
 from ..tools.detect import DETECTORS, SAMPLE_DETECTORS, DetectContext
@@ -278,13 +278,6 @@ def attribution(model, x: torch.Tensor, x_trig: torch.Tensor, masks, target: int
 
 # --- the study --------------------------------------------------------------------------------------------------
 
-def _mean_ci(values, n_boot: int, seed: int) -> Estimate:
-    v = np.asarray([a for a in values if not math.isnan(a)], dtype=np.float64)
-    if len(v) < 2:
-        return Estimate(float(v.mean()) if len(v) else float("nan"), float("nan"), float("nan"), len(v))
-    return bootstrap(mean, v, n_boot=n_boot, seed=seed)
-
-
 def run_continuum_study(out_dir: Path, seed: int = 0, cfg: ContinuumConfig = ContinuumConfig(),
                         progress: Progress | None = None, points: tuple[Point, ...] = (*POINTS, CONTROL)
                         ) -> StudySummary:
@@ -317,9 +310,9 @@ def run_continuum_study(out_dir: Path, seed: int = 0, cfg: ContinuumConfig = Con
         acc = [float((predict(m, ds.x_test[k]) == ds.y_test[k]).float().mean()) for m, k in zip(trojaned, keeps)]
         profiles = [edit_profile(ds.x_train, q) for q in poisoned]
         n_poisoned = np.mean([len(q.indices) for q in poisoned])
-        est[(TASK_TROJANS, "trojaned", f"asr[{p.name}]")] = _mean_ci(asr, cfg.n_boot, seed)
-        est[(TASK_TROJANS, "clean-twin", f"asr[{p.name}]")] = _mean_ci(asr_clean, cfg.n_boot, seed)
-        est[(TASK_TROJANS, "trojaned", f"clean_acc[{p.name}]")] = _mean_ci(acc, cfg.n_boot, seed)
+        est[(TASK_TROJANS, "trojaned", f"asr[{p.name}]")] = bootstrap_mean(asr, cfg.n_boot, seed)
+        est[(TASK_TROJANS, "clean-twin", f"asr[{p.name}]")] = bootstrap_mean(asr_clean, cfg.n_boot, seed)
+        est[(TASK_TROJANS, "trojaned", f"clean_acc[{p.name}]")] = bootstrap_mean(acc, cfg.n_boot, seed)
         nan = float("nan")
         for key in profiles[0]:
             value = float(np.mean([prof[key] for prof in profiles]))
@@ -328,10 +321,9 @@ def run_continuum_study(out_dir: Path, seed: int = 0, cfg: ContinuumConfig = Con
                                                                                cfg.models)
 
         curves[p.name], target_hits = model_detection(trojaned, clean, ctx, cfg, seed)
-        est[(TASK_MODEL, "neural-cleanse", f"target_accuracy[{p.name}]")] = _mean_ci(target_hits, cfg.n_boot, seed)
+        est[(TASK_MODEL, "neural-cleanse", f"target_accuracy[{p.name}]")] = bootstrap_mean(target_hits, cfg.n_boot, seed)
         for name, (labels, scores) in curves[p.name].items():
-            est[(TASK_MODEL, name, f"auroc[{p.name}]")] = bootstrap(auroc, labels, scores, n_boot=cfg.n_boot, seed=seed,
-                                                                   stratify=labels)
+            est[(TASK_MODEL, name, f"auroc[{p.name}]")] = auroc_estimate(labels, scores)
         sample: dict[str, list[float]] = defaultdict(list)
         attr: dict[tuple[str, str], list[float]] = defaultdict(list)
         for k, (m, s, (x, x_trig, masks)) in enumerate(zip(trojaned, seeds, attacks)):
@@ -345,9 +337,9 @@ def run_continuum_study(out_dir: Path, seed: int = 0, cfg: ContinuumConfig = Con
             per_model.append(ResultRow("trojaned", f"continuum-digits:{p.name}:model{k}", TASK_TROJANS, "asr", asr[k],
                                        seed=s, extra={"point": p.name, "clean_acc": acc[k]}))
         for name, values in sample.items():
-            est[(TASK_SAMPLES, name, f"auroc[{p.name}]")] = _mean_ci(values, cfg.n_boot, seed)
+            est[(TASK_SAMPLES, name, f"auroc[{p.name}]")] = bootstrap_mean(values, cfg.n_boot, seed)
         for (name, metric), values in attr.items():
-            est[(TASK_ATTR, name, f"{metric}[{p.name}]")] = _mean_ci(values, cfg.n_boot, seed)
+            est[(TASK_ATTR, name, f"{metric}[{p.name}]")] = bootstrap_mean(values, cfg.n_boot, seed)
         progress(f"{p.name}: ASR {np.mean(asr):.2f} (clean twins {np.mean(asr_clean):.2f}), measured in "
                  f"{time.perf_counter() - t0:.0f}s")
 
@@ -356,7 +348,8 @@ def run_continuum_study(out_dir: Path, seed: int = 0, cfg: ContinuumConfig = Con
     baselines = {TASK_MODEL: {"random", "entropy", "accuracy", "weight-stats"}, TASK_SAMPLES: {"random", "knn-pixels"},
                  TASK_ATTR: {"sobel"}, TASK_TROJANS: {"clean-twin"}}
     rows = [ResultRow(tool, MODEL_ID, task, metric, e.value, seed=seed,
-                      extra={"low": e.low, "high": e.high, "n": e.n, "baseline": tool in baselines.get(task, set())})
+                      extra={"low": e.low, "high": e.high, "n": e.n, "method": e.method,
+                             "baseline": tool in baselines.get(task, set())})
             for (task, tool, metric), e in est.items()]
     rows += per_model
     missing = Estimate(float("nan"), float("nan"), float("nan"), 0)
@@ -365,7 +358,8 @@ def run_continuum_study(out_dir: Path, seed: int = 0, cfg: ContinuumConfig = Con
                    out_dir / "figures" / "continuum.png")
     rows.append(figure_row("continuum-study", TASK_MODEL, path,
                            "Each tool's score along the trigger continuum, from a crisp patch (left) to a graded "
-                           "distributional shift (right); 95% bootstrap CIs over models. Top left: the trojans' "
+                           "distributional shift (right); 95% CIs over models (AUROC: score interval; means: expanded "
+                           "bootstrap). Top left: the trojans' "
                            "attack success and their clean twins'.", seed=seed))
     results = out_dir / "results.sqlite"
     run_id = record_study(results, "continuum", {"cfg": asdict(cfg), "points": described}, seed, rows)

@@ -33,7 +33,7 @@ removed_mean_acc (what the network loses in context when it is removed; `necessi
 gap = sufficiency - necessity (0 if the subnetwork is the network's mechanism; positive if it works alone but
 the network does not rely on it). restored = (patched_acc - removed_mean_acc) / (full_acc - removed_mean_acc),
 only where the full network does the task (0.5 above chance) and removal costs at least 5 points. Every number is
-a mean over the zoo's models with a 95% bootstrap CI over models.
+a mean over the zoo's models with a 95% expanded bootstrap CI over models (`stats.bootstrap_mean`).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from ..implant import init_model
 from ..models.hooks import hooked
 from ..report.html import View, figure_row, register_view
 from ..results import ResultRow
-from ..results.stats import Estimate, bootstrap, mean
+from ..results.stats import Estimate, bootstrap_mean
 from ..train import predict
 from ..train.loop import epoch_batches, run_steps, steps_per_epoch
 from ..utils import evaluating, one_thread, private_rng
@@ -251,14 +251,6 @@ def finetune_masked(model: nn.Module, masks: dict[str, torch.Tensor], x: torch.T
 
 # --- the study --------------------------------------------------------------------------------------------------
 
-def seed_estimate(values: list[float], n_boot: int, seed: int = 0) -> Estimate:
-    """Mean over seeds with a percentile 95% bootstrap CI over seeds (NaNs, e.g. an undefined `restored`, dropped)."""
-    v = np.asarray([a for a in values if not math.isnan(a)], dtype=np.float64)
-    if len(v) < 2:
-        return Estimate(float(v.mean()) if len(v) else float("nan"), float("nan"), float("nan"), len(v))
-    return bootstrap(mean, v, n_boot=n_boot, seed=seed)
-
-
 def subnetwork_zoo(cfg: SubnetworkConfig, seed: int) -> ZooConfig:
     """The study's zoo: `cfg.seeds` clean digits MLPs at the Kaiming-normal init (zero biases), trained densely;
     no split, the gate off."""
@@ -333,14 +325,15 @@ def run_subnetworks_study(out_dir: Path, seed: int = 0, cfg: SubnetworkConfig = 
         for key, value in run_seed(cfg, ds, random_net, trained, s).items():
             per_seed[key][s] = value
         progress(f"model seed {s}: done ({time.perf_counter() - start:.0f}s)")
-    estimates = {key: seed_estimate(list(v.values()), cfg.n_boot, seed) for key, v in per_seed.items()}
+    estimates = {key: bootstrap_mean(list(v.values()), cfg.n_boot, seed) for key, v in per_seed.items()}
     rows = []
     for (method, metric), est in sorted(estimates.items()):
         if method == "_":
             continue
         task = TASK_DENSITY if "@" in metric and metric.split("@")[-1][0].isdigit() else TASK
         rows.append(ResultRow(method, MODEL_ID, task, metric, est.value, seed=seed,
-                              extra={"low": est.low, "high": est.high, "n": est.n, "baseline": method in BASELINES}))
+                              extra={"low": est.low, "high": est.high, "n": est.n, "method": est.method,
+                                     "baseline": method in BASELINES}))
         rows += [ResultRow(method, f"subnetworks-digits:seed{s}", task, metric, v, seed=s)
                  for s, v in per_seed[(method, metric)].items() if not math.isnan(v)]
     missing = Estimate(float("nan"), float("nan"), float("nan"), 0)

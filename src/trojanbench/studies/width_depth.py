@@ -11,7 +11,7 @@ rerun reuses the cached zoos; no gate, so every model is kept), and each is meas
 - detection: Neural Cleanse's anomaly index. Why this detector: it needs no meta-training split (each shape
   has only a handful of models, so the fitted baselines and MNTD have nothing to learn from), and it targets
   exactly the trojan planted here (a small patch that sends every input to one class). AUROC per shape over
-  its clean vs trojaned models, with a bootstrap CI stratified by label;
+  its clean vs trojaned models, with a score interval (Newcombe's variance, `stats.auroc_estimate`);
 - attribution hit rate: saliency maps of triggered test images for the target label, scored with the diagnose
   track's `score_maps` (pointing game with 1-pixel tolerance, correlation with the patch footprint), beside a
   random map (the chance level);
@@ -21,9 +21,11 @@ rerun reuses the cached zoos; no gate, so every model is kept), and each is meas
   singular values normalised to sum to one, of the centred activation matrix. It is 1 for a rank-one matrix
   and n for n equal singular values, and says how many directions the layer really uses.
 
-Every per-shape number is a mean over seeds with a 95% CI from a bootstrap over seeds and, where a metric
+Every other per-shape number is a mean over seeds with a 95% CI from a bootstrap over seeds and, where a metric
 is a rate over images, over images within each seed (two levels), so a CI reflects both the training seeds
-and the finite test set. Trends are reported as deepest minus shallowest shape with the same bootstrap.
+and the finite test set; its percentiles are expanded for the number of seeds (Hesterberg 2015,
+`stats.percentile_interval`). Trends are reported as deepest minus shallowest shape: for means with the same
+bootstrap, for AUROC with the MOVER interval of two score intervals.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from ..models import build_model, count_parameters, data_kwargs
 from ..models.hooks import hooked
 from ..report.html import View, figure_row, register_view
 from ..results import ResultRow
-from ..results.stats import Estimate, auroc
+from ..results.stats import EXPANDED_METHOD, SCORE_METHOD, Estimate, auroc, auroc_estimate, mover_difference, percentile_interval
 from ..tasks.diagnose import footprints, score_maps
 from ..tools.attribute import ATTRIBUTORS, reference_sample
 from ..tools.detect import DETECTORS, DetectContext
@@ -408,9 +410,7 @@ def estimate(per_seed: Sequence[np.ndarray], samples: np.ndarray) -> Estimate:
     if not arrays:
         return Estimate(float("nan"), float("nan"), float("nan"), 0)
     value = float(np.mean([a.mean() for a in arrays]))
-    ok = samples[~np.isnan(samples)]
-    low, high = np.percentile(ok, [2.5, 97.5]) if len(ok) else (float("nan"), float("nan"))
-    return Estimate(value, float(low), float(high), len(arrays))
+    return Estimate(value, *_interval(samples, len(arrays)), len(arrays), EXPANDED_METHOD)
 
 
 def auroc_samples(labels: np.ndarray, scores: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -425,12 +425,13 @@ def auroc_samples(labels: np.ndarray, scores: np.ndarray, n_boot: int, rng: np.r
     return out
 
 
-def _interval(samples: np.ndarray) -> tuple[float, float]:
+def _interval(samples: np.ndarray, n: int | None = None) -> tuple[float, float]:
+    """The percentile interval of bootstrap `samples` (nan ones dropped); with `n`, the units drawn, Hesterberg's
+    expanded percentiles (`stats.percentile_interval`)."""
     ok = samples[~np.isnan(samples)]
     if not len(ok):
         return float("nan"), float("nan")
-    low, high = np.percentile(ok, [2.5, 97.5])
-    return float(low), float(high)
+    return percentile_interval(ok, n)
 
 
 @dataclass
@@ -466,9 +467,8 @@ def shape_stats(shape: Shape, results: list[ModelResult], cfg: WidthDepthConfig,
     add("asr_clean_model", [r.asr_hits for r in clean])
     labels = np.array([0] * len(clean) + [1] * len(troj))
     scores = np.array([r.nc_score for r in clean + troj])
-    samples = auroc_samples(labels, scores, cfg.n_boot, rng)
-    low, high = _interval(samples)
-    st.metrics["nc_auroc"] = (Estimate(auroc(labels, scores), low, high, len(labels)), samples)
+    # the cell's interval is the score interval; the resampled AUROCs only feed the Spearman correlations
+    st.metrics["nc_auroc"] = (auroc_estimate(labels, scores), auroc_samples(labels, scores, cfg.n_boot, rng))
     add("nc_target_acc", [np.array([float(r.nc_target == cfg.target)]) for r in troj])
     add("pointing_game", [r.pointing for r in troj])
     add("pointing_game_random", [r.pointing_random for r in troj])
@@ -490,7 +490,7 @@ def stats_rows(stats: list[ShapeStats], results: list[ModelResult]) -> list[Resu
             if math.isnan(est.value):
                 continue
             rows.append(ResultRow(st.shape.label, MODEL_ID, task, metric, est.value,
-                                  extra={"low": est.low, "high": est.high, "n": est.n, "baseline": False,
+                                  extra={"low": est.low, "high": est.high, "n": est.n, "method": est.method, "baseline": False,
                                          "family": st.shape.family.name}))
     for dataset in sorted({st.shape.family.dataset for st in stats}):
         chance = {"clean_acc": 0.1, "robust_acc": 0.1, "nc_auroc": 0.5}  # a guessing model and a coin-flip detector
@@ -523,10 +523,14 @@ def _fmt(est: Estimate) -> str:
 
 
 def _diff(a: tuple[Estimate, np.ndarray], b: tuple[Estimate, np.ndarray]) -> Estimate:
-    """b - a with the CI of the difference of independent bootstrap samples; its n is the smaller side's (so a
-    difference of small cells says "n=4" instead of an interval, as they do)."""
-    low, high = _interval(b[1] - a[1])
-    return Estimate(b[0].value - a[0].value, low, high, min(a[0].n, b[0].n))
+    """b - a: for two AUROCs (score intervals) the MOVER interval (`stats.mover_difference`), for means the expanded
+    percentile interval of the difference of their independent bootstrap samples, expanded for the smaller side's
+    number of seeds (the conservative choice). Its n is the smaller side's, so a difference of small cells says
+    "n=4" instead of an interval, as they do."""
+    n = min(a[0].n, b[0].n)
+    if a[0].method == b[0].method == SCORE_METHOD:
+        return mover_difference(a[0], b[0])
+    return Estimate(b[0].value - a[0].value, *_interval(b[1] - a[1], n), n, EXPANDED_METHOD)
 
 
 def _spearman_samples(stats: list[ShapeStats], x: str, y: str) -> Estimate:
